@@ -1,0 +1,162 @@
+"""`aigc` command line: wiring only (DESIGN.md 'Command line contract')."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from aigc.errors import AigcError, Interrupted
+
+FAMILY_HELP = "vae (gpt, gan, text-gan, diffusion, video-gan, video-diffusion: planned)"
+DATASET_HELP = "mnist | shapes | images"
+
+
+def _echo_err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="aigc")
+def cli():
+    """aigc: train, sample and evaluate generative models from scratch on your own machine.
+
+    \b
+    Quick start:
+      aigc demo                                   # every family on built-in data, writes report.html
+      aigc train vae --data mnist --data-dir DIR --minutes 2 --out runs/vae
+      aigc sample runs/vae --num 64 --out samples.png
+      aigc eval runs/vae
+    """
+
+
+# ------------------------------------------------------------------------------------------ train
+@cli.command()
+@click.argument("family", required=False)
+@click.option("--data", "dataset", help=f"dataset: {DATASET_HELP}")
+@click.option("--data-dir", type=click.Path(), help="folder holding the dataset's files")
+@click.option("--minutes", type=float, help="wall-clock training budget")
+@click.option("--steps", type=int, help="number of optimiser steps (with --resume: the run's total)")
+@click.option("--out", type=click.Path(), help="run folder to create (default runs/FAMILY-DATASET-TIME)")
+@click.option("--config", "config_file", type=click.Path(), help="TOML config (replaces the preset)")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a config key (TOML value)")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="default: auto")
+@click.option("--seed", type=int, help="random seed (default 0)")
+@click.option("--resume", type=click.Path(), help="continue the run in this folder exactly where it stopped")
+@click.option("--overwrite", is_flag=True, help="replace an existing --out folder")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, device, seed, resume, overwrite, quiet):
+    """Train FAMILY on a dataset, or continue a run with --resume RUN.
+
+    FAMILY: vae (more families are planned, see DESIGN.md). Without --config, the preset
+    configs/FAMILY-DATASET.toml is used when there is one.
+    """
+    from aigc.run import resume_training, start_training
+
+    if resume:
+        given = [n for n, v in (("FAMILY", family), ("--data", dataset), ("--data-dir", data_dir), ("--out", out),
+                                ("--config", config_file), ("--set", sets), ("--seed", seed)) if v]
+        if given:
+            raise AigcError(f"--resume takes its settings from RUN/config.toml; drop {', '.join(given)}")
+        result = resume_training(resume, steps=steps, minutes=minutes, device=device, quiet=quiet)
+    else:
+        if not family:
+            raise AigcError(f"say which family to train: aigc train FAMILY --data DATASET (FAMILY: {FAMILY_HELP})")
+        if not dataset:
+            raise AigcError(f"say which data to train on: --data {DATASET_HELP}")
+        flags = {"data.dir": data_dir, "train.minutes": minutes, "train.steps": steps, "train.device": device,
+                 "train.seed": seed}
+        result = start_training(family, dataset, config_file, list(sets), flags, out, overwrite, quiet)
+    click.echo(json.dumps(result, indent=1))
+
+
+# ------------------------------------------------------------------------------------------ sample
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.option("--num", type=click.IntRange(1, 100000), default=64, show_default=True, help="how many samples")
+@click.option("--out", required=True, type=click.Path(), help="FILE.png (grid) or FILE.npz (arrays)")
+@click.option("--prompt", help="text prompt (text-conditional models)")
+@click.option("--label", type=int, help="class label (class-conditional models)")
+@click.option("--steps", type=int, help="sampler steps (diffusion)")
+@click.option("--guidance", type=float, help="classifier-free guidance scale (diffusion)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--what", type=click.Choice(["samples", "reconstructions", "interpolation"]), default="samples",
+              show_default=True, help="VAE: also reconstructions of test images or latent interpolations")
+@click.option("--no-ema", is_flag=True, help="use the raw weights even when EMA weights exist")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+def sample(run, num, out, prompt, label, steps, guidance, seed, what, no_ema, device):
+    """Generate samples from a trained RUN into a PNG grid or an npz file."""
+    from aigc.run import sample_run
+
+    path = sample_run(run, num=num, out=out, prompt=prompt, label=label, steps=steps, guidance=guidance,
+                      seed=seed, what=what, ema=not no_ema, device=device)
+    click.echo(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------------------------ eval
+@cli.command(name="eval")
+@click.argument("run", type=click.Path())
+@click.option("--num", type=click.IntRange(1), help="evaluate on the first N eval examples (default: all)")
+@click.option("--k", "iwae_k", type=click.IntRange(1), default=1000, show_default=True,
+              help="VAE: importance samples for the IWAE bound")
+@click.option("--out", type=click.Path(), help="also write the JSON here")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def eval_(run, num, iwae_k, out, device, quiet):
+    """Evaluate a trained RUN; prints one JSON object and saves it as RUN/eval.json."""
+    from aigc.run import eval_run
+
+    result = eval_run(run, num=num, k=iwae_k, out=out, device=device, quiet=quiet)
+    click.echo(json.dumps(result, indent=1))
+
+
+# ------------------------------------------------------------------------------------------ demo
+@cli.command()
+@click.option("--out", default="aigc-demo", show_default=True, type=click.Path(), help="report folder")
+@click.option("--minutes", type=float, default=3.0, show_default=True, help="total training budget")
+@click.option("--overwrite", is_flag=True, help="replace an existing report folder")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def demo(out, minutes, overwrite, quiet):
+    """Train every available family on built-in data (no download) and write OUT/report.html."""
+    from aigc.demo import run_demo
+
+    report = run_demo(Path(out), minutes, overwrite, quiet)
+    click.echo(f"wrote {report}")
+
+
+# ------------------------------------------------------------------------------------------ runs
+@cli.command()
+@click.argument("folder", default="runs", type=click.Path())
+def runs(folder):
+    """List the runs under FOLDER (default: runs) with their progress and last metrics."""
+    from aigc.run import list_runs
+
+    click.echo(list_runs(Path(folder)))
+
+
+def main(argv=None) -> None:
+    try:
+        cli.main(args=argv, prog_name="aigc", standalone_mode=False)
+    except click.exceptions.Abort:
+        _echo_err("aborted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except Interrupted as e:
+        _echo_err(str(e))
+        sys.exit(130)
+    except AigcError as e:
+        _echo_err(f"error: {e}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        _echo_err("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Run configuration: typed dataclass sections, TOML files and `--set key=value` overrides.
+
+A run's config has three sections, each a dataclass with defaults:
+    [data]   DataConfig         (shared by every family)
+    [model]  the family's own   (recipes/<family>.py)
+    [train]  TrainConfig        (the generic trainer)
+Precedence, lowest first: dataclass defaults < preset configs/FAMILY-DATASET.toml < --config FILE
+< command-line flags (--steps, --seed, ...) < --set key=value. Unknown keys and wrong types are
+user errors that list what is valid."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+import tomli_w
+
+from aigc.errors import AigcError, did_you_mean
+
+PRESET_DIR = Path(__file__).parent / "configs"
+SECTIONS = ("data", "model", "train")
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"              # mnist | shapes | images
+    dir: str = ""                    # --data-dir: folder with the files (mnist, images)
+    batch_size: int = 128
+    image_size: int = 0              # 0 = the dataset's own size (28 for mnist, 32 for shapes)
+    channels: int = 0                # 0 = the dataset's own (images: 3)
+    binarize: str = "none"           # none | dynamic (resampled every batch; eval split binarised once)
+    num_train: int = 50000           # shapes: how many synthetic training images
+    num_eval: int = 5000             # shapes: how many held-out evaluation images
+    holdout: list = field(default_factory=list)   # shapes: ["green triangle", ...] never trained on
+    caption_dropout: float = 0.1     # shapes: chance of dropping each caption attribute
+    val_fraction: float = 0.1        # images: share of the folder kept for evaluation
+    download: bool = True            # mnist: download when the files are missing and we are online
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 0                   # total optimiser steps (0 = use the time budget only)
+    minutes: float = 0.0             # wall-clock budget (0 = use steps only)
+    lr: float = 1e-3
+    schedule: str = "cosine"         # cosine (decay over the budget) | constant (after warm-up)
+    min_lr_ratio: float = 0.0        # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 0.0           # max global grad norm (0 = off)
+    ema: float = 0.0                 # EMA decay of the weights (0 = off), e.g. 0.999
+    log_every: int = 50
+    eval_every: int = 1000           # 0 = only at the end
+    eval_batches: int = 20
+    sample_every: int = 1000         # 0 = only at the end
+    ckpt_every: int = 1000           # 0 = only at the end (and on interrupt)
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda | mps
+    amp: bool = True                 # bf16 autocast on CUDA (ignored on CPU)
+    threads: int = 0                 # torch intra-op threads (0 = torch's default)
+
+
+@dataclass
+class RunConfig:
+    family: str
+    data: DataConfig
+    model: Any
+    train: TrainConfig
+
+    def to_dict(self) -> dict:
+        return {"family": self.family, **{s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}}
+
+    def save(self, path: Path) -> None:
+        path.write_text(tomli_w.dumps(self.to_dict()))
+
+
+# ---------------------------------------------------------------- reading and merging
+
+def read_toml(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise AigcError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise AigcError(f"{path} is not valid TOML: {e}") from None
+
+
+def _type_name(t) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list"}.get(t, str(t))
+
+
+def _coerce(value, t, where: str):
+    """Check `value` against the field type `t`; ints are accepted for floats."""
+    origin = getattr(t, "__origin__", t)
+    ok = (
+        (origin is bool and isinstance(value, bool))
+        or (origin is int and isinstance(value, int) and not isinstance(value, bool))
+        or (origin is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (origin is str and isinstance(value, str))
+        or (origin is list and isinstance(value, list))
+    )
+    if not ok:
+        raise AigcError(f"wrong type for {where}: expected {_type_name(origin)}, got {value!r}")
+    return float(value) if origin is float else value
+
+
+def update_dataclass(obj, values: dict, section: str):
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in fields(obj)}
+    for key, value in values.items():
+        if key not in names:
+            raise AigcError(f"unknown config key '{section}.{key}'{did_you_mean(key, names)}")
+        setattr(obj, key, _coerce(value, hints[key], f"{section}.{key}"))
+    return obj
+
+
+def apply_dict(cfg: RunConfig, d: dict, source: str) -> None:
+    for key, value in d.items():
+        if key == "family":
+            if value != cfg.family:
+                raise AigcError(f"{source} is for family '{value}', not '{cfg.family}'")
+            continue
+        if key not in SECTIONS or not isinstance(value, dict):
+            raise AigcError(f"unknown config section '{key}' in {source}; valid: family, {', '.join(SECTIONS)}")
+        update_dataclass(getattr(cfg, key), value, key)
+
+
+def parse_set_value(text: str):
+    """TOML value syntax (`3e-4`, `true`, `["a b"]`); a bare word that is not TOML is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def resolve_key(cfg: RunConfig, key: str) -> tuple[str, str]:
+    """`section.name` as given, or a bare `name` found in exactly one section."""
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in SECTIONS:
+            raise AigcError(f"unknown config section '{section}' in --set {key}; valid: {', '.join(SECTIONS)}")
+        return section, name
+    owners = [s for s in SECTIONS if key in {f.name for f in fields(getattr(cfg, s))}]
+    if not owners:
+        every = sorted(f"{s}.{f.name}" for s in SECTIONS for f in fields(getattr(cfg, s)))
+        raise AigcError(f"unknown config key '{key}'{did_you_mean(key, [e.split('.')[1] for e in every])}"
+                        f"\nall keys: {', '.join(every)}")
+    if len(owners) > 1:
+        raise AigcError(f"'{key}' is ambiguous: say {' or '.join(f'{s}.{key}' for s in owners)}")
+    return owners[0], key
+
+
+def apply_sets(cfg: RunConfig, sets: list[str]) -> None:
+    for item in sets:
+        if "=" not in item:
+            raise AigcError(f"--set expects key=value, got '{item}'")
+        key, text = item.split("=", 1)
+        section, name = resolve_key(cfg, key.strip())
+        update_dataclass(getattr(cfg, section), {name: parse_set_value(text.strip())}, section)
+
+
+def preset_path(family: str, dataset: str) -> Path:
+    return PRESET_DIR / f"{family}-{dataset}.toml"
+
+
+def load_run_config(path: Path, model_config_cls) -> RunConfig:
+    """Rebuild the RunConfig saved in a run directory."""
+    d = read_toml(path)
+    cfg = RunConfig(d.get("family", "?"), DataConfig(), model_config_cls(), TrainConfig())
+    apply_dict(cfg, d, str(path))
+    return cfg

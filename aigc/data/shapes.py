@@ -1,0 +1,107 @@
+"""`shapes`: captioned synthetic 32x32 images, one hard-edged filled shape on black (spec: DESIGN.md).
+
+Pixel (px, py) covers [px, px+1) x [py, py+1); a shape of size s centred at (cx, cy) owns the box
+[cx - s/2, cx + s/2)^2 and a pixel is filled when its centre (px+.5, py+.5) lies inside the shape:
+  square    the whole box (exactly s x s pixels)
+  circle    |centre - (cx, cy)| <= s/2
+  triangle  apex (cx, cy - s/2), base on the box's bottom edge, base width = height = s; a row is
+            filled where it is covered at its lower edge, so the apex row has 2 px and the base s px
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aigc.errors import AigcError
+
+SIZE = 32
+SHAPES = ("circle", "square", "triangle")
+COLORS = {
+    "red": (230, 50, 50), "green": (50, 200, 80), "blue": (60, 100, 240),
+    "yellow": (240, 220, 60), "magenta": (220, 70, 220), "cyan": (70, 220, 230),
+}
+COLOR_NAMES = tuple(COLORS)
+SIZES = {"small": 8, "large": 14}
+SIZE_NAMES = tuple(SIZES)
+GRID = (8, 16, 24)
+POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+# position index p -> grid column p % 3, row p // 3
+VOCAB = sorted({"a", "in", "the", "shape", *SHAPES, *COLOR_NAMES, *SIZE_NAMES, *" ".join(POSITIONS).split()})
+
+
+def parse_holdout(pairs: list) -> set[tuple[int, int]]:
+    """["green triangle", ...] -> {(color index, shape index)}."""
+    out = set()
+    for p in pairs:
+        words = str(p).split()
+        if len(words) != 2 or words[0] not in COLORS or words[1] not in SHAPES:
+            raise AigcError(f"holdout entry '{p}' is not 'COLOR SHAPE' with COLOR in {', '.join(COLORS)} "
+                            f"and SHAPE in {', '.join(SHAPES)}")
+        out.add((COLOR_NAMES.index(words[0]), SHAPES.index(words[1])))
+    if len(out) >= len(COLORS) * len(SHAPES):
+        raise AigcError("holdout removes every (color, shape) pair; nothing is left to train on")
+    return out
+
+
+def sample_attributes(n: int, generator: torch.Generator, holdout: set | None = None) -> dict[str, torch.Tensor]:
+    """Draw n attribute tuples; (color, shape) pairs in `holdout` are never drawn."""
+    allowed = [(c, s) for c in range(len(COLORS)) for s in range(len(SHAPES)) if (c, s) not in (holdout or set())]
+    pair = torch.randint(len(allowed), (n,), generator=generator)
+    allowed_t = torch.tensor(allowed, dtype=torch.int64)
+    return {
+        "color": allowed_t[pair, 0],
+        "shape": allowed_t[pair, 1],
+        "size": torch.randint(len(SIZES), (n,), generator=generator),
+        "position": torch.randint(len(POSITIONS), (n,), generator=generator),
+        "jitter_x": torch.randint(-1, 2, (n,), generator=generator),
+        "jitter_y": torch.randint(-1, 2, (n,), generator=generator),
+    }
+
+
+def render(attrs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Attributes -> uint8 images [N, 3, 32, 32], vectorised (no per-image Python)."""
+    grid = torch.tensor(GRID, dtype=torch.float32)
+    cx = grid[attrs["position"] % 3] + attrs["jitter_x"]            # (N,)
+    cy = grid[attrs["position"] // 3] + attrs["jitter_y"]
+    s = torch.tensor(list(SIZES.values()), dtype=torch.float32)[attrs["size"]]
+    cx, cy, h = cx[:, None, None], cy[:, None, None], (s / 2)[:, None, None]
+    coords = torch.arange(SIZE, dtype=torch.float32) + 0.5
+    u, v = coords[None, None, :], coords[None, :, None]             # pixel centres: x along width, y down
+    in_box = (u >= cx - h) & (u < cx + h) & (v >= cy - h) & (v < cy + h)
+    circle = (u - cx) ** 2 + (v - cy) ** 2 <= h ** 2
+    triangle = in_box & ((u - cx).abs() <= (v + 0.5 - (cy - h)) / 2)
+    shape = attrs["shape"][:, None, None]
+    mask = torch.where(shape == 0, circle, torch.where(shape == 1, in_box, triangle))   # (N, 32, 32)
+    rgb = torch.tensor(list(COLORS.values()), dtype=torch.uint8)[attrs["color"]]      # (N, 3)
+    return mask[:, None].to(torch.uint8) * rgb[:, :, None, None]
+
+
+def generate(n: int, seed: int, holdout: list | None = None, chunk: int = 4096):
+    """n images and their attributes, deterministic in `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    attrs = sample_attributes(n, g, parse_holdout(holdout or []))
+    images = torch.cat([render({k: v[i:i + chunk] for k, v in attrs.items()}) for i in range(0, n, chunk)]) \
+        if n else torch.zeros(0, 3, SIZE, SIZE, dtype=torch.uint8)
+    return images, attrs
+
+
+def caption(color: int, shape: int, size: int, position: int, keep=(True, True, True, True)) -> str:
+    """`a {size} {color} {shape} in the {position}`; dropped attributes are left out (shape -> 'shape')."""
+    words = ["a"]
+    if keep[0]:
+        words.append(SIZE_NAMES[size])
+    if keep[1]:
+        words.append(COLOR_NAMES[color])
+    words.append(SHAPES[shape] if keep[2] else "shape")
+    if keep[3]:
+        words += ["in", "the", POSITIONS[position]]
+    return " ".join(words)
+
+
+def captions(attrs: dict[str, torch.Tensor], index: torch.Tensor, dropout: float = 0.0,
+             generator: torch.Generator | None = None) -> list[str]:
+    """Captions of the items at `index`, each attribute dropped with probability `dropout`."""
+    keep = torch.rand(len(index), 4, generator=generator) >= dropout if dropout > 0 else \
+        torch.ones(len(index), 4, dtype=torch.bool)
+    cols = [attrs[k][index].tolist() for k in ("color", "shape", "size", "position")]
+    return [caption(c, s, z, p, tuple(k)) for c, s, z, p, k in zip(*cols, keep.tolist())]

@@ -1,0 +1,27 @@
+"""User-facing errors.
+
+Anything a user can cause (bad data, bad config, bad command line) raises `AigcError`; the CLI
+prints its message and exits with status 2, never a traceback. Programming errors stay ordinary
+exceptions so that they are visible."""
+
+
+class AigcError(Exception):
+    """An error whose message is meant for the user, with a hint on how to fix it."""
+
+
+def did_you_mean(name: str, valid) -> str:
+    """'unknown X' helper: list the valid names, the closest first."""
+    import difflib
+
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"{hint}; valid: {', '.join(valid)}"
+
+
+class NonFiniteLoss(AigcError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+class Interrupted(AigcError):
+    """SIGINT/SIGTERM during training; a checkpoint was saved (exit status 130)."""

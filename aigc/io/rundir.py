@@ -1,0 +1,58 @@
+"""Run directories (DESIGN.md 'Run directory')."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from aigc.errors import AigcError
+
+CONFIG, CHECKPOINT, METRICS, SAMPLES, LOSS_PNG, EVAL = (
+    "config.toml", "checkpoint", "metrics.jsonl", "samples", "loss.png", "eval.json")
+
+
+def new_run_dir(out: str | None, family: str, dataset: str, overwrite: bool) -> Path:
+    path = Path(out) if out else Path("runs") / f"{family}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if path.exists():
+        if path.is_file():
+            raise AigcError(f"--out {path} is a file")
+        if any(path.iterdir()):
+            if not overwrite:
+                raise AigcError(f"--out {path} already exists and is not empty; pass --overwrite to replace it, "
+                                f"or --resume {path} to continue it")
+            if not (path / CONFIG).exists():
+                raise AigcError(f"refusing to overwrite {path}: it is not an aigc run (no {CONFIG})")
+            shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / SAMPLES).mkdir(exist_ok=True)
+    return path
+
+
+def check_run_dir(path: str | Path, need_checkpoint: bool = True) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise AigcError(f"run folder not found: {path}")
+    if not (path / CONFIG).is_file():
+        raise AigcError(f"{path} is not an aigc run (no {CONFIG})")
+    if need_checkpoint:
+        from aigc.io.checkpoint import recover
+
+        recover(path / CHECKPOINT)
+        if not (path / CHECKPOINT / "model.safetensors").is_file():
+            raise AigcError(f"{path} has no checkpoint yet (it stopped before its first save)")
+    return path
+
+
+def read_metrics(path: Path) -> list[dict]:
+    f = Path(path) / METRICS
+    if not f.is_file():
+        return []
+    rows = []
+    for line in f.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:        # a line cut short by a crash
+            continue
+    return rows

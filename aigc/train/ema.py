@@ -1,0 +1,62 @@
+"""Exponential moving average of weights (Polyak averaging), kept beside the trained modules."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+class EMA:
+    def __init__(self, modules: dict[str, torch.nn.Module], decay: float):
+        self.modules, self.decay = modules, decay
+        self.shadow = {name: [p.detach().clone() for p in self._tensors(m)] for name, m in modules.items()}
+
+    @staticmethod
+    def _tensors(m: torch.nn.Module) -> list[torch.Tensor]:
+        # parameters are averaged; float buffers (e.g. BatchNorm statistics) too; integer buffers are copied
+        return [*m.parameters(), *m.buffers()]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        # warm-up of the decay (as in tf.train.ExponentialMovingAverage with num_updates): early weights
+        # are forgotten quickly instead of dragging the average towards the random initialisation
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for name, m in self.modules.items():
+            live, avg = self._tensors(m), self.shadow[name]
+            floats = [(a, p) for a, p in zip(avg, live) if a.is_floating_point()]
+            if floats:
+                torch._foreach_lerp_([a for a, _ in floats], [p for _, p in floats], 1.0 - decay)
+            for a, p in zip(avg, live):
+                if not a.is_floating_point():
+                    a.copy_(p)
+
+    def state(self) -> dict[str, torch.nn.Module]:
+        """Shadow weights as {name: state_dict-like} for saving: same keys as the live modules."""
+        out = {}
+        for name, m in self.modules.items():
+            keys = [k for k, _ in m.named_parameters()] + [k for k, _ in m.named_buffers()]
+            out[name] = dict(zip(keys, self.shadow[name]))
+        return out
+
+    def load(self, flat: dict[str, torch.Tensor]) -> None:
+        for name, m in self.modules.items():
+            keys = [k for k, _ in m.named_parameters()] + [k for k, _ in m.named_buffers()]
+            for k, a in zip(keys, self.shadow[name]):
+                a.copy_(flat[f"{name}.{k}"])
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Temporarily swap the EMA weights into the live modules."""
+        backup = {name: [t.detach().clone() for t in self._tensors(m)] for name, m in self.modules.items()}
+        try:
+            with torch.no_grad():
+                for name, m in self.modules.items():
+                    for t, a in zip(self._tensors(m), self.shadow[name]):
+                        t.copy_(a)
+            yield
+        finally:
+            with torch.no_grad():
+                for name, m in self.modules.items():
+                    for t, b in zip(self._tensors(m), backup[name]):
+                        t.copy_(b)

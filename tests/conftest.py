@@ -1,0 +1,50 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aigc.data.idx import write_idx
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_mnist_dir(folder: Path, n_train: int = 512, n_test: int = 128, seed: int = 0) -> Path:
+    """A tiny MNIST-shaped dataset: blurry strokes whose position depends on the label."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = np.zeros((n, 28, 28), np.uint8)
+        for i, y in enumerate(labels):
+            r = 4 + 2 * int(y)
+            images[i, r:r + 3, 6:22] = 255
+            images[i, 6:22, r:r + 2] = 180
+        images = np.clip(images.astype(int) + rng.integers(0, 30, images.shape), 0, 255).astype(np.uint8)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory) -> Path:
+    return make_mnist_dir(tmp_path_factory.mktemp("mnist"))
+
+
+def run_cli(*args, cwd=None, timeout=300, env_extra=None) -> subprocess.CompletedProcess:
+    """Run `python -m aigc ARGS` in a real subprocess, as a user would."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "aigc", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Non-zero exit, no traceback, and the message says what is wrong."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "Traceback" not in out, out
+    for f in fragments:
+        assert f.lower() in out.lower(), f"{f!r} not in:\n{out}"

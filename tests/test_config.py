@@ -1,0 +1,51 @@
+import pytest
+
+from aigc.config import DataConfig, RunConfig, TrainConfig, apply_sets, parse_set_value
+from aigc.errors import AigcError
+from aigc.models.vae import VAEConfig
+from aigc.recipes import build_config
+
+
+def cfg():
+    return RunConfig("vae", DataConfig(), VAEConfig(), TrainConfig())
+
+
+def test_set_values_are_toml():
+    assert parse_set_value("3e-4") == 3e-4
+    assert parse_set_value("true") is True
+    assert parse_set_value('["green triangle", "yellow circle"]') == ["green triangle", "yellow circle"]
+    assert parse_set_value("conv") == "conv"                      # bare word -> string
+
+
+def test_set_dotted_bare_and_errors():
+    c = cfg()
+    apply_sets(c, ["lr=3e-4", "data.holdout=[\"green triangle\"]", "model.z_dim=8", "steps=5"])
+    assert c.train.lr == 3e-4 and c.data.holdout == ["green triangle"] and c.model.z_dim == 8 and c.train.steps == 5
+    with pytest.raises(AigcError, match="unknown config key 'lrr'.*did you mean 'lr'"):
+        apply_sets(c, ["lrr=1"])
+    with pytest.raises(AigcError, match="wrong type for train.steps"):
+        apply_sets(c, ["steps=abc"])
+    with pytest.raises(AigcError, match="wrong type for model.z_dim"):
+        apply_sets(c, ["z_dim=1.5"])
+    with pytest.raises(AigcError, match="key=value"):
+        apply_sets(c, ["lr"])
+    with pytest.raises(AigcError, match="unknown config section"):
+        apply_sets(c, ["foo.lr=1"])
+
+
+def test_precedence_preset_config_flags_set(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[train]\nlr = 0.005\nsteps = 7\n[model]\nz_dim = 3\n')
+    c = build_config("vae", "mnist", str(f), ["steps=9"], {"train.steps": 8, "train.seed": 4})
+    assert c.train.lr == 0.005 and c.model.z_dim == 3 and c.train.steps == 9 and c.train.seed == 4
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nlr=")
+    with pytest.raises(AigcError, match="not valid TOML"):
+        build_config("vae", "mnist", str(bad), [], {})
+
+
+def test_unknown_family_lists_valid():
+    with pytest.raises(AigcError, match="valid: vae"):
+        build_config("vea", "mnist", None, [], {})
+    with pytest.raises(AigcError, match="planned"):
+        build_config("gpt", "text", None, [], {})
