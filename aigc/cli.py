@@ -97,18 +97,35 @@ def sample(run, num, out, prompt, label, steps, guidance, seed, what, no_ema, de
 
 # ------------------------------------------------------------------------------------------ eval
 @cli.command(name="eval")
-@click.argument("run", type=click.Path())
-@click.option("--num", type=click.IntRange(1), help="evaluate on the first N eval examples (default: all)")
+@click.argument("run", type=click.Path(), required=False)
+@click.option("--num", type=click.IntRange(1), help="test examples and generated samples to use (default: all / 10000)")
 @click.option("--k", "iwae_k", type=click.IntRange(1), default=1000, show_default=True,
               help="VAE: importance samples for the IWAE bound")
+@click.option("--samples", "samples_file", type=click.Path(), help="score this npz sample file instead of a run")
+@click.option("--data", "dataset", help="with --samples: the dataset to compare against (mnist | shapes | images)")
+@click.option("--data-dir", type=click.Path(), help="with --samples: folder of the dataset's files")
 @click.option("--out", type=click.Path(), help="also write the JSON here")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def eval_(run, num, iwae_k, out, device, quiet):
-    """Evaluate a trained RUN; prints one JSON object and saves it as RUN/eval.json."""
-    from aigc.run import eval_run
+def eval_(run, num, iwae_k, samples_file, dataset, data_dir, out, device, quiet):
+    """Evaluate a trained RUN (or a --samples FILE.npz); prints one JSON object, saved as RUN/eval.json.
 
-    result = eval_run(run, num=num, k=iwae_k, out=out, device=device, quiet=quiet)
+    \b
+    Image metrics use features of a small classifier that aigc trains once per dataset on its
+    real training split and caches: FID[mnist-clf-v1, N samples vs test] is not Inception FID.
+    """
+    from aigc.run import eval_run, eval_samples
+
+    if samples_file:
+        if run:
+            raise AigcError("give either RUN or --samples FILE, not both")
+        if not dataset:
+            raise AigcError("--samples needs --data DATASET to compare against")
+        result = eval_samples(samples_file, dataset, data_dir, out)
+    else:
+        if not run:
+            raise AigcError("say what to evaluate: aigc eval RUN, or aigc eval --samples FILE.npz --data DATASET")
+        result = eval_run(run, num=num, k=iwae_k, out=out, device=device, quiet=quiet)
     click.echo(json.dumps(result, indent=1))
 
 

@@ -112,6 +112,11 @@ def sample_run(run, num, out, prompt=None, label=None, steps=None, guidance=None
 
 
 def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False) -> dict:
+    """The family's own measures (recipe.full_eval) plus, for image models, sample-quality metrics on
+    `num` (default 10000) generated samples against the eval split."""
+    from aigc.evaluation import score_images
+    from aigc.io.images import to_uint8
+
     run_dir = rundir.check_run_dir(run)
     cfg, recipe = open_run(run_dir, pick_device(device))
     data = load_dataset(cfg.data)
@@ -122,13 +127,40 @@ def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False) -> dic
     total = min(num or len(data.eval), len(data.eval))
     with torch.no_grad(), tqdm(total=total, disable=quiet, unit="img", desc="eval", file=sys.stderr) as bar:
         result = recipe.full_eval(data, num=num, k=k, progress=bar.update)
+    if hasattr(recipe, "generate_for_eval"):
+        n = num or 10000
+        images, labels, prompts = recipe.generate_for_eval(data, n)
+        images = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)
+        if data.binarize:                             # compare with the grey test images the classifier knows
+            import dataclasses
+
+            data = load_dataset(dataclasses.replace(cfg.data, binarize="none"))
+        try:
+            quality = score_images(data, images, labels, prompts)
+        except AigcError as e:                        # e.g. an unlabelled image folder: no feature classifier
+            quality = {"feature_metrics": f"skipped: {e}"}
+        result["sample_quality"] = quality
     result = {"family": cfg.family, "dataset": cfg.data.name, "run": str(run_dir),
               "step": _last_step(run_dir), **result, "eval_seconds": round(time.perf_counter() - t0, 1)}
-    text = json.dumps(result, indent=1)
-    (run_dir / rundir.EVAL).write_text(text + "\n")
-    if out:
-        Path(out).write_text(text + "\n")
+    _write_json(result, run_dir / rundir.EVAL, out)
     return result
+
+
+def eval_samples(path, dataset, data_dir=None, out=None) -> dict:
+    from aigc.config import DataConfig
+    from aigc.evaluation import eval_samples_file
+
+    data = load_dataset(DataConfig(name=dataset, dir=data_dir or ""))
+    result = eval_samples_file(Path(path), data)
+    _write_json(result, None, out)
+    return result
+
+
+def _write_json(result: dict, *paths) -> None:
+    text = json.dumps(result, indent=1) + "\n"
+    for p in paths:
+        if p:
+            Path(p).write_text(text)
 
 
 def _last_step(run_dir: Path) -> int:

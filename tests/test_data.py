@@ -159,3 +159,34 @@ def test_batcher_epochs_and_state(mnist_dir):
     seen = torch.cat(first + rest[:2])
     assert len(seen) == 500                                          # an epoch has no repeats
     assert b.epoch == 1
+
+
+def test_mnist_download_checks_md5(tmp_path, mnist_dir, monkeypatch):
+    """The download path against a local HTTP server: good files are kept, a corrupt one is refused."""
+    import functools
+    import hashlib
+    import http.server
+    import shutil
+    import threading
+
+    from aigc.data import mnist
+
+    served = tmp_path / "served"
+    shutil.copytree(mnist_dir, served)
+    md5 = {n: hashlib.md5((served / n).read_bytes()).hexdigest() for n in mnist.FILES}
+    (served / "t10k-labels-idx1-ubyte.gz").write_bytes(b"tampered")          # md5 will not match
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(mnist, "MIRRORS", [f"http://127.0.0.1:{server.server_port}/"])
+        monkeypatch.setattr(mnist, "FILES", md5)
+        with pytest.raises(AigcError, match="t10k-labels-idx1-ubyte.gz"):
+            load_mnist(tmp_path / "dl", download=True)
+        assert (tmp_path / "dl" / "train-images-idx3-ubyte.gz").is_file()         # the good ones were kept
+        assert not (tmp_path / "dl" / "t10k-labels-idx1-ubyte.gz").exists()
+        shutil.copy(mnist_dir / "t10k-labels-idx1-ubyte.gz", served)             # mirror fixed: completes
+        assert load_mnist(tmp_path / "dl", download=True)["test_labels"].shape == (128,)
+    finally:
+        server.shutdown()

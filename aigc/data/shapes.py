@@ -105,3 +105,64 @@ def captions(attrs: dict[str, torch.Tensor], index: torch.Tensor, dropout: float
         torch.ones(len(index), 4, dtype=torch.bool)
     cols = [attrs[k][index].tolist() for k in ("color", "shape", "size", "position")]
     return [caption(c, s, z, p, tuple(k)) for c, s, z, p, k in zip(*cols, keep.tolist())]
+
+
+# ---------------------------------------------------------------- reading attributes back off pixels
+def detect(images: torch.Tensor, threshold: int = 100) -> dict[str, torch.Tensor]:
+    """Attributes of one-shape images, read off the pixels with no training (the inverse of `render`).
+
+    images: uint8 (N, 3, 32, 32) (or float in [0, 1]). Returns int64 tensors color, shape, size,
+    position (-1 where no shape is found) and the bounding-box centre cx, cy (float):
+      foreground  pixels whose brightest channel exceeds `threshold` (every palette color has one >= 220)
+      color       nearest palette color to the mean foreground RGB
+      size        small if the bounding box's longer side is < 11 px (8 vs 14)
+      shape       triangle if under 40% of the area lies in the top half of the box (apex up: ~29%,
+                  circle and square: 50%); else square if it fills > 90% of its box (circle: ~79%)
+      position    nearest grid point (8, 16, 24) to the box centre, per axis"""
+    x = images if images.dtype == torch.uint8 else (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    x = x.long()
+    n = x.shape[0]
+    mask = x.max(1).values > threshold                                # (N, H, W)
+    area = mask.sum((1, 2))
+    found = area > 0
+    rows, cols = mask.any(2), mask.any(1)                             # (N, H), (N, W)
+    idx = torch.arange(SIZE)
+    big = SIZE + 1
+    y0 = torch.where(rows, idx, big).min(1).values
+    y1 = torch.where(rows, idx, -1).max(1).values
+    x0 = torch.where(cols, idx, big).min(1).values
+    x1 = torch.where(cols, idx, -1).max(1).values
+    h, w = (y1 - y0 + 1).clamp(min=1), (x1 - x0 + 1).clamp(min=1)
+    mean_rgb = (x * mask[:, None]).sum((2, 3)).double() / area.clamp(min=1)[:, None]
+    palette = torch.tensor(list(COLORS.values()), dtype=torch.float64)
+    color = torch.cdist(mean_rgb, palette).argmin(1)
+    size = (torch.maximum(h, w) >= 11).long()
+    top_half = (mask & (idx[None, :, None] < (y0 + h / 2)[:, None, None])).sum((1, 2))
+    top_frac = top_half.double() / area.clamp(min=1)
+    fill = area.double() / (h * w)
+    shape = torch.where(top_frac < 0.4, 2, torch.where(fill > 0.9, 1, 0))
+    cx, cy = (x0 + x1 + 1) / 2, (y0 + y1 + 1) / 2
+    grid = torch.tensor(GRID, dtype=torch.float64)
+    col = (cx.double()[:, None] - grid).abs().argmin(1)
+    row = (cy.double()[:, None] - grid).abs().argmin(1)
+    position = row * 3 + col
+    miss = torch.full((n,), -1, dtype=torch.long)
+    return {"color": torch.where(found, color, miss), "shape": torch.where(found, shape, miss),
+            "size": torch.where(found, size, miss), "position": torch.where(found, position, miss),
+            "cx": cx.double(), "cy": cy.double()}
+
+
+def parse_caption(text: str) -> dict[str, int]:
+    """The attributes a prompt names, e.g. 'a red circle' -> {'color': 0, 'shape': 0}; unknown words
+    are ignored (callers decide whether a prompt with no known word is an error)."""
+    t = " " + " ".join(text.lower().split()) + " "
+    out = {}
+    for key, names in (("color", COLOR_NAMES), ("shape", SHAPES), ("size", SIZE_NAMES)):
+        for i, name in enumerate(names):
+            if f" {name} " in t:
+                out[key] = i
+    for i, name in sorted(enumerate(POSITIONS), key=lambda p: -len(p[1])):   # 'top left' before 'top'
+        if f" {name} " in t:
+            out["position"] = i
+            break
+    return out

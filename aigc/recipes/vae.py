@@ -68,6 +68,11 @@ class VAERecipe:
             raise AigcError("this VAE is unconditional: --label and --prompt do not apply")
         return {"images": self.model.sample(num)}
 
+    def generate_for_eval(self, data, num: int):
+        """`num` samples (Bernoulli means, as in the grids) for the sample-quality metrics."""
+        images = torch.cat([self.model.sample(min(1000, num - i)) for i in range(0, num, 1000)])
+        return images, None, None
+
     def reconstructions(self, data, num: int) -> torch.Tensor:
         """Rows of (original, reconstruction) pairs from the eval split."""
         x = next(data.eval_batches(num))["image"].to(self.device_of())

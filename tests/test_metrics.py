@@ -1,0 +1,74 @@
+import math
+
+import pytest
+import torch
+
+from aigc.data import shapes
+from aigc.metrics import classifier
+from aigc.metrics.features import fid, kid, precision_recall
+from aigc.metrics.images import class_entropy
+
+
+def _gauss(n, d=16, shift=0.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g) + shift
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise():
+    x = _gauss(3000)
+    assert abs(fid(x, x)) < 1e-6
+    noisy = [fid(x, x + s * _gauss(3000, seed=1)) for s in (0.1, 0.5, 1.0)]
+    assert noisy[0] < noisy[1] < noisy[2]
+    # known closed form for two Gaussians with equal covariance: ||mu_1 - mu_2||^2
+    assert fid(_gauss(20000), _gauss(20000, shift=1.0, seed=2)) == pytest.approx(16.0, rel=0.05)
+
+
+def test_kid_unbiased_on_identical_distributions():
+    m, s = kid(_gauss(2000), _gauss(2000, seed=5), subsets=20, subset_size=500)
+    assert abs(m) < 3 * s / math.sqrt(20) + 1e-3                      # centred on 0, not positive-biased
+    m2, _ = kid(_gauss(2000), _gauss(2000, shift=0.5, seed=5), subsets=20, subset_size=500)
+    assert m2 > 10 * abs(m)
+
+
+def test_precision_recall_identical_sets():
+    x = _gauss(1000)
+    p, r = precision_recall(x, x.clone())
+    assert p == pytest.approx(1.0) and r == pytest.approx(1.0)
+    p2, r2 = precision_recall(x, _gauss(1000, shift=5.0, seed=3))
+    assert p2 < 0.05 and r2 < 0.05
+
+
+def test_class_entropy():
+    assert class_entropy(torch.arange(10).repeat(10), 10) == pytest.approx(math.log(10))
+    assert class_entropy(torch.zeros(50, dtype=torch.long), 10) == 0.0
+
+
+def test_shapes_detector_reads_real_data():
+    images, a = shapes.generate(5000, seed=11)
+    d = shapes.detect(images)
+    for k in ("color", "shape", "size", "position"):
+        assert (d[k] == a[k]).double().mean() >= 0.99, k
+    perm = torch.randperm(5000, generator=torch.Generator().manual_seed(0))    # shuffled prompts: near chance
+    chance = {"color": 1 / 6, "shape": 1 / 3, "size": 1 / 2, "position": 1 / 9}
+    for k, c in chance.items():
+        assert abs((d[k] == a[k][perm]).double().mean().item() - c) < 0.05, k
+    assert (shapes.detect(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))["shape"] == -1).all()
+
+
+def test_parse_caption():
+    assert shapes.parse_caption("a large red circle in the top left") == {"color": 0, "shape": 0, "size": 1, "position": 0}
+    assert shapes.parse_caption("a blue shape in the top") == {"color": 2, "position": 1}
+    assert shapes.parse_caption("hello") == {}
+
+
+def test_classifier_cache_is_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIGC_CACHE", str(tmp_path))
+    images, a = shapes.generate(600, seed=1)
+    net, info = classifier.get_classifier("shapes-test", images, a["shape"], 3, test=(images[:200], a["shape"][:200]))
+    assert info["reused"] is False and info["test_accuracy"] > 0.5
+    calls = []
+    monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: calls.append(1))
+    net2, info2 = classifier.get_classifier("shapes-test", images, a["shape"], 3)
+    assert info2["reused"] is True and not calls
+    x = images[:8].float() / 255
+    assert torch.equal(net.features(x), net2.features(x))
