@@ -135,11 +135,12 @@ def eval_(run, num, iwae_k, samples_file, dataset, data_dir, out, device, quiet)
 @click.option("--minutes", type=float, default=3.0, show_default=True, help="total training budget")
 @click.option("--overwrite", is_flag=True, help="replace an existing report folder")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def demo(out, minutes, overwrite, quiet):
+@click.option("--dry-run", is_flag=True, help="smoke run: a few steps per family and small evaluations")
+def demo(out, minutes, overwrite, quiet, dry_run):
     """Train every available family on built-in data (no download) and write OUT/report.html."""
     from aigc.demo import run_demo
 
-    report = run_demo(Path(out), minutes, overwrite, quiet)
+    report = run_demo(Path(out), minutes, overwrite, quiet, dry_run)
     click.echo(f"wrote {report}")
 
 

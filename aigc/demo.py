@@ -33,7 +33,7 @@ DEMOS = [
     DemoEntry("vae-shapes", "VAE on shapes (32x32 RGB)", "vae", "shapes", 1.0,
               sets=["eval_every=0", "sample_every=0", "ckpt_every=500"],
               extras=["reconstructions", "interpolation"],
-              eval_args={"num": 500, "k": 100},
+              eval_args={"num": 1000, "k": 100, "sample_num": 2000},
               blurb="A convolutional VAE (Bernoulli decoder on logits, beta = 1) trained on the built-in shapes. "
                     "Samples are decoded from z ~ N(0, I); reconstructions show test images (odd columns) and "
                     "their reconstructions (even columns); each interpolation row decodes a straight line between "
@@ -50,7 +50,12 @@ def _metric_rows(result: dict) -> str:
     return "\n".join(rows)
 
 
-def run_demo(out: Path, minutes: float, overwrite: bool = False, quiet: bool = False) -> Path:
+DRY_RUN = {"steps": 20, "eval": {"num": 100, "k": 10, "sample_num": 300}, "sets": ["num_train=2000", "num_eval=500"]}
+
+
+def run_demo(out: Path, minutes: float, overwrite: bool = False, quiet: bool = False, dry_run: bool = False) -> Path:
+    """Train each DEMOS entry for its share of `minutes` (dry_run: a few steps and small evaluations,
+    to check the whole path quickly), then write out/report.html."""
     if minutes <= 0:
         raise AigcError("--minutes must be positive")
     if out.exists() and any(out.iterdir()):
@@ -65,14 +70,15 @@ def run_demo(out: Path, minutes: float, overwrite: bool = False, quiet: bool = F
     for e in DEMOS:
         print(f"[demo] {e.title}: training for {minutes * e.share:.1f} min", file=sys.stderr)
         run = out / "runs" / e.name
-        summary = start_training(e.family, e.dataset, None, e.sets, {"train.minutes": minutes * e.share},
-                                 str(run), False, quiet)
+        budget = {"train.steps": DRY_RUN["steps"]} if dry_run else {"train.minutes": minutes * e.share}
+        sets = e.sets + (DRY_RUN["sets"] if dry_run and e.dataset == "shapes" else [])
+        summary = start_training(e.family, e.dataset, None, sets, budget, str(run), False, quiet)
         images = {"samples": sample_run(run, 64, out / f"{e.name}-samples.png", seed=0)}
         for kind in e.extras:
             images[kind] = sample_run(run, 80, out / f"{e.name}-{kind}.png", what=kind, seed=0)
         shutil.copy(run / "loss.png", out / f"{e.name}-loss.png")
         images["loss curves"] = out / f"{e.name}-loss.png"
-        result = eval_run(run, quiet=quiet, **e.eval_args)
+        result = eval_run(run, quiet=quiet, **(DRY_RUN["eval"] if dry_run else e.eval_args))
         result["train_steps"], result["train_seconds"] = summary["step"], summary["elapsed_s"]
         figs = "\n".join(f'<figure><img src="{html.escape(p.name)}" alt="{html.escape(k)}">'
                          f"<figcaption>{html.escape(k)}</figcaption></figure>" for k, p in images.items())
@@ -87,9 +93,20 @@ def run_demo(out: Path, minutes: float, overwrite: bool = False, quiet: bool = F
 .figs{{display:flex;flex-wrap:wrap;gap:1em}} figure{{margin:0}} img{{max-width:520px;image-rendering:pixelated}}
 table{{border-collapse:collapse;margin-top:1em}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}</style>
 </head><body><h1>aigc demo</h1>
-<p>Every available family trained from scratch on built-in data, {total / 60:.1f} minutes in all on this machine.
+<p>Every available family trained from scratch on built-in data, {total / 60:.1f} minutes in all on this machine{" (dry run: a few steps only)" if dry_run else ""}.
 Metrics are defined in the metric tables; nothing here was picked by hand.</p>
+<p id="image-check" data-ok="">checking that every image loaded ...</p>
 {''.join(sections)}
+<script>
+window.addEventListener("load", () => {{
+  const imgs = [...document.images];
+  const bad = imgs.filter(i => !i.complete || i.naturalWidth === 0);
+  const el = document.getElementById("image-check");
+  el.textContent = bad.length ? `${{bad.length}} of ${{imgs.length}} images failed to load: ` +
+    bad.map(i => i.getAttribute("src")).join(", ") : `all ${{imgs.length}} images loaded`;
+  el.dataset.ok = bad.length ? "no" : "yes";
+}});
+</script>
 </body></html>
 """
     report = out / "report.html"

@@ -106,7 +106,7 @@ def load_samples_npz(path: Path) -> dict:
     return out
 
 
-def eval_samples_file(path: Path, data: Dataset) -> dict:
-    s = load_samples_npz(path)
+def eval_samples_file(path: Path, data: Dataset, samples: dict | None = None) -> dict:
+    s = samples or load_samples_npz(path)
     result = score_images(data, s["images"], s.get("labels"), s.get("prompts"))
     return {"samples": str(path), "dataset": data.name, **result}

@@ -111,9 +111,9 @@ def sample_run(run, num, out, prompt=None, label=None, steps=None, guidance=None
     return save_npz(out, result["images"], labels=result.get("labels"), prompts=result.get("prompts"))
 
 
-def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False) -> dict:
-    """The family's own measures (recipe.full_eval) plus, for image models, sample-quality metrics on
-    `num` (default 10000) generated samples against the eval split."""
+def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False, sample_num=None) -> dict:
+    """The family's own measures (recipe.full_eval) on `num` eval examples (default: all), plus, for
+    image models, sample-quality metrics on `sample_num` (default: num, else 10000) generated samples."""
     from aigc.evaluation import score_images
     from aigc.io.images import to_uint8
 
@@ -128,7 +128,7 @@ def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False) -> dic
     with torch.no_grad(), tqdm(total=total, disable=quiet, unit="img", desc="eval", file=sys.stderr) as bar:
         result = recipe.full_eval(data, num=num, k=k, progress=bar.update)
     if hasattr(recipe, "generate_for_eval"):
-        n = num or 10000
+        n = sample_num or num or 10000
         images, labels, prompts = recipe.generate_for_eval(data, n)
         images = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)
         if data.binarize:                             # compare with the grey test images the classifier knows
@@ -148,10 +148,11 @@ def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False) -> dic
 
 def eval_samples(path, dataset, data_dir=None, out=None) -> dict:
     from aigc.config import DataConfig
-    from aigc.evaluation import eval_samples_file
+    from aigc.evaluation import eval_samples_file, load_samples_npz
 
+    samples = load_samples_npz(Path(path))            # a bad file is reported before any data is loaded
     data = load_dataset(DataConfig(name=dataset, dir=data_dir or ""))
-    result = eval_samples_file(Path(path), data)
+    result = eval_samples_file(Path(path), data, samples)
     _write_json(result, None, out)
     return result
 

@@ -29,6 +29,19 @@ def make_mnist_dir(folder: Path, n_train: int = 512, n_test: int = 128, seed: in
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Feature classifiers trained by tests go to a private cache, never the user's."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("AIGC_CACHE")
+    os.environ["AIGC_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("AIGC_CACHE", None)
+    else:
+        os.environ["AIGC_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory) -> Path:
     return make_mnist_dir(tmp_path_factory.mktemp("mnist"))

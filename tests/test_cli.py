@@ -1,6 +1,7 @@
 """Every command through a real subprocess, with tiny configs; bad input gives a clear error."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -157,14 +158,36 @@ def test_images_folder_trains(tmp_path):
     assert "skipped 1" in p.stderr
 
 
-def test_demo_report(tmp_path):
-    out = tmp_path / "demo"
-    p = run_cli("demo", "--out", out, "--minutes", 0.15, "--quiet", timeout=400)
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    p = run_cli("demo", "--out", out, "--dry-run", "--quiet", timeout=400)
     assert p.returncode == 0, p.stderr
-    page = (out / "report.html").read_text()
+    return out / "report.html"
+
+
+def test_demo_report(demo_report):
     import re
 
+    out, page = demo_report.parent, demo_report.read_text()
     srcs = re.findall(r'src="([^"]+)"', page)
     assert len(srcs) >= 4 and all((out / s).is_file() for s in srcs)
-    assert "test_nll_iwae" in page
+    assert "test_nll_iwae" in page and "fid_name" in page
     assert_clean_error(run_cli("demo", "--out", out, "--minutes", 0.1), "--overwrite")
+
+
+def test_demo_report_renders_in_chromium(demo_report, tmp_path):
+    """Headless Chromium loads the page; its own script reports whether every image decoded."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    p = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+                        demo_report.as_uri()], capture_output=True, text=True, timeout=120)
+    check = re.search(r'<p id="image-check" data-ok="(\w*)">([^<]*)</p>', p.stdout)
+    assert check, p.stdout[-2000:] + p.stderr[-2000:]
+    assert check.group(1) == "yes", check.group(2)
+    assert re.match(r"all \d+ images loaded", check.group(2))
