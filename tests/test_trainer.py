@@ -49,10 +49,13 @@ def test_interrupted_cosine_run_resumes_bit_identical(tmp_path, mnist_dir):
     _train(tmp_path, mnist_dir, "full", 20, sets)
     r = _train(tmp_path, mnist_dir, "cut", 20, sets, stop_at=10)
     assert r["stopped"] == "stop_at"
+    with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:      # a row logged after the checkpoint, then a crash
+        f.write(json.dumps({"kind": "train", "step": 15, "loss": 1.0}) + "\n")
     resume_training(str(tmp_path / "cut"), quiet=True)
     _assert_identical(tmp_path / "full", tmp_path / "cut")
-    train_rows = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
-    assert max(r["step"] for r in train_rows) == 20
+    rows = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in rows if r["kind"] == "train"]
+    assert train_steps == sorted(set(train_steps)) and max(train_steps) == 20      # no step logged twice
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, mnist_dir, monkeypatch):

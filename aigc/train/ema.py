@@ -14,8 +14,9 @@ class EMA:
 
     @staticmethod
     def _tensors(m: torch.nn.Module) -> list[torch.Tensor]:
-        # parameters are averaged; float buffers (e.g. BatchNorm statistics) too; integer buffers are copied
-        return [*m.parameters(), *m.buffers()]
+        # what state_dict saves (parameters and persistent buffers), in its order, so EMA weights use the
+        # same names as model.safetensors; float tensors are averaged, integer buffers copied
+        return list(m.state_dict(keep_vars=True).values())
 
     @torch.no_grad()
     def update(self, step: int) -> None:
@@ -31,19 +32,16 @@ class EMA:
                 if not a.is_floating_point():
                     a.copy_(p)
 
-    def state(self) -> dict[str, torch.nn.Module]:
-        """Shadow weights as {name: state_dict-like} for saving: same keys as the live modules."""
-        out = {}
-        for name, m in self.modules.items():
-            keys = [k for k, _ in m.named_parameters()] + [k for k, _ in m.named_buffers()]
-            out[name] = dict(zip(keys, self.shadow[name]))
-        return out
+    def state(self) -> dict[str, torch.Tensor]:
+        """Shadow weights flattened as {'module.key': tensor}: the same keys as model.safetensors."""
+        return {f"{name}.{k}": a.detach().cpu().contiguous()
+                for name, m in self.modules.items() for k, a in zip(m.state_dict().keys(), self.shadow[name])}
 
     def load(self, flat: dict[str, torch.Tensor]) -> None:
-        for name, m in self.modules.items():
-            keys = [k for k, _ in m.named_parameters()] + [k for k, _ in m.named_buffers()]
-            for k, a in zip(keys, self.shadow[name]):
-                a.copy_(flat[f"{name}.{k}"])
+        with torch.no_grad():
+            for name, m in self.modules.items():
+                for k, a in zip(m.state_dict().keys(), self.shadow[name]):
+                    a.copy_(flat[f"{name}.{k}"])
 
     @contextlib.contextmanager
     def applied(self):

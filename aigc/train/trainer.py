@@ -89,7 +89,8 @@ class Optimizers:
             raise KeyError(f"no optimiser '{name}'; have {list(self.opts)}")
         if not torch.isfinite(loss.detach()):
             raise NonFiniteLoss(f"the '{name}' loss became {loss.item()}")
-        loss.backward()
+        with torch.autocast(loss.device.type, enabled=False):     # backward outside autocast, as advised
+            loss.backward()
         if self.cfg.grad_clip > 0:
             self.grad_norms[name] = torch.nn.utils.clip_grad_norm_(self.params[name], self.cfg.grad_clip)
         self.opts[name].step()
@@ -160,9 +161,7 @@ class Trainer:
         }
         if torch.cuda.is_available() and self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        ema = None
-        if self.ema is not None:
-            ema = {f"{n}.{k}": v.detach().cpu().contiguous() for n, d in self.ema.state().items() for k, v in d.items()}
+        ema = self.ema.state() if self.ema is not None else None
         ckpt.save_checkpoint(self.run_dir / CHECKPOINT, ckpt.flat_state(self.recipe.modules), ema, state)
 
     def load(self) -> None:
@@ -179,6 +178,16 @@ class Trainer:
         if "rng_cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self._trim_metrics()
+
+    def _trim_metrics(self) -> None:
+        """Drop log rows written after the checkpoint (a crash between saves): the resumed run logs them again."""
+        path = self.run_dir / METRICS
+        if path.is_file():
+            rows = read_metrics(self.run_dir)
+            keep = [r for r in rows if r.get("step", 0) <= self.step]
+            if len(keep) != len(rows):
+                path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     # ------------------------------------------------------------------ helpers
     def progress(self, elapsed: float | None = None) -> float:
