@@ -10,8 +10,8 @@ import click
 
 from aigc.errors import AigcError, Interrupted
 
-FAMILY_HELP = "vae (gpt, gan, text-gan, diffusion, video-gan, video-diffusion: planned)"
-DATASET_HELP = "mnist | shapes | images"
+FAMILY_HELP = "vae | gpt (gan, text-gan, diffusion, video-gan, video-diffusion: planned)"
+DATASET_HELP = "mnist | shapes | images (images); text | code | sft (gpt)"
 
 
 def _echo_err(msg: str) -> None:
@@ -45,19 +45,27 @@ def cli():
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="default: auto")
 @click.option("--seed", type=int, help="random seed (default 0)")
 @click.option("--resume", type=click.Path(), help="continue the run in this folder exactly where it stopped")
+@click.option("--init-from", type=click.Path(), help="gpt: start from this trained run's weights and tokenizer")
 @click.option("--overwrite", is_flag=True, help="replace an existing --out folder")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, device, seed, resume, overwrite, quiet):
+def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, device, seed, resume, init_from,
+          overwrite, quiet):
     """Train FAMILY on a dataset, or continue a run with --resume RUN.
 
-    FAMILY: vae (more families are planned, see DESIGN.md). Without --config, the preset
+    \b
+    FAMILY: vae | gpt (more families are planned, see DESIGN.md). Without --config, the preset
     configs/FAMILY-DATASET.toml is used when there is one.
+    \b
+      aigc train gpt --data text --data-dir input.txt --minutes 10
+      aigc train gpt --data code --set tokenizer=bpe --minutes 5        # the Python standard library
+      aigc train gpt --init-from runs/gpt --data sft --data-dir chat.jsonl --steps 300
     """
     from aigc.run import resume_training, start_training
 
     if resume:
         given = [n for n, v in (("FAMILY", family), ("--data", dataset), ("--data-dir", data_dir), ("--out", out),
-                                ("--config", config_file), ("--set", sets), ("--seed", seed)) if v]
+                                ("--config", config_file), ("--set", sets), ("--seed", seed),
+                                ("--init-from", init_from)) if v]
         if given:
             raise AigcError(f"--resume takes its settings from RUN/config.toml; drop {', '.join(given)}")
         result = resume_training(resume, steps=steps, minutes=minutes, device=device, quiet=quiet)
@@ -68,31 +76,59 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
             raise AigcError(f"say which data to train on: --data {DATASET_HELP}")
         flags = {"data.dir": data_dir, "train.minutes": minutes, "train.steps": steps, "train.device": device,
                  "train.seed": seed}
-        result = start_training(family, dataset, config_file, list(sets), flags, out, overwrite, quiet)
+        result = start_training(family, dataset, config_file, list(sets), flags, out, overwrite, quiet,
+                                init_from=init_from)
     click.echo(json.dumps(result, indent=1))
 
 
 # ------------------------------------------------------------------------------------------ sample
 @cli.command()
 @click.argument("run", type=click.Path())
-@click.option("--num", type=click.IntRange(1, 100000), default=64, show_default=True, help="how many samples")
-@click.option("--out", required=True, type=click.Path(), help="FILE.png (grid) or FILE.npz (arrays)")
-@click.option("--prompt", help="text prompt (text-conditional models)")
+@click.option("--num", type=click.IntRange(1, 100000), default=None, help="how many samples (images 64, text 1)")
+@click.option("--out", type=click.Path(), help="FILE.png (grid) or FILE.npz (arrays); text: a file (default stdout)")
+@click.option("--prompt", help="text prompt (language models, text-conditional models)")
+@click.option("--prompt-file", type=click.Path(), help="read the prompt from this UTF-8 file")
 @click.option("--label", type=int, help="class label (class-conditional models)")
 @click.option("--steps", type=int, help="sampler steps (diffusion)")
 @click.option("--guidance", type=float, help="classifier-free guidance scale (diffusion)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--what", type=click.Choice(["samples", "reconstructions", "interpolation"]), default="samples",
               show_default=True, help="VAE: also reconstructions of test images or latent interpolations")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=500, show_default=True, help="text: tokens to generate")
+@click.option("--temperature", type=float, default=0.8, show_default=True, help="text: 0 = greedy")
+@click.option("--top-k", type=int, help="text: sample among the k most likely tokens")
+@click.option("--top-p", type=float, help="text: nucleus sampling, the smallest set with probability >= p")
+@click.option("--stop", multiple=True, help="text: stop a sample at this string (repeatable)")
+@click.option("--stream", is_flag=True, help="text: print tokens as they are produced")
 @click.option("--no-ema", is_flag=True, help="use the raw weights even when EMA weights exist")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
-def sample(run, num, out, prompt, label, steps, guidance, seed, what, no_ema, device):
-    """Generate samples from a trained RUN into a PNG grid or an npz file."""
+def sample(run, num, out, prompt, prompt_file, label, steps, guidance, seed, what, max_new_tokens, temperature,
+           top_k, top_p, stop, stream, no_ema, device):
+    """Generate samples from a trained RUN: a PNG grid or npz for image models, text for language models."""
     from aigc.run import sample_run
 
-    path = sample_run(run, num=num, out=out, prompt=prompt, label=label, steps=steps, guidance=guidance,
-                      seed=seed, what=what, ema=not no_ema, device=device)
-    click.echo(f"wrote {path}")
+    if prompt_file:
+        if prompt is not None:
+            raise AigcError("give --prompt or --prompt-file, not both")
+        try:
+            prompt = Path(prompt_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise AigcError(f"cannot read --prompt-file {prompt_file}: {e}") from None
+    text_options = {}
+    if stream or stop or top_k or top_p or max_new_tokens != 500 or temperature != 0.8:
+        text_options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                            stop=tuple(stop), stream=(lambda piece: click.echo(piece, nl=False)) if stream else None)
+    result = sample_run(run, num=num, out=out, prompt=prompt, label=label, steps=steps, guidance=guidance,
+                        seed=seed, what=what, ema=not no_ema, device=device, **text_options)
+    if isinstance(result, list):                     # text
+        if stream:
+            click.echo()
+        elif not out:
+            click.echo("\n\n".join(result))
+        if out:
+            click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(f"wrote {result}")
 
 
 # ------------------------------------------------------------------------------------------ eval

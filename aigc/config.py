@@ -30,7 +30,7 @@ SECTIONS = ("data", "model", "train")
 
 @dataclass
 class DataConfig:
-    name: str = "mnist"              # mnist | shapes | images
+    name: str = "mnist"              # mnist | shapes | images | text | code | sft
     dir: str = ""                    # --data-dir: folder with the files (mnist, images)
     batch_size: int = 128
     image_size: int = 0              # 0 = the dataset's own size (28 for mnist, 32 for shapes)
@@ -42,6 +42,10 @@ class DataConfig:
     caption_dropout: float = 0.1     # shapes: chance of dropping each caption attribute
     val_fraction: float = 0.1        # images: share of the folder kept for evaluation
     download: bool = True            # mnist: download when the files are missing and we are online
+    tokenizer: str = "char"          # text/code: char | bpe
+    vocab_size: int = 2048           # bpe: vocabulary size
+    encoding_errors: str = ""        # text/code: strict | replace | skip ("" = strict for text, skip for code)
+    max_chars: int = 0               # text/code: read at most this many characters (0 = all)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from aigc.config import RunConfig
-from aigc.data import Batcher, load_dataset
+from aigc.data import load_dataset
 from aigc.errors import AigcError
 from aigc.io import rundir
 from aigc.io.images import save_grid, save_npz
@@ -24,20 +24,21 @@ def _setup_torch(cfg: RunConfig) -> torch.device:
     return pick_device(cfg.train.device)
 
 
-def _resolve_data(cfg: RunConfig):
-    """Load the dataset and write its resolved image shape into the config (so the run can be rebuilt)."""
-    data = load_dataset(cfg.data)
-    c, h, _ = data.image_shape
-    cfg.data.channels, cfg.data.image_size = c, h
+def _load_data(cls, cfg: RunConfig, run_dir: Path | None = None):
+    data = cls.load_data(cfg, run_dir)
     if data.note:
         print(f"note: {data.note}", file=sys.stderr)
     return data
 
 
 def _fit(cfg: RunConfig, data, run_dir: Path, device, quiet: bool, resume: bool, more_minutes: float | None = None,
-         total_steps: int | None = None, stop_at: int | None = None) -> dict:
-    recipe = recipe_class(cfg.family)(cfg)
-    batcher = Batcher(data, cfg.data.batch_size, cfg.train.seed)
+         total_steps: int | None = None, stop_at: int | None = None, init_from: Path | None = None) -> dict:
+    cls = recipe_class(cfg.family)
+    recipe = cls(cfg)
+    if init_from is not None:
+        recipe.init_from(init_from)
+    recipe.save_artifacts(run_dir, data)
+    batcher = cls.make_batcher(data, cfg)
     trainer = Trainer(recipe, data, batcher, cfg.train, run_dir, device, quiet=quiet, lrs=getattr(recipe, "lrs", None))
     if resume:
         trainer.load()
@@ -53,28 +54,35 @@ def _fit(cfg: RunConfig, data, run_dir: Path, device, quiet: bool, resume: bool,
     return {"run": str(run_dir), **summary, "final_eval": {k: v for k, v in final.items() if k != "kind"}}
 
 
-def start_training(family, dataset, config_file, sets, flags, out, overwrite, quiet, stop_at=None) -> dict:
+def start_training(family, dataset, config_file, sets, flags, out, overwrite, quiet, stop_at=None,
+                   init_from=None) -> dict:
     cfg = build_config(family, dataset, config_file, sets, flags)
+    cls = recipe_class(family)
+    init_dir = None
+    if init_from:
+        init_dir = rundir.check_run_dir(init_from)
+        if not hasattr(cls, "init_from"):
+            raise AigcError(f"--init-from is not supported for the {family} family")
+        cls.adopt_init_config(cfg, init_dir, sets)
     torch.manual_seed(cfg.train.seed)
     device = _setup_torch(cfg)
-    data = _resolve_data(cfg)
+    data = _load_data(cls, cfg, init_dir)
     if cfg.train.steps <= 0 and cfg.train.minutes <= 0:
         raise AigcError("no training budget: give --steps N or --minutes M (or train.steps in the config)")
     run_dir = rundir.new_run_dir(out, family, dataset, overwrite)
     cfg.save(run_dir / rundir.CONFIG)
-    print(f"run folder: {run_dir}  ({family} on {dataset}, {len(data.train)} training examples, device {device})",
-          file=sys.stderr)
-    return _fit(cfg, data, run_dir, device, quiet, resume=False, stop_at=stop_at)
+    print(f"run folder: {run_dir}  ({family} on {dataset}, {data.describe()}, device {device})", file=sys.stderr)
+    return _fit(cfg, data, run_dir, device, quiet, resume=False, stop_at=stop_at, init_from=init_dir)
 
 
 def resume_training(run, steps=None, minutes=None, device=None, quiet=False) -> dict:
     run_dir = rundir.check_run_dir(run)
-    cfg, _ = _load_cfg(run_dir)
+    cfg, cls = _load_cfg(run_dir)
     if device:
         cfg.train.device = device
     torch.manual_seed(cfg.train.seed)
     dev = _setup_torch(cfg)
-    data = _resolve_data(cfg)
+    data = _load_data(cls, cfg, run_dir)
     print(f"resuming {run_dir}", file=sys.stderr)
     return _fit(cfg, data, run_dir, dev, quiet, resume=True, more_minutes=minutes, total_steps=steps)
 
@@ -87,13 +95,29 @@ def _load_cfg(run_dir: Path):
     return load_run_config(run_dir / rundir.CONFIG, cls.ModelConfig), cls
 
 
-def sample_run(run, num, out, prompt=None, label=None, steps=None, guidance=None, seed=0, what="samples",
-               ema=True, device="auto") -> Path:
+def sample_run(run, num, out=None, prompt=None, label=None, steps=None, guidance=None, seed=0, what="samples",
+               ema=True, device="auto", **text_options):
+    """Images: write a PNG grid or npz to `out` and return its path. Text: return the samples as a
+    list of strings (and write them to `out` when given)."""
+    run_dir = rundir.check_run_dir(run)
+    cfg, recipe = open_run(run_dir, pick_device(device), ema=ema)
+    if recipe.output == "text":
+        if steps is not None or guidance is not None or label is not None or what != "samples":
+            raise AigcError("--steps, --guidance, --label and --what do not apply to a language model")
+        defaults = {"max_new_tokens": 500, "temperature": 0.8}
+        texts = recipe.generate_text(prompt or "", num=num or 1, seed=seed, **{**defaults, **text_options})
+        if out:
+            Path(out).write_text("\n\n".join(texts) + "\n", encoding="utf-8")
+        return texts
+    if text_options:
+        raise AigcError("--stream, --stop, --top-k, --top-p, --temperature and --max-new-tokens are options of "
+                        "language models")
+    num = num or 64
+    if out is None:
+        raise AigcError("--out FILE.png or FILE.npz is required for image models")
     out = Path(out)
     if out.suffix not in (".png", ".npz"):
         raise AigcError(f"--out must end in .png (a grid) or .npz (arrays), got '{out.name}'")
-    run_dir = rundir.check_run_dir(run)
-    cfg, recipe = open_run(run_dir, pick_device(device), ema=ema)
     torch.manual_seed(seed)
     with torch.no_grad():
         if what == "samples":
@@ -101,7 +125,7 @@ def sample_run(run, num, out, prompt=None, label=None, steps=None, guidance=None
         else:
             if not hasattr(recipe, "reconstructions"):
                 raise AigcError(f"--what {what} is only for the VAE family")
-            data = load_dataset(cfg.data)
+            data = recipe.load_data(cfg)
             images = recipe.reconstructions(data, num) if what == "reconstructions" else \
                 recipe.interpolations(data, pairs=max(1, num // 10))
             result = {"images": images}
@@ -114,24 +138,23 @@ def sample_run(run, num, out, prompt=None, label=None, steps=None, guidance=None
 def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False, sample_num=None) -> dict:
     """The family's own measures (recipe.full_eval) on `num` eval examples (default: all), plus, for
     image models, sample-quality metrics on `sample_num` (default: num, else 10000) generated samples."""
+    from tqdm import tqdm
+
     from aigc.evaluation import score_images
     from aigc.io.images import to_uint8
 
     run_dir = rundir.check_run_dir(run)
     cfg, recipe = open_run(run_dir, pick_device(device))
-    data = load_dataset(cfg.data)
-    from tqdm import tqdm
-
+    data = recipe.load_data(cfg, run_dir)
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    total = min(num or len(data.eval), len(data.eval))
-    with torch.no_grad(), tqdm(total=total, disable=quiet, unit="img", desc="eval", file=sys.stderr) as bar:
+    with torch.no_grad(), tqdm(disable=quiet, desc="eval", file=sys.stderr) as bar:
         result = recipe.full_eval(data, num=num, k=k, progress=bar.update)
     if hasattr(recipe, "generate_for_eval"):
         n = sample_num or num or 10000
         images, labels, prompts = recipe.generate_for_eval(data, n)
         images = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)
-        if data.binarize:                             # compare with the grey test images the classifier knows
+        if getattr(data, "binarize", False):          # compare with the grey test images the classifier knows
             import dataclasses
 
             data = load_dataset(dataclasses.replace(cfg.data, binarize="none"))

@@ -52,6 +52,9 @@ class Dataset:
     caption_dropout: float = 0.0
     note: str = ""                                      # said once when loaded (e.g. skipped files)
 
+    def describe(self) -> str:
+        return f"{len(self.train)} training images {'x'.join(map(str, self.image_shape))}"
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.images.shape[1:])

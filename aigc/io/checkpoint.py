@@ -17,19 +17,43 @@ MODEL, EMA, STATE = "model.safetensors", "ema.safetensors", "trainer_state.pt"
 
 
 def flat_state(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-    """{'encoder': m, ...} -> {'encoder.layer.weight': tensor, ...}, contiguous CPU copies."""
-    return {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items()
-            for k, v in m.state_dict().items()}
+    """{'encoder': m, ...} -> {'encoder.layer.weight': tensor, ...}, contiguous CPU tensors. A tensor
+    that several keys share (weight tying) is stored once, under its first key."""
+    out, seen = {}, set()
+    for name, m in modules.items():
+        for k, v in m.state_dict().items():
+            ptr = (v.device, v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+            if ptr in seen:
+                continue
+            seen.add(ptr)
+            out[f"{name}.{k}"] = v.detach().cpu().contiguous()
+    return out
+
+
+def _aliases(m: torch.nn.Module) -> set[str]:
+    """Keys of state_dict entries that share a tensor with an earlier key (tied weights)."""
+    seen, alias = set(), set()
+    for k, v in m.state_dict().items():
+        ptr = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if ptr in seen:
+            alias.add(k)
+        seen.add(ptr)
+    return alias
 
 
 def load_flat_state(modules: dict[str, torch.nn.Module], tensors: dict[str, torch.Tensor], source: str) -> None:
     for name, m in modules.items():
         prefix = name + "."
         sub = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        aliases = _aliases(m)
         try:
-            m.load_state_dict(sub, strict=True)
+            result = m.load_state_dict(sub, strict=False)
         except RuntimeError as e:
             raise AigcError(f"{source} does not fit the model '{name}' built from the run's config:\n{e}") from None
+        missing = [k for k in result.missing_keys if k not in aliases]
+        if missing or result.unexpected_keys:
+            raise AigcError(f"{source} does not fit the model '{name}' built from the run's config: "
+                            f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
 
 
 def save_checkpoint(folder: Path, weights: dict, ema: dict | None, state: dict) -> None:
@@ -76,3 +100,15 @@ def load_state(folder: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise AigcError(f"trainer state {path} is corrupt: {e}") from None
+
+
+def load_modules(modules: dict[str, torch.nn.Module], folder: Path, ema: bool = True) -> bool:
+    """Load a checkpoint's weights into `modules`: the EMA weights where they exist and `ema` is asked
+    for (the rest from the live weights). Returns whether EMA weights were used."""
+    folder = Path(folder)
+    use_ema = ema and (folder / EMA).is_file()
+    weights = load_weights(folder)
+    if use_ema:
+        weights = {**weights, **load_weights(folder, ema=True)}
+    load_flat_state(modules, weights, str(folder))
+    return use_ema

@@ -14,8 +14,8 @@ from aigc.errors import AigcError, did_you_mean
 from aigc.io import checkpoint as ckpt
 from aigc.io.rundir import CHECKPOINT, CONFIG
 
-FAMILIES = {"vae": "aigc.recipes.vae:VAERecipe"}
-PLANNED = ("gpt", "gan", "text-gan", "diffusion", "video-gan", "video-diffusion")   # in DESIGN.md, not built yet
+FAMILIES = {"vae": "aigc.recipes.vae:VAERecipe", "gpt": "aigc.recipes.gpt:GPTRecipe"}
+PLANNED = ("gan", "text-gan", "diffusion", "video-gan", "video-diffusion")   # in DESIGN.md, not built yet
 
 
 def recipe_class(family: str):
@@ -53,12 +53,8 @@ def open_run(run_dir: Path, device: torch.device, ema: bool = True):
     cls = recipe_class(family)
     cfg = load_run_config(run_dir / CONFIG, cls.ModelConfig)
     recipe = cls(cfg)
-    folder = run_dir / CHECKPOINT
-    use_ema = ema and (folder / ckpt.EMA).is_file()
-    weights = ckpt.load_weights(folder, ema=use_ema)
-    if use_ema:   # EMA file holds only the averaged modules; the rest comes from the live weights
-        weights = {**ckpt.load_weights(folder), **weights}
-    ckpt.load_flat_state(recipe.modules, weights, str(folder))
+    recipe.load_artifacts(run_dir)
+    ckpt.load_modules(recipe.modules, run_dir / CHECKPOINT, ema=ema)
     for m in recipe.modules.values():
         m.to(device).eval()
     recipe.device = device

@@ -11,9 +11,10 @@ from aigc.errors import AigcError
 from aigc.io.images import save_grid
 from aigc.metrics.likelihood import iwae_nll
 from aigc.models.vae import VAE, VAEConfig
+from aigc.recipes.base import ImageRecipe
 
 
-class VAERecipe:
+class VAERecipe(ImageRecipe):
     family = "vae"
     ModelConfig = VAEConfig
 
@@ -58,9 +59,6 @@ class VAERecipe:
 
     def save_samples(self, path: Path) -> None:
         save_grid(path, self.model.sample(64), nrow=8)
-
-    def device_of(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     # ---------------------------------------------------------------- sampling and evaluation
     def generate(self, num: int, label=None, prompt=None, **_) -> dict:

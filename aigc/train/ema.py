@@ -13,10 +13,19 @@ class EMA:
         self.shadow = {name: [p.detach().clone() for p in self._tensors(m)] for name, m in modules.items()}
 
     @staticmethod
-    def _tensors(m: torch.nn.Module) -> list[torch.Tensor]:
+    def _named(m: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
         # what state_dict saves (parameters and persistent buffers), in its order, so EMA weights use the
-        # same names as model.safetensors; float tensors are averaged, integer buffers copied
-        return list(m.state_dict(keep_vars=True).values())
+        # same names as model.safetensors; a tied tensor appears once; floats are averaged, integers copied
+        out, seen = [], set()
+        for k, v in m.state_dict(keep_vars=True).items():
+            if id(v) not in seen:
+                seen.add(id(v))
+                out.append((k, v))
+        return out
+
+    @classmethod
+    def _tensors(cls, m: torch.nn.Module) -> list[torch.Tensor]:
+        return [v for _, v in cls._named(m)]
 
     @torch.no_grad()
     def update(self, step: int) -> None:
@@ -35,12 +44,12 @@ class EMA:
     def state(self) -> dict[str, torch.Tensor]:
         """Shadow weights flattened as {'module.key': tensor}: the same keys as model.safetensors."""
         return {f"{name}.{k}": a.detach().cpu().contiguous()
-                for name, m in self.modules.items() for k, a in zip(m.state_dict().keys(), self.shadow[name])}
+                for name, m in self.modules.items() for (k, _), a in zip(self._named(m), self.shadow[name])}
 
     def load(self, flat: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for name, m in self.modules.items():
-                for k, a in zip(m.state_dict().keys(), self.shadow[name]):
+                for (k, _), a in zip(self._named(m), self.shadow[name]):
                     a.copy_(flat[f"{name}.{k}"])
 
     @contextlib.contextmanager

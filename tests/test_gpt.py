@@ -1,0 +1,208 @@
+"""GPT: the model's maths (causality, KV cache), tokenizers, SFT masking, training, sampling, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from aigc.config import DataConfig
+from aigc.data.text import TokenBatcher, load_token_data
+from aigc.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
+from aigc.errors import AigcError
+from aigc.models.gpt import GPT, GPTConfig, KVCache
+from aigc.recipes.gpt import _filter_logits, sample_tokens
+from conftest import assert_clean_error, run_cli
+
+TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 60
+        + "Ünïcödé line: naïve café — 東京\n")
+TINY = ["--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16", "--set", "block_size=16",
+        "--set", "batch_size=8", "--set", "log_every=5", "--set", "eval_batches=2"]
+
+
+def tiny_gpt(vocab=40, block=16, seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=2, n_head=2, n_embd=16)).eval()
+
+
+def test_causality_future_tokens_never_change_earlier_logits():
+    m = tiny_gpt()
+    x = torch.randint(40, (2, 12))
+    y = x.clone()
+    y[:, 7:] = torch.randint(40, (2, 5))
+    with torch.no_grad():
+        a, b = m(x), m(y)
+    assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6)
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_kv_cache_equals_full_recomputation_greedy():
+    m = tiny_gpt(block=32)
+    prompt = [[3, 1, 4, 1, 5]]
+    cached = sample_tokens(m, prompt, 20, temperature=0)[0]
+    seq = list(prompt[0])
+    with torch.no_grad():
+        for _ in range(20):                                   # no cache: recompute the whole prefix each step
+            seq.append(int(m(torch.tensor([seq]))[0, -1].argmax()))
+    assert cached == seq
+
+
+def test_kv_cache_chunks_match_full_forward():
+    m = tiny_gpt(block=32)
+    x = torch.randint(40, (2, 20))
+    with torch.no_grad():
+        full = m(x)
+        c = KVCache(m.cfg, 2, "cpu", torch.float32)
+        parts = [m(x[:, :7], c), m(x[:, 7:8], c), m(x[:, 8:], c)]
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+
+
+def test_sampling_past_the_context_and_seeds():
+    m = tiny_gpt(block=16)
+    a = sample_tokens(m, [[1, 2, 3]] * 3, 40, temperature=1.0, top_k=5, seed=7)
+    b = sample_tokens(m, [[1, 2, 3]] * 3, 40, temperature=1.0, top_k=5, seed=7)
+    assert a == b and all(len(r) == 43 for r in a)
+
+
+def test_top_k_top_p_filters():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(_filter_logits(logits, 2, None)[0, 2:]).all()
+    kept = ~torch.isinf(_filter_logits(logits, None, 0.7)[0])
+    assert kept.tolist() == [True, True, False, False]            # 0.5 < 0.7, 0.5 + 0.3 >= 0.7
+    assert (~torch.isinf(_filter_logits(logits, None, 0.4)[0])).sum() == 1
+
+
+@pytest.mark.parametrize("cls", [CharTokenizer, BPETokenizer])
+def test_tokenizer_round_trip(cls, tmp_path):
+    tok = cls.train([TEXT], 300)
+    for s in (TEXT[:200], "naïve café — 東京", "Speak, speak."):
+        assert tok.decode(tok.encode(s).tolist()) == s
+    (tmp_path / "t.json").write_text(tok.to_json(), encoding="utf-8")
+    again = load_tokenizer(tmp_path / "t.json")
+    assert again.encode(TEXT[:300]).tolist() == tok.encode(TEXT[:300]).tolist()
+    if cls is BPETokenizer:
+        assert tok.decode(tok.encode("unseen ∑ symbols").tolist()) == "unseen ∑ symbols"    # byte-level
+
+
+def test_char_tokenizer_unknown_characters():
+    tok = CharTokenizer.train(["abc"])
+    with pytest.raises(AigcError, match="not in this model's vocabulary: 'x', 'z'"):
+        tok.encode("axbz")
+
+
+def test_sft_loss_only_on_response_tokens(tmp_path):
+    (tmp_path / "c.txt").write_text(TEXT)
+    tok_path = tmp_path / "tok.json"
+    tok_path.write_text(CharTokenizer.train([TEXT]).to_json())
+    lines = [json.dumps({"prompt": "All: hi\n", "response": "A: speak\n"})] * 5
+    (tmp_path / "s.jsonl").write_text("\n".join(lines))
+    data = load_token_data(DataConfig(name="sft", dir=str(tmp_path / "s.jsonl")), 32, tok_path)
+    tokens, mask = data.sft[0]
+    tok = load_tokenizer(tok_path)
+    assert tok.decode(tokens[1:][mask].tolist()) == "A: speak\n"          # exactly the response is scored
+    batch = next(TokenBatcher(data, 2, seed=0))
+    assert batch["loss_mask"].shape == (2, batch["tokens"].shape[1] - 1)
+    m = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=1, n_embd=8))
+    full = m.loss(batch["tokens"])["loss"]
+    masked = m.loss(batch["tokens"], batch["loss_mask"])["loss"]
+    x, y = batch["tokens"][:, :-1], batch["tokens"][:, 1:]
+    nll = torch.nn.functional.cross_entropy(m(x).transpose(1, 2), y, reduction="none")
+    assert torch.allclose(masked, nll[batch["loss_mask"]].mean()) and not torch.allclose(full, masked)
+
+
+def test_training_reduces_loss_on_a_repeated_corpus(tmp_path):
+    from aigc.run import start_training
+
+    (tmp_path / "c.txt").write_text(TEXT)
+    sets = ["n_layer=1", "n_head=2", "n_embd=32", "block_size=32", "batch_size=16", "lr=3e-3", "eval_every=0",
+            "sample_every=0", "log_every=10", "warmup_steps=5"]
+    r = start_training("gpt", "text", None, sets, {"data.dir": str(tmp_path / "c.txt"), "train.steps": 60},
+                       str(tmp_path / "run"), False, True)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in rows if row["kind"] == "train"]
+    assert losses[-1] < 0.6 * losses[0]
+    assert r["final_eval"]["val_loss"] < 2.5
+
+
+def test_corpus_errors(tmp_path):
+    cfg = DataConfig(name="text", dir=str(tmp_path / "e.txt"))
+    (tmp_path / "e.txt").write_text("")
+    with pytest.raises(AigcError, match="empty"):
+        load_token_data(cfg, 16)
+    (tmp_path / "e.txt").write_text("short text")
+    with pytest.raises(AigcError, match="too short for one block"):
+        load_token_data(cfg, 16)
+    (tmp_path / "e.txt").write_bytes(b"hello \xff\xfe world" * 100)
+    with pytest.raises(AigcError, match=r"e.txt is not valid UTF-8 \(byte offset 6"):
+        load_token_data(cfg, 16)
+    cfg.encoding_errors = "replace"
+    assert load_token_data(cfg, 16).tokenizer.vocab_size > 5
+
+
+def test_code_corpus_default_is_the_stdlib():
+    data = load_token_data(DataConfig(name="code", max_chars=200_000), 64)
+    assert "def " in data.tokenizer.decode(data.train[:5000].tolist())
+
+
+# ---------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def gpt_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gpt")
+    (d / "corpus.txt").write_text(TEXT)
+    p = run_cli("train", "gpt", "--data", "text", "--data-dir", d / "corpus.txt", "--steps", 15, "--out", d / "run",
+                "--quiet", *TINY)
+    assert p.returncode == 0, p.stderr
+    return d / "run"
+
+
+def test_cli_sample_eval(gpt_run, tmp_path):
+    assert (gpt_run / "tokenizer.json").is_file()
+    p = run_cli("sample", gpt_run, "--prompt", "Speak", "--num", 2, "--max-new-tokens", 30, "--seed", 1)
+    assert p.returncode == 0, p.stderr
+    q = run_cli("sample", gpt_run, "--prompt", "Speak", "--num", 2, "--max-new-tokens", 30, "--seed", 1)
+    assert p.stdout == q.stdout and len(p.stdout) > 20
+    s = run_cli("sample", gpt_run, "--prompt", "Speak", "--max-new-tokens", 30, "--stream", "--temperature", 0)
+    g = run_cli("sample", gpt_run, "--prompt", "Speak", "--max-new-tokens", 30, "--temperature", 0)
+    assert s.returncode == 0 and s.stdout.strip() == g.stdout.strip()             # streaming prints the same text
+    (tmp_path / "p.txt").write_text("All:\n" * 40)
+    long = run_cli("sample", gpt_run, "--prompt-file", tmp_path / "p.txt", "--max-new-tokens", 5)
+    assert long.returncode == 0 and "only its last 16" in long.stderr
+    e = run_cli("eval", gpt_run, "--quiet")
+    r = json.loads(e.stdout)
+    assert {"val_loss", "val_ppl", "val_bpc", "num_val_tokens"} <= r.keys()
+
+
+def test_cli_stop_strings(gpt_run):
+    p = run_cli("sample", gpt_run, "--prompt", "S", "--max-new-tokens", 60, "--stop", "e", "--temperature", 0)
+    assert p.returncode == 0 and "e" not in p.stdout
+
+
+def test_cli_bad_input(gpt_run, tmp_path):
+    assert_clean_error(run_cli("sample", gpt_run, "--prompt", "Speak ∑"), "not in this model's vocabulary", "'∑'")
+    assert_clean_error(run_cli("sample", gpt_run, "--num", 2, "--stream"), "--num 1")
+    assert_clean_error(run_cli("sample", gpt_run, "--top-p", 1.5), "--top-p")
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "All", "response": "Speak"}\n{"prompt": oops}\n')
+    p = run_cli("train", "gpt", "--init-from", gpt_run, "--data", "sft", "--data-dir", tmp_path / "bad.jsonl",
+                "--steps", 2, "--out", tmp_path / "o")
+    assert_clean_error(p, "bad.jsonl:2", "not valid JSON")
+    p = run_cli("train", "gpt", "--init-from", gpt_run, "--data", "text", "--data-dir", tmp_path / "bad.jsonl",
+                "--steps", 2, "--out", tmp_path / "o2", "--set", "n_layer=3")
+    assert_clean_error(p, "cannot change n_layer")
+    assert_clean_error(run_cli("train", "gpt", "--data", "mnist", "--steps", 1, "--out", tmp_path / "o3"),
+                       "trains on text, code or sft")
+    assert_clean_error(run_cli("train", "vae", "--data", "text", "--steps", 1, "--out", tmp_path / "o4"),
+                       "trains on images")
+
+
+def test_cli_fine_tune_and_sft(gpt_run, tmp_path):
+    (tmp_path / "more.txt").write_text(TEXT[::-1] * 2)
+    p = run_cli("train", "gpt", "--init-from", gpt_run, "--data", "text", "--data-dir", tmp_path / "more.txt",
+                "--steps", 5, "--out", tmp_path / "ft", "--quiet", "--set", "batch_size=4")
+    assert p.returncode == 0, p.stderr
+    assert "initialised from" in p.stderr
+    lines = [json.dumps({"prompt": "All:\n", "response": "Speak, speak.\n"})] * 8
+    (tmp_path / "sft.jsonl").write_text("\n".join(lines))
+    p = run_cli("train", "gpt", "--init-from", gpt_run, "--data", "sft", "--data-dir", tmp_path / "sft.jsonl",
+                "--steps", 5, "--out", tmp_path / "sft", "--quiet", "--set", "batch_size=4")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "sft" / "tokenizer.json").read_text() == (gpt_run / "tokenizer.json").read_text()
