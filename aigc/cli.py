@@ -168,7 +168,7 @@ def eval_(run, num, iwae_k, samples_file, dataset, data_dir, out, device, quiet)
 # ------------------------------------------------------------------------------------------ demo
 @cli.command()
 @click.option("--out", default="aigc-demo", show_default=True, type=click.Path(), help="report folder")
-@click.option("--minutes", type=float, default=3.0, show_default=True, help="total training budget")
+@click.option("--minutes", type=float, default=5.0, show_default=True, help="total training budget")
 @click.option("--overwrite", is_flag=True, help="replace an existing report folder")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @click.option("--dry-run", is_flag=True, help="smoke run: a few steps per family and small evaluations")

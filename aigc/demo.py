@@ -27,10 +27,11 @@ class DemoEntry:
     extras: list = field(default_factory=list)   # extra sample kinds (VAE: reconstructions, interpolation)
     eval_args: dict = field(default_factory=dict)
     blurb: str = ""
+    prompts: list = field(default_factory=list)  # language models: sampled once per prompt
 
 
 DEMOS = [
-    DemoEntry("vae-shapes", "VAE on shapes (32x32 RGB)", "vae", "shapes", 1.0,
+    DemoEntry("vae-shapes", "VAE on shapes (32x32 RGB)", "vae", "shapes", 0.4,
               sets=["eval_every=0", "sample_every=0", "ckpt_every=500"],
               extras=["reconstructions", "interpolation"],
               eval_args={"num": 1000, "k": 100, "sample_num": 2000},
@@ -38,6 +39,12 @@ DEMOS = [
                     "Samples are decoded from z ~ N(0, I); reconstructions show test images (odd columns) and "
                     "their reconstructions (even columns); each interpolation row decodes a straight line between "
                     "the posterior means of two test images."),
+    DemoEntry("gpt-code", "GPT on Python code (the standard library)", "gpt", "code", 0.6,
+              sets=["ckpt_every=500"], eval_args={},
+              prompts=["def ", "class ", "import "],
+              blurb="A 4-layer decoder-only Transformer with a byte-level BPE tokenizer, pre-trained on the "
+                    "running Python's own standard library (about 4 MB of source). Continuations of each prompt "
+                    "are sampled with temperature 0.8 and top-k 50; the metrics are on the last 10% of the corpus."),
 ]
 
 
@@ -50,7 +57,8 @@ def _metric_rows(result: dict) -> str:
     return "\n".join(rows)
 
 
-DRY_RUN = {"steps": 20, "eval": {"num": 100, "k": 10, "sample_num": 300}, "sets": ["num_train=2000", "num_eval=500"]}
+DRY_RUN = {"steps": 20, "eval": {"num": 100, "k": 10, "sample_num": 300},
+           "sets": {"shapes": ["num_train=2000", "num_eval=500"], "code": ["max_chars=300000", "vocab_size=512"]}}
 
 
 def run_demo(out: Path, minutes: float, overwrite: bool = False, quiet: bool = False, dry_run: bool = False) -> Path:
@@ -71,18 +79,26 @@ def run_demo(out: Path, minutes: float, overwrite: bool = False, quiet: bool = F
         print(f"[demo] {e.title}: training for {minutes * e.share:.1f} min", file=sys.stderr)
         run = out / "runs" / e.name
         budget = {"train.steps": DRY_RUN["steps"]} if dry_run else {"train.minutes": minutes * e.share}
-        sets = e.sets + (DRY_RUN["sets"] if dry_run and e.dataset == "shapes" else [])
+        sets = e.sets + (DRY_RUN["sets"].get(e.dataset, []) if dry_run else [])
         summary = start_training(e.family, e.dataset, None, sets, budget, str(run), False, quiet)
-        images = {"samples": sample_run(run, 64, out / f"{e.name}-samples.png", seed=0)}
+        images, texts = {}, []
+        if e.prompts:
+            for i, prompt in enumerate(e.prompts):
+                texts.append((prompt, sample_run(run, 1, prompt=prompt, seed=i, max_new_tokens=200,
+                                                 temperature=0.8, top_k=50)[0]))
+        else:
+            images["samples"] = sample_run(run, 64, out / f"{e.name}-samples.png", seed=0)
         for kind in e.extras:
             images[kind] = sample_run(run, 80, out / f"{e.name}-{kind}.png", what=kind, seed=0)
         shutil.copy(run / "loss.png", out / f"{e.name}-loss.png")
         images["loss curves"] = out / f"{e.name}-loss.png"
-        result = eval_run(run, quiet=quiet, **(DRY_RUN["eval"] if dry_run else e.eval_args))
+        result = eval_run(run, quiet=quiet, **(DRY_RUN["eval"] if dry_run and not e.prompts else e.eval_args))
         result["train_steps"], result["train_seconds"] = summary["step"], summary["elapsed_s"]
         figs = "\n".join(f'<figure><img src="{html.escape(p.name)}" alt="{html.escape(k)}">'
                          f"<figcaption>{html.escape(k)}</figcaption></figure>" for k, p in images.items())
-        sections.append(f"<section><h2>{html.escape(e.title)}</h2><p>{html.escape(e.blurb)}</p>"
+        pre = "".join(f"<h3>prompt <code>{html.escape(p)}</code></h3><pre><b>{html.escape(p)}</b>{html.escape(t)}</pre>"
+                      for p, t in texts)
+        sections.append(f"<section><h2>{html.escape(e.title)}</h2><p>{html.escape(e.blurb)}</p>{pre}"
                         f'<div class="figs">{figs}</div>'
                         f"<table><tr><th>metric</th><th>value</th></tr>{_metric_rows(result)}</table></section>")
         (out / f"{e.name}-metrics.json").write_text(json.dumps(result, indent=1))
@@ -91,6 +107,7 @@ def run_demo(out: Path, minutes: float, overwrite: bool = False, quiet: bool = F
 <html lang="en"><head><meta charset="utf-8"><title>aigc demo report</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
 .figs{{display:flex;flex-wrap:wrap;gap:1em}} figure{{margin:0}} img{{max-width:520px;image-rendering:pixelated}}
+pre{{background:#f6f6f6;padding:.6em;white-space:pre-wrap;max-width:1000px}}
 table{{border-collapse:collapse;margin-top:1em}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}</style>
 </head><body><h1>aigc demo</h1>
 <p>Every available family trained from scratch on built-in data, {total / 60:.1f} minutes in all on this machine{" (dry run: a few steps only)" if dry_run else ""}.
