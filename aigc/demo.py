@@ -58,7 +58,7 @@ def _metric_rows(result: dict) -> str:
 
 
 DRY_RUN = {"steps": 20, "eval": {"num": 100, "k": 10, "sample_num": 300},
-           "sets": {"shapes": ["num_train=2000", "num_eval=500"], "code": ["max_chars=300000", "vocab_size=512"]}}
+           "sets": {"shapes": ["num_train=2000", "num_eval=500"], "code": ["max_chars=300000", "data.vocab_size=512"]}}
 
 
 def run_demo(out: Path, minutes: float, overwrite: bool = False, quiet: bool = False, dry_run: bool = False) -> Path:
