@@ -98,7 +98,7 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
 @click.option("--temperature", type=float, default=0.8, show_default=True, help="text: 0 = greedy")
 @click.option("--top-k", type=int, help="text: sample among the k most likely tokens")
 @click.option("--top-p", type=float, help="text: nucleus sampling, the smallest set with probability >= p")
-@click.option("--stop", multiple=True, help="text: stop a sample at this string (repeatable)")
+@click.option("--stop", multiple=True, help="text: stop a sample at this string (repeatable; \\n and \\t are read as newline/tab)")
 @click.option("--stream", is_flag=True, help="text: print tokens as they are produced")
 @click.option("--no-ema", is_flag=True, help="use the raw weights even when EMA weights exist")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
@@ -117,7 +117,7 @@ def sample(run, num, out, prompt, prompt_file, label, steps, guidance, seed, wha
     text_options = {}
     if stream or stop or top_k or top_p or max_new_tokens != 500 or temperature != 0.8:
         text_options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            stop=tuple(stop), stream=(lambda piece: click.echo(piece, nl=False)) if stream else None)
+                            stop=tuple(x.replace("\\n", "\n").replace("\\t", "\t") for x in stop), stream=(lambda piece: click.echo(piece, nl=False)) if stream else None)
     result = sample_run(run, num=num, out=out, prompt=prompt, label=label, steps=steps, guidance=guidance,
                         seed=seed, what=what, ema=not no_ema, device=device, **text_options)
     if isinstance(result, list):                     # text
