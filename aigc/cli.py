@@ -14,6 +14,11 @@ FAMILY_HELP = "vae | gpt (gan, text-gan, diffusion, video-gan, video-diffusion: 
 DATASET_HELP = "mnist | shapes | images (images); text | code | sft (gpt)"
 
 
+def unescape_stop(text: str) -> str:
+    """`--stop "\\n"` typed in a shell arrives as backslash-n; read it as a newline (and \\t as a tab)."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
 def _echo_err(msg: str) -> None:
     click.echo(msg, err=True)
 
@@ -117,7 +122,7 @@ def sample(run, num, out, prompt, prompt_file, label, steps, guidance, seed, wha
     text_options = {}
     if stream or stop or top_k or top_p or max_new_tokens != 500 or temperature != 0.8:
         text_options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            stop=tuple(x.replace("\\n", "\n").replace("\\t", "\t") for x in stop), stream=(lambda piece: click.echo(piece, nl=False)) if stream else None)
+                            stop=tuple(map(unescape_stop, stop)), stream=(lambda piece: click.echo(piece, nl=False)) if stream else None)
     result = sample_run(run, num=num, out=out, prompt=prompt, label=label, steps=steps, guidance=guidance,
                         seed=seed, what=what, ema=not no_ema, device=device, **text_options)
     if isinstance(result, list):                     # text
