@@ -10,7 +10,7 @@ from aigc.config import DataConfig
 from aigc.data.text import TokenBatcher, load_token_data
 from aigc.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 from aigc.errors import AigcError
-from aigc.models.gpt import GPT, GPTConfig, KVCache
+from aigc.models.gpt import GPT, Decoder, GPTConfig, KVCache
 from aigc.recipes.gpt import _filter_logits, sample_tokens
 from conftest import assert_clean_error, run_cli
 
@@ -55,6 +55,22 @@ def test_kv_cache_chunks_match_full_forward():
         c = KVCache(m.cfg, 2, "cpu", torch.float32)
         parts = [m(x[:, :7], c), m(x[:, 7:8], c), m(x[:, 8:], c)]
     assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_decoder_step_matches_full_forward(bias):
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, bias=bias)).eval()
+    for p in m.parameters():                                  # non-zero biases, so they are exercised
+        torch.nn.init.normal_(p, 0.0, 0.3)
+    x = torch.randint(40, (3, 16))
+    with torch.no_grad():
+        full = m(x)
+        c, step = KVCache(m.cfg, 3, "cpu", torch.float32), Decoder(m)
+        steps = torch.stack([step(x[:, i], c) for i in range(16)], 1)
+        with pytest.raises(ValueError, match="full"):
+            step(x[:, 0], c)
+    assert torch.allclose(steps, full, atol=1e-5)
 
 
 def test_sampling_past_the_context_and_seeds():

@@ -9,7 +9,9 @@ computed by torch's scaled_dot_product_attention. Token and position embeddings 
 output projection shares the token-embedding matrix (weight tying, Press & Wolf 2017).
 
 KV cache: at generation time each layer keeps the keys and values of past positions, so a new
-token costs one row of attention instead of recomputing the whole prefix."""
+token costs one row of attention instead of recomputing the whole prefix. `Decoder` is the
+one-token step of the same network written with plain tensor ops: on a CPU, decoding one stream is
+a chain of tiny matmuls where Python and module-call overhead, not arithmetic, sets the speed."""
 
 from __future__ import annotations
 
@@ -33,12 +35,13 @@ class GPTConfig:
 
 
 class KVCache:
-    """Per-layer key/value tensors (B, n_head, max_len, head_dim), filled up to `pos`."""
+    """Per-layer keys and values in one tensor (B, 2, n_head, max_len, head_dim) each, filled up to
+    `pos`; keeping K and V together lets a step write both with one copy."""
 
     def __init__(self, cfg: GPTConfig, batch: int, device, dtype):
         hd = cfg.n_embd // cfg.n_head
-        self.k = [torch.zeros(batch, cfg.n_head, cfg.block_size, hd, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros_like(k) for k in self.k]
+        self.kv = [torch.zeros(batch, 2, cfg.n_head, cfg.block_size, hd, device=device, dtype=dtype)
+                   for _ in range(cfg.n_layer)]
         self.pos = 0
 
 
@@ -59,10 +62,10 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                                dropout_p=self.dropout if self.training else 0.0)
         else:
-            p = cache.pos
-            cache.k[layer][:, :, p:p + T] = k
-            cache.v[layer][:, :, p:p + T] = v
-            k, v = cache.k[layer][:, :, :p + T], cache.v[layer][:, :, :p + T]
+            p, kv = cache.pos, cache.kv[layer]
+            kv[:, 0, :, p:p + T] = k
+            kv[:, 1, :, p:p + T] = v
+            k, v = kv[:, 0, :, :p + T], kv[:, 1, :, :p + T]
             if T == 1:                               # one new query sees every cached key
                 y = F.scaled_dot_product_attention(q, k, v)
             else:                                    # a chunk after p cached tokens: causal within the chunk
@@ -152,3 +155,43 @@ class GPT(nn.Module):
             count = m.sum()
             loss = (nll * m).sum() / count.clamp(min=1)
         return {"loss": loss, "sum": loss.detach() * count, "count": count}
+
+
+class Decoder:
+    """The one-token forward pass of a GPT in eval mode: the same arithmetic as `GPT.forward(idx, cache)`
+    for T = 1 (tested equal), as a flat sequence of tensor ops on the model's weights.
+
+    Per layer: x += W_o attn(q, K, V) and x += W_2 gelu(W_1 LN(x)), each residual add fused into one
+    addmm; new keys and values are written into the cache with one copy. The weights are views of the
+    model's parameters, so build a Decoder after moving or loading the model, not before."""
+
+    def __init__(self, model: GPT):
+        cfg = model.cfg
+        self.cfg, self.shape = cfg, (cfg.n_embd,)
+        self.hd = cfg.n_embd // cfg.n_head
+
+        def t(lin):                                   # (in, out) view for x @ W^T, plus its bias
+            return lin.weight.t(), lin.bias
+        self.layers = [(b.ln1.weight, b.ln1.bias, *t(b.attn.qkv), *t(b.attn.proj),
+                        b.ln2.weight, b.ln2.bias, *t(b.mlp.fc), *t(b.mlp.proj)) for b in model.blocks]
+        self.wte, self.wpe = model.wte.weight, model.wpe.weight
+        self.ln_f = (model.ln_f.weight, model.ln_f.bias)
+        self.head = model.lm_head.weight.t()
+
+    def __call__(self, tok: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """tok: (B,) token ids at position cache.pos -> logits (B, vocab); advances the cache."""
+        p, (B,), H, hd, shape = cache.pos, tok.shape, self.cfg.n_head, self.hd, self.shape
+        if p >= self.cfg.block_size:
+            raise ValueError(f"KV cache is full ({p} of block_size {self.cfg.block_size} positions)")
+        x = self.wte[tok] + self.wpe[p]
+        for (g1, b1, wqkv, bqkv, wo, bo, g2, b2, wfc, bfc, wp, bp), kv in zip(self.layers, cache.kv):
+            h = F.layer_norm(x, shape, g1, b1)
+            qkv = (torch.mm(h, wqkv) if bqkv is None else torch.addmm(bqkv, h, wqkv)).view(B, 3, H, hd)
+            kv[:, :, :, p] = qkv[:, 1:]
+            y = F.scaled_dot_product_attention(qkv[:, 0].unsqueeze(2), kv[:, 0, :, :p + 1], kv[:, 1, :, :p + 1])
+            x = torch.addmm(x if bo is None else x + bo, y.view(B, -1), wo)
+            h = F.layer_norm(x, shape, g2, b2)
+            h = F.gelu(torch.mm(h, wfc) if bfc is None else torch.addmm(bfc, h, wfc))
+            x = torch.addmm(x if bp is None else x + bp, h, wp)
+        cache.pos = p + 1
+        return torch.mm(F.layer_norm(x, shape, *self.ln_f), self.head)

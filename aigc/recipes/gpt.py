@@ -18,7 +18,7 @@ from aigc.data.text import TokenBatcher, load_token_data
 from aigc.data.tokenizers import load_tokenizer
 from aigc.errors import AigcError
 from aigc.io import checkpoint as ckpt
-from aigc.models.gpt import GPT, GPTConfig, KVCache
+from aigc.models.gpt import GPT, Decoder, GPTConfig, KVCache
 
 TOKENIZER_FILE = "tokenizer.json"
 ARCH_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")
@@ -228,23 +228,30 @@ def sample_tokens(model: GPT, rows: list[list[int]], max_new_tokens: int, temper
                   top_k: int | None = None, top_p: float | None = None, seed: int = 0, done=None) -> list[list[int]]:
     """Autoregressive sampling with a KV cache for a batch of equal-length prompts.
 
-    On CPU, decoding a few streams is a chain of tiny matmuls (1 x C @ C x 3C) that a second thread
-    cannot speed up; OpenMP's synchronisation only adds latency, and on a busy machine it is
-    catastrophic (measured here: 5 tokens/s with 2 threads while another process used both cores,
-    580 with 1). So small batches decode on one thread; the caller's setting is restored after."""
+    The prompt is encoded in one forward pass; each new token then costs one `Decoder` step (the
+    model's one-token forward without module-call overhead). On CPU, decoding a few streams is a
+    chain of tiny matmuls (1 x C @ C x 3C) that a second thread cannot speed up; OpenMP's
+    synchronisation only adds latency, and on a busy machine it is catastrophic (measured here:
+    5 tokens/s with 2 threads while another process used both cores, 580 with 1). So small batches
+    decode on one thread; the caller's setting is restored after."""
     dev = next(model.parameters()).device
     small = dev.type == "cpu" and len(rows) * model.cfg.n_embd <= 4096
     threads = torch.get_num_threads()
     if small:
         torch.set_num_threads(1)
+    was_training = model.training
+    model.eval()
     try:
-        return _sample_loop(model, rows, max_new_tokens, temperature, top_k, top_p, seed, done, dev)
+        with torch.inference_mode():
+            return _sample_loop(model, rows, max_new_tokens, temperature, top_k, top_p, seed, done, dev)
     finally:
         torch.set_num_threads(threads)
+        model.train(was_training)
 
 
 def _sample_loop(model, rows, max_new_tokens, temperature, top_k, top_p, seed, done, dev):
     block = model.cfg.block_size
+    step = Decoder(model)
     g = torch.Generator(device=dev).manual_seed(seed)
     seqs = torch.tensor(rows, dtype=torch.long, device=dev)
     finished = torch.zeros(len(rows), dtype=torch.bool, device=dev)
@@ -253,11 +260,11 @@ def _sample_loop(model, rows, max_new_tokens, temperature, top_k, top_p, seed, d
     out = [seqs]
     for _ in range(max_new_tokens):
         if temperature == 0:
-            nxt = logits.argmax(-1, keepdim=True)
+            nxt = logits.argmax(-1)
         else:
             probs = _filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-            nxt = torch.multinomial(probs, 1, generator=g)
-        out.append(nxt)
+            nxt = torch.multinomial(probs, 1, generator=g)[:, 0]
+        out.append(nxt[:, None])
         if done is not None:
             flags = done(torch.cat(out, 1).tolist())
             finished |= torch.tensor(flags, device=dev)
@@ -265,8 +272,8 @@ def _sample_loop(model, rows, max_new_tokens, temperature, top_k, top_p, seed, d
                 break
         if cache.pos >= block:                            # cache full: re-encode the last half-window
             keep = torch.cat(out, 1)[:, -(block // 2):]
-            cache = KVCache(model.cfg, len(rows), dev, cache.k[0].dtype)
+            cache = KVCache(model.cfg, len(rows), dev, cache.kv[0].dtype)
             logits = model(keep, cache)[:, -1]
         else:
-            logits = model(nxt, cache)[:, -1]
+            logits = step(nxt, cache)
     return torch.cat(out, 1).tolist()
