@@ -10,7 +10,7 @@ import click
 
 from aigc.errors import AigcError, Interrupted
 
-FAMILY_HELP = "vae | gpt (gan, text-gan, diffusion, video-gan, video-diffusion: planned)"
+FAMILY_HELP = "vae | gpt | gan | text-gan (diffusion, video-gan, video-diffusion: planned)"
 DATASET_HELP = "mnist | shapes | images (images); text | code | sft (gpt)"
 
 
@@ -58,7 +58,7 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
     """Train FAMILY on a dataset, or continue a run with --resume RUN.
 
     \b
-    FAMILY: vae | gpt (more families are planned, see DESIGN.md). Without --config, the preset
+    FAMILY: vae | gpt | gan | text-gan (more are planned, see DESIGN.md). Without --config, the preset
     configs/FAMILY-DATASET.toml is used when there is one.
     \b
       aigc train gpt --data text --data-dir input.txt --minutes 10

@@ -110,3 +110,29 @@ def eval_samples_file(path: Path, data: Dataset, samples: dict | None = None) ->
     s = samples or load_samples_npz(path)
     result = score_images(data, s["images"], s.get("labels"), s.get("prompts"))
     return {"samples": str(path), "dataset": data.name, **result}
+
+
+def gpt_text_nll(recipe, texts: list[str], batch: int = 256) -> dict:
+    """Mean loss (nats per predicted character) that a trained GPT run assigns to each text on its own
+    (every character after the first, given the ones before it in the same text). Texts with characters
+    the GPT's tokenizer does not know are skipped and counted."""
+    model, tok = recipe.model, recipe.tokenizer
+    rows, skipped = [], 0
+    for t in texts:
+        try:
+            ids = tok.encode(t).tolist()
+        except (AigcError, KeyError, ValueError):
+            skipped += 1
+            continue
+        if len(ids) >= 2:
+            rows.append(ids[-(model.cfg.block_size + 1):])
+    total, count = 0.0, 0
+    dev = recipe.device_of()
+    with torch.no_grad():
+        for length in sorted({len(r) for r in rows}):          # equal lengths batch together
+            same = [r for r in rows if len(r) == length]
+            for i in range(0, len(same), batch):
+                out = model.loss(torch.tensor(same[i:i + batch], device=dev))
+                total += out["sum"].item()
+                count += int(out["count"].item())
+    return {"gpt_nll": round(total / max(count, 1), 4), "gpt_scored_texts": len(rows), "gpt_skipped_texts": skipped}

@@ -45,7 +45,7 @@ def test_precedence_preset_config_flags_set(tmp_path):
 
 
 def test_unknown_family_lists_valid():
-    with pytest.raises(AigcError, match="valid: gpt, vae"):
+    with pytest.raises(AigcError, match="valid: gan, gpt, text-gan, vae"):
         build_config("vea", "mnist", None, [], {})
     with pytest.raises(AigcError, match="planned"):
-        build_config("gan", "mnist", None, [], {})
+        build_config("diffusion", "mnist", None, [], {})

@@ -1,7 +1,7 @@
 """What recipes share: how a family loads its data, batches it and keeps run artifacts.
 
-Image families inherit `ImageRecipe` (uint8 image datasets, the image Batcher); language models
-override these with token data (recipes/gpt.py)."""
+Image families inherit `ImageRecipe` (uint8 image datasets, the image Batcher); text families
+inherit `TextRecipe` (a token stream, random windows, the tokenizer saved in the run)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from pathlib import Path
 import torch
 
 
-class ImageRecipe:
+class Recipe:
+    modules: dict
+
+    def device_of(self) -> torch.device:
+        return next(iter(self.modules.values())).parameters().__next__().device
+
+
+class ImageRecipe(Recipe):
     output = "images"                    # what `aigc sample` writes: images (png/npz) or text
 
     @staticmethod
@@ -38,5 +45,42 @@ class ImageRecipe:
     def load_artifacts(self, run_dir: Path) -> None:
         pass
 
-    def device_of(self) -> torch.device:
-        return next(iter(self.modules.values())).parameters().__next__().device
+
+class TextRecipe(Recipe):
+    """Families that train on a token stream (text, code, sft). `window(cfg)` is the number of input
+    tokens per example; batches hold window + 1 tokens. The model config has `vocab_size`."""
+    output = "text"
+    TOKENIZER_FILE = "tokenizer.json"
+    tokenizer = None
+
+    @staticmethod
+    def window(cfg) -> int:
+        raise NotImplementedError
+
+    @classmethod
+    def load_data(cls, cfg, run_dir: Path | None = None):
+        from aigc.data.text import load_token_data
+        from aigc.errors import AigcError
+
+        tok = Path(run_dir) / cls.TOKENIZER_FILE if run_dir else None
+        data = load_token_data(cfg.data, cls.window(cfg), tok)
+        if cfg.model.vocab_size and cfg.model.vocab_size != data.tokenizer.vocab_size:
+            raise AigcError(f"the tokenizer has {data.tokenizer.vocab_size} tokens but the model expects "
+                            f"{cfg.model.vocab_size}")
+        cfg.model.vocab_size = data.tokenizer.vocab_size
+        return data
+
+    @staticmethod
+    def make_batcher(data, cfg):
+        from aigc.data.text import TokenBatcher
+
+        return TokenBatcher(data, cfg.data.batch_size, cfg.train.seed)
+
+    def save_artifacts(self, run_dir: Path, data) -> None:
+        self.tokenizer = data.tokenizer
+        (Path(run_dir) / self.TOKENIZER_FILE).write_text(data.tokenizer.to_json(), encoding="utf-8")
+
+    def load_artifacts(self, run_dir: Path) -> None:
+        from aigc.data.tokenizers import load_tokenizer
+
+        self.tokenizer = load_tokenizer(Path(run_dir) / self.TOKENIZER_FILE)

@@ -14,20 +14,17 @@ from pathlib import Path
 import torch
 
 from aigc.config import RunConfig
-from aigc.data.text import TokenBatcher, load_token_data
-from aigc.data.tokenizers import load_tokenizer
 from aigc.errors import AigcError
 from aigc.io import checkpoint as ckpt
 from aigc.models.gpt import GPT, Decoder, GPTConfig, KVCache
+from aigc.recipes.base import TextRecipe
 
-TOKENIZER_FILE = "tokenizer.json"
 ARCH_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")
 
 
-class GPTRecipe:
+class GPTRecipe(TextRecipe):
     family = "gpt"
     ModelConfig = GPTConfig
-    output = "text"
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -46,27 +43,9 @@ class GPTRecipe:
         if not 0 <= m.dropout < 1:
             raise AigcError("model.dropout must be in [0, 1)")
 
-    # ---------------------------------------------------------------- data and artifacts
     @staticmethod
-    def load_data(cfg, run_dir: Path | None = None):
-        tok = Path(run_dir) / TOKENIZER_FILE if run_dir else None
-        data = load_token_data(cfg.data, cfg.model.block_size, tok)
-        if cfg.model.vocab_size and cfg.model.vocab_size != data.tokenizer.vocab_size:
-            raise AigcError(f"the tokenizer has {data.tokenizer.vocab_size} tokens but the model expects "
-                            f"{cfg.model.vocab_size}")
-        cfg.model.vocab_size = data.tokenizer.vocab_size
-        return data
-
-    @staticmethod
-    def make_batcher(data, cfg):
-        return TokenBatcher(data, cfg.data.batch_size, cfg.train.seed)
-
-    def save_artifacts(self, run_dir: Path, data) -> None:
-        self.tokenizer = data.tokenizer
-        (Path(run_dir) / TOKENIZER_FILE).write_text(data.tokenizer.to_json(), encoding="utf-8")
-
-    def load_artifacts(self, run_dir: Path) -> None:
-        self.tokenizer = load_tokenizer(Path(run_dir) / TOKENIZER_FILE)
+    def window(cfg) -> int:
+        return cfg.model.block_size
 
     # ---------------------------------------------------------------- fine-tuning from a trained run
     @staticmethod
@@ -106,9 +85,6 @@ class GPTRecipe:
         out = self.model.loss(batch["tokens"], batch.get("loss_mask"))
         opt.update("model", out["loss"])
         return {"loss": out["loss"].detach()}
-
-    def device_of(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     def evaluate(self, data, max_batches=None) -> dict[str, float]:
         """Validation loss in nats per token: every val token when max_batches is None, else an estimate."""

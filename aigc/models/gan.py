@@ -1,0 +1,156 @@
+"""Generative adversarial networks (Goodfellow et al. 2014): a generator G(z) and a discriminator D(x).
+
+    min_G max_D  E_x[log D(x)] + E_z[log(1 - D(G(z)))]                       (eq. 1)
+
+Architectures (the losses live in recipes/gan.py):
+- `mlp`: the material's GAN, G = Linear(z,256)-LeakyReLU(0.2)-Linear(256,784)-Tanh and
+  D = Linear(784,256)-LeakyReLU(0.2)-Linear(256,1) (hidden width and depth configurable).
+- `dcgan` (Radford et al. 2015): G projects z to a small feature map (7x7 for 28 px, 4x4 for 32/64 px)
+  and doubles it with stride-2 transposed convolutions, BatchNorm + ReLU, Tanh output; D mirrors it with
+  stride-2 convolutions and LeakyReLU(0.2). Works for 28, 32 and 64 px, 1 or 3 channels.
+Both output images in [-1, 1]; D outputs a logit (no sigmoid, for numerically stable losses).
+
+Conditioning (`cond = class | text`): G gets the condition embedding concatenated to z; D is a
+*projection discriminator* (Miyato & Koyama 2018): D(x, y) = psi(phi(x)) + <e(y), phi(x)>. We chose
+projection over concatenating y to D's input because it makes "does this image match y" an explicit inner
+product in D's feature space (the conditioning of SNGAN and BigGAN), where a concatenated label is just
+one more input D may learn to ignore.
+Text conditions come from a small Transformer text encoder (models/text_encoder.py), one per network.
+
+Spectral normalisation (Miyato et al. 2018) divides each D weight by its largest singular value (one
+power iteration per step), making D roughly 1-Lipschitz; with it D uses no BatchNorm."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from aigc.models.text_encoder import TextEncoder
+
+
+@dataclass
+class GANConfig:
+    arch: str = "dcgan"          # mlp | dcgan
+    z_dim: int = 100
+    hidden: int = 256            # mlp: width of the hidden layer(s)
+    layers: int = 1              # mlp: hidden layers in G and in D
+    g_width: int = 64            # dcgan: channels of G's last hidden layer (doubled towards the input)
+    d_width: int = 64            # dcgan: channels of D's first layer (doubled at each downsampling)
+    loss: str = "ns"             # ns (non-saturating, default) | minimax (saturating) | hinge
+    spectral_norm: bool = False  # spectral normalisation of D's weights (then D has no BatchNorm)
+    d_batchnorm: bool = True     # dcgan: BatchNorm in D's hidden layers when not spectrally normalised
+    r1: float = 0.0              # R1 gradient penalty weight gamma (0 = off)
+    r1_every: int = 1            # lazy R1: apply every N steps, scaled by N (StyleGAN2)
+    lr_g: float = 0.0            # TTUR: G's learning rate (0 = train.lr)
+    lr_d: float = 0.0            # TTUR: D's learning rate (0 = train.lr)
+    d_steps: int = 1             # D updates per G update
+    cond: str = "none"           # none | class | text
+    cond_dim: int = 64           # size of the class / text embedding
+    text_layers: int = 1         # Transformer layers of the text encoder
+    num_classes: int = 0         # set from the data for cond = class
+    text_vocab: list = field(default_factory=list)   # set from the data for cond = text
+
+
+def base_size(size: int) -> int:
+    """The smallest feature map of the DCGAN nets: 28 -> 7, 32 and 64 -> 4."""
+    if size == 28:
+        return 7
+    if size in (32, 64):
+        return 4
+    raise ValueError(f"the dcgan architecture makes 28, 32 or 64 px images, not {size} px; "
+                     f"resize with --set image_size=32 (or use arch = \"mlp\")")
+
+
+class Condition(nn.Module):
+    """Class label -> embedding, or caption word ids -> text-encoder embedding; `dim` wide."""
+
+    def __init__(self, cfg: GANConfig, dim: int):
+        super().__init__()
+        self.kind = cfg.cond
+        if cfg.cond == "class":
+            self.net = nn.Embedding(cfg.num_classes, dim)
+        else:
+            self.net = TextEncoder(len(cfg.text_vocab) + 1, dim, layers=cfg.text_layers)
+
+    def forward(self, y):
+        return self.net(y)
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: GANConfig, shape: tuple[int, int, int]):
+        super().__init__()
+        self.cfg, self.shape = cfg, shape
+        c, h, w = shape
+        self.cond = Condition(cfg, cfg.cond_dim) if cfg.cond != "none" else None
+        zin = cfg.z_dim + (cfg.cond_dim if self.cond is not None else 0)
+        if cfg.arch == "mlp":
+            dims = [zin] + [cfg.hidden] * cfg.layers
+            mods = []
+            for a, b in zip(dims, dims[1:]):
+                mods += [nn.Linear(a, b), nn.LeakyReLU(0.2)]
+            self.net = nn.Sequential(*mods, nn.Linear(dims[-1], c * h * w), nn.Tanh())
+        else:
+            b = base_size(h)
+            n_up = int(round(math.log2(h // b)))
+            chans = [cfg.g_width * 2 ** (n_up - 1 - i) for i in range(n_up)]     # e.g. 128, 64 for 28 px
+            self.fc = nn.Sequential(nn.Linear(zin, chans[0] * b * b, bias=False))
+            self.fc_norm = nn.Sequential(nn.BatchNorm2d(chans[0]), nn.ReLU(True))
+            mods = []
+            for a, o in zip(chans, chans[1:]):
+                mods += [nn.ConvTranspose2d(a, o, 4, 2, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(True)]
+            mods += [nn.ConvTranspose2d(chans[-1], c, 4, 2, 1), nn.Tanh()]
+            self.net = nn.Sequential(*mods)
+            self.base, self.c0 = b, chans[0]
+
+    def forward(self, z: torch.Tensor, y=None) -> torch.Tensor:
+        """z: (B, z_dim), y: labels (B,) or word ids (B, L) when conditional -> images (B, C, H, W) in [-1, 1]."""
+        if self.cond is not None:
+            z = torch.cat([z, self.cond(y)], 1)
+        if self.cfg.arch == "mlp":
+            return self.net(z).view(-1, *self.shape)
+        h = self.fc(z).view(-1, self.c0, self.base, self.base)
+        return self.net(self.fc_norm(h))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, cfg: GANConfig, shape: tuple[int, int, int]):
+        super().__init__()
+        self.cfg = cfg
+        c, h, w = shape
+        sn = spectral_norm if cfg.spectral_norm else (lambda m: m)
+        if cfg.arch == "mlp":
+            dims = [c * h * w] + [cfg.hidden] * cfg.layers
+            mods = [nn.Flatten()]
+            for a, b in zip(dims, dims[1:]):
+                mods += [sn(nn.Linear(a, b)), nn.LeakyReLU(0.2)]
+            feat = dims[-1]
+        else:
+            b = base_size(h)
+            n_down = int(round(math.log2(h // b)))
+            chans = [c] + [cfg.d_width * 2 ** i for i in range(n_down)]
+            mods = []
+            for i, (a, o) in enumerate(zip(chans, chans[1:])):
+                mods.append(sn(nn.Conv2d(a, o, 4, 2, 1, bias=i == 0 or cfg.spectral_norm or not cfg.d_batchnorm)))
+                if i > 0 and cfg.d_batchnorm and not cfg.spectral_norm:
+                    mods.append(nn.BatchNorm2d(o))
+                mods.append(nn.LeakyReLU(0.2, True))
+            mods.append(nn.Flatten())
+            feat = chans[-1] * b * b
+        self.features = nn.Sequential(*mods)
+        self.out = sn(nn.Linear(feat, 1))
+        self.cond = None
+        if cfg.cond != "none":                       # projection: <e(y), phi(x)>
+            self.cond = Condition(cfg, cfg.cond_dim)
+            self.proj = sn(nn.Linear(cfg.cond_dim, feat, bias=False))
+
+    def forward(self, x: torch.Tensor, y=None) -> torch.Tensor:
+        """x: images in [-1, 1] -> logits (B,)."""
+        h = self.features(x)
+        out = self.out(h).squeeze(1)
+        if self.cond is not None:
+            out = out + (self.proj(self.cond(y)) * h).sum(1)
+        return out

@@ -1,0 +1,67 @@
+"""A small Transformer text encoder for captions (conditional GANs, text-to-image diffusion).
+
+Captions are short word sequences over a closed vocabulary (the shapes captions have 22 words), so
+the encoder is tiny: word + position embeddings, a few pre-LN Transformer encoder layers (no causal
+mask: every word sees the whole caption), and a masked mean over the words. A caption with no known
+word (all attributes dropped, or classifier-free guidance's empty prompt) maps to a *learned* null
+embedding rather than to zeros, so "no condition" is something the networks can learn to use."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+PAD = 0
+STOP_WORDS = {"a", "an", "the", "in", "of", "shape"}
+
+
+class WordVocab:
+    """Words -> ids (0 = padding). Unknown words are skipped; `unknown()` lists them for error messages."""
+
+    def __init__(self, words: list[str], max_len: int = 12):
+        self.words, self.max_len = list(words), max_len
+        self.index = {w: i + 1 for i, w in enumerate(self.words)}
+
+    def __len__(self) -> int:
+        return len(self.words) + 1
+
+    def split(self, text: str) -> list[str]:
+        return text.lower().replace(",", " ").split()
+
+    def unknown(self, text: str) -> list[str]:
+        return [w for w in self.split(text) if w not in self.index]
+
+    def content_words(self, text: str) -> list[str]:
+        """The known words of `text` that carry meaning (not 'a', 'the', 'in' ...)."""
+        return [w for w in self.split(text) if w in self.index and w not in STOP_WORDS]
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """(B, max_len) int64, known words left-aligned, padded with 0."""
+        out = torch.zeros(len(texts), self.max_len, dtype=torch.long)
+        for i, t in enumerate(texts):
+            ids = [self.index[w] for w in self.split(t) if w in self.index][:self.max_len]
+            if ids:
+                out[i, :len(ids)] = torch.tensor(ids)
+        return out
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, vocab_size: int, dim: int, layers: int = 1, heads: int = 4, max_len: int = 12):
+        super().__init__()
+        self.tok = nn.Embedding(vocab_size, dim, padding_idx=PAD)
+        self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.null = nn.Parameter(torch.randn(dim) * 0.02)      # the learned empty condition
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: (B, L) word ids, 0 = padding -> (B, dim)."""
+        mask = ids != PAD
+        empty = ~mask.any(1)
+        safe = mask | empty[:, None]                  # attention needs one key per row; empty rows are replaced
+        h = self.tok(ids) + self.pos[:ids.shape[1]]
+        h = self.norm(self.blocks(h, src_key_padding_mask=~safe))
+        m = mask.unsqueeze(-1).to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        return torch.where(empty[:, None], self.null.expand_as(pooled), pooled)

@@ -1,0 +1,262 @@
+"""GAN recipe: alternate discriminator and generator updates on the losses below.
+
+Data are scaled to [-1, 1] to match G's Tanh output. (The material's code feeds [0, 1] data to a
+discriminator that sees Tanh outputs in [-1, 1]: D can then tell real from fake by the sign of the
+background pixels alone, one reason its samples stay speckled.)
+
+Losses on D's logits r = D(x), f = D(G(z)) (softplus(t) = log(1 + e^t), so log sigmoid(t) = -softplus(-t)):
+- minimax (Goodfellow et al. 2014, eq. 1):  L_D = softplus(-r) + softplus(f);  L_G = -softplus(f)
+  (= E log(1 - D(G(z))), which saturates: when D rejects the samples, G's gradient vanishes);
+- ns, non-saturating (same paper, section 3):  L_D as above;  L_G = softplus(-f) = -log D(G(z));
+- hinge (Lim & Ye 2017; Miyato et al. 2018):  L_D = relu(1 - r) + relu(1 + f);  L_G = -f.
+Stabilisers, each a config switch: spectral normalisation of D (Miyato et al. 2018), the R1 penalty
+(gamma/2) E||grad_x D(x)||^2 on real data (Mescheder et al. 2018), optionally lazy (every N steps, scaled
+by N; Karras et al. 2020), an EMA of G's weights for sampling (Yazici et al. 2019), and separate learning
+rates for G and D (TTUR, Heusel et al. 2017)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from aigc.config import RunConfig
+from aigc.errors import AigcError
+from aigc.io.images import save_grid
+from aigc.models.gan import Discriminator, GANConfig, Generator, base_size
+from aigc.models.text_encoder import STOP_WORDS, WordVocab
+from aigc.recipes.base import ImageRecipe
+
+LOSSES = ("ns", "minimax", "hinge")
+WIN_STEPS = 500                  # consecutive steps of D(x) > 0.99 and D(G(z)) < 0.01 before we warn
+
+
+def d_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Discriminator loss on logits (mean over the batch)."""
+    if kind == "hinge":
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    return F.softplus(-real).mean() + F.softplus(fake).mean()
+
+
+def g_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
+    """Generator loss on D's logits for generated samples."""
+    if kind == "minimax":
+        return -F.softplus(fake).mean()
+    if kind == "hinge":
+        return -fake.mean()
+    return F.softplus(-fake).mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Tensor:
+    """E ||grad_x D(x)||^2 over real inputs (which must require grad); create_graph for the D update."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), real_inputs, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
+
+
+class GANRecipe(ImageRecipe):
+    family = "gan"
+    ModelConfig = GANConfig
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        m = cfg.model
+        self.shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+        self.G, self.D = Generator(m, self.shape), Discriminator(m, self.shape)
+        self.modules = {"G": self.G, "D": self.D}
+        self.lrs = {"G": m.lr_g or cfg.train.lr, "D": m.lr_d or cfg.train.lr}
+        self.vocab = WordVocab(m.text_vocab) if m.cond == "text" else None
+        self.device = torch.device("cpu")
+        self._wins, self._warned, self._step = 0, False, 0
+
+    @staticmethod
+    def check_config(cfg: RunConfig) -> None:
+        m = cfg.model
+        if m.arch not in ("mlp", "dcgan"):
+            raise AigcError(f"model.arch must be 'mlp' or 'dcgan' for the GAN, got '{m.arch}'")
+        if m.loss not in LOSSES:
+            raise AigcError(f"model.loss must be one of {', '.join(LOSSES)}, got '{m.loss}'")
+        if m.cond not in ("none", "class", "text"):
+            raise AigcError(f"model.cond must be 'none', 'class' or 'text', got '{m.cond}'")
+        if m.z_dim < 1 or m.hidden < 1 or m.layers < 1 or m.g_width < 1 or m.d_width < 1 or m.cond_dim < 1:
+            raise AigcError("model.z_dim, hidden, layers, g_width, d_width and cond_dim must be positive")
+        if m.r1 < 0 or m.r1_every < 1 or m.d_steps < 1 or m.lr_g < 0 or m.lr_d < 0:
+            raise AigcError("model.r1 and lr_g/lr_d must be >= 0, r1_every and d_steps >= 1")
+
+    @staticmethod
+    def load_data(cfg, run_dir: Path | None = None):
+        data = ImageRecipe.load_data(cfg, run_dir)
+        m = cfg.model
+        if m.arch == "dcgan":
+            try:
+                base_size(cfg.data.image_size)
+            except ValueError as e:
+                raise AigcError(str(e)) from None
+        if m.cond == "class":
+            if data.num_classes < 2 or data.train.labels is None:
+                raise AigcError(f"cond = class needs labelled data; '{data.name}' has no class labels")
+            m.num_classes = data.num_classes
+        elif m.cond == "text":
+            if data.train.captions is None:
+                raise AigcError(f"cond = text needs captioned data (the built-in 'shapes'); '{data.name}' has none")
+            from aigc.data import shapes
+
+            m.text_vocab = list(shapes.VOCAB)
+        return data
+
+    # ---------------------------------------------------------------- trainer hooks
+    def param_groups(self):
+        return {"G": list(self.G.parameters()), "D": list(self.D.parameters())}
+
+    def ema_modules(self):
+        return {"G": self.G}
+
+    def _condition(self, batch: dict):
+        c = self.cfg.model.cond
+        if c == "class":
+            return batch["label"].to(self.device_of())
+        if c == "text":
+            return self.vocab.encode(batch["caption"]).to(self.device_of())
+        return None
+
+    def _z(self, n: int, generator=None) -> torch.Tensor:
+        return torch.randn(n, self.cfg.model.z_dim, generator=generator).to(self.device_of())
+
+    def train_step(self, batch, opt):
+        x = batch["image"] * 2 - 1
+        y = self._condition(batch)
+        self._step += 1
+        for _ in range(self.cfg.model.d_steps):
+            out = self.d_step(x, y, opt)
+        out["g_loss"] = self.g_step(len(x), y, opt)
+        self._watch(float(out["d_real"]), float(out["d_fake"]))
+        return out
+
+    def d_step(self, x: torch.Tensor, y, opt) -> dict[str, torch.Tensor]:
+        """One discriminator update on real images x (in [-1, 1]) against fresh samples; G's weights are
+        untouched (its BatchNorm statistics, buffers not weights, follow the batch as in any forward)."""
+        m = self.cfg.model
+        with torch.no_grad():
+            fake = self.G(self._z(len(x)), y)
+        use_r1 = m.r1 > 0 and self._step % m.r1_every == 0
+        real_in = x.detach().requires_grad_(use_r1)
+        r, f = self.D(real_in, y), self.D(fake, y)
+        loss = d_loss(m.loss, r, f)
+        out = {}
+        if use_r1:
+            pen = r1_penalty(r, real_in)
+            loss = loss + 0.5 * m.r1 * m.r1_every * pen
+            out["r1"] = pen.detach()
+        opt.update("D", loss)
+        return {"d_loss": loss.detach(), "d_real": torch.sigmoid(r.detach()).mean(),
+                "d_fake": torch.sigmoid(f.detach()).mean(), **out}
+
+    def g_step(self, n: int, y, opt) -> torch.Tensor:
+        """One generator update through a frozen D: D gets no gradients and keeps its weights."""
+        self.D.requires_grad_(False)
+        try:
+            loss = g_loss(self.cfg.model.loss, self.D(self.G(self._z(n), y), y))
+            opt.update("G", loss)
+        finally:
+            self.D.requires_grad_(True)
+        return loss.detach()
+
+    def _watch(self, d_real: float, d_fake: float) -> None:
+        """Warn once when D wins completely for many steps: G then learns nothing (a collapsed run)."""
+        self._wins = self._wins + 1 if (d_real > 0.99 and d_fake < 0.01) else 0
+        if self._wins >= WIN_STEPS and not self._warned:
+            self._warned = True
+            print(f"\nwarning: the discriminator has won completely for {WIN_STEPS} steps (D(x) > 0.99, "
+                  f"D(G(z)) < 0.01): the generator gets almost no signal and training has likely collapsed. "
+                  f"Try model.loss=\"ns\" or \"hinge\", model.spectral_norm=true, model.r1=1, or a lower "
+                  f"model.lr_d.", file=sys.stderr)
+
+    def evaluate(self, data, max_batches=None) -> dict[str, float]:
+        """D's mean output on held-out real images and on fresh samples (a cheap health check; the
+        sample-quality figures come from `aigc eval`)."""
+        dev = self.device_of()
+        sums, n = {"eval_d_real": 0.0, "eval_d_fake": 0.0}, 0
+        limit = None if max_batches is None else max_batches * 250
+        for batch in data.eval_batches(250, limit):
+            x = batch["image"].to(dev) * 2 - 1
+            y = self._condition(batch)
+            sums["eval_d_real"] += torch.sigmoid(self.D(x, y)).sum().item()
+            sums["eval_d_fake"] += torch.sigmoid(self.D(self.G(self._z(len(x)), y), y)).sum().item()
+            n += len(x)
+        return {k: round(v / max(n, 1), 4) for k, v in sums.items()}
+
+    def save_samples(self, path: Path) -> None:
+        """A grid from the same noise at every call (so the grids show training progress); class-conditional:
+        one row per class; text-conditional: fixed captions of the eval split."""
+        g = torch.Generator().manual_seed(1234)
+        m = self.cfg.model
+        if m.cond == "class":
+            k = m.num_classes
+            labels = torch.arange(k).repeat_interleave(10)
+            save_grid(path, self._images(self._z(len(labels), g), labels.to(self.device_of())), nrow=10)
+            return
+        prompts = self._random_prompts(64, g) if m.cond == "text" else None
+        y = self.vocab.encode(prompts).to(self.device_of()) if prompts else None
+        save_grid(path, self._images(self._z(64, g), y), nrow=8)
+
+    # ---------------------------------------------------------------- sampling and evaluation
+    def _images(self, z, y=None) -> torch.Tensor:
+        return (self.G(z, y).float() + 1).mul_(0.5).clamp_(0, 1)
+
+    @staticmethod
+    def _random_prompts(n: int, generator=None) -> list[str]:
+        from aigc.data import shapes
+
+        attrs = shapes.sample_attributes(n, generator if generator is not None else torch.Generator().manual_seed(
+            int(torch.randint(0, 2**31 - 1, ()))))
+        return shapes.captions(attrs, torch.arange(n))
+
+    def generate(self, num: int, label=None, prompt=None, steps=None, guidance=None, **_) -> dict:
+        m = self.cfg.model
+        if steps is not None or guidance is not None:
+            raise AigcError("--steps and --guidance are options of diffusion models, not of a GAN")
+        if label is not None and m.cond != "class":
+            raise AigcError(f"--label needs a class-conditional GAN; this one has cond = \"{m.cond}\"")
+        if prompt is not None and m.cond != "text":
+            raise AigcError(f"--prompt needs a text-conditional GAN; this one has cond = \"{m.cond}\"")
+        out = {}
+        y = None
+        if m.cond == "class":
+            if label is not None and not 0 <= label < m.num_classes:
+                raise AigcError(f"--label {label} is out of range: this model knows classes 0..{m.num_classes - 1}")
+            labels = torch.full((num,), label) if label is not None else torch.arange(num) % m.num_classes
+            y, out["labels"] = labels.to(self.device_of()), labels
+        elif m.cond == "text":
+            if prompt is not None:
+                if not self.vocab.content_words(prompt):
+                    raise AigcError(f"the prompt '{prompt}' has no word this model knows; known words: "
+                                    f"{', '.join(w for w in self.vocab.words if w not in STOP_WORDS)}")
+                prompts = [prompt] * num
+            else:
+                prompts = self._random_prompts(num)
+            y, out["prompts"] = self.vocab.encode(prompts).to(self.device_of()), prompts
+        out["images"] = self._images(self._z(num), y)
+        return out
+
+    def generate_for_eval(self, data, num: int):
+        """`num` samples for the sample-quality metrics: classes in equal shares (class-conditional) or
+        the eval split's full captions (text-conditional)."""
+        m = self.cfg.model
+        labels = prompts = None
+        if m.cond == "class":
+            labels = torch.arange(num) % m.num_classes
+        elif m.cond == "text":
+            caps = data.eval.captions(torch.arange(len(data.eval)))
+            prompts = [caps[i % len(caps)] for i in range(num)]
+        chunks = []
+        for i in range(0, num, 1000):
+            j = min(num, i + 1000)
+            y = labels[i:j].to(self.device_of()) if labels is not None else \
+                self.vocab.encode(prompts[i:j]).to(self.device_of()) if prompts is not None else None
+            chunks.append(self._images(self._z(j - i), y))
+        return torch.cat(chunks), labels, prompts
+
+    def full_eval(self, data, num=None, k=None, progress=None) -> dict:
+        """A GAN has no likelihood to report: D's outputs on the eval split; the sample-quality metrics follow."""
+        return {**self.evaluate(data), "note": "GANs define no likelihood; see sample_quality"}

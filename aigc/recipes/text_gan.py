@@ -1,0 +1,131 @@
+"""Text GAN recipe: fixed-length character sequences from a Gumbel-softmax generator against a
+convolutional discriminator over one-hot sequences (models/text_gan.py), with the image GAN's losses.
+
+It is here to be compared, honestly, with the GPT family on the same corpus: n-gram precision against
+the validation text, and the loss a trained GPT assigns to its samples (benchmarks/text_gan.py). Real
+windows of the corpus are what D sees as real; what G makes has no left context and a fixed length."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from aigc.config import RunConfig
+from aigc.errors import AigcError
+from aigc.metrics.text import ngram_precision, ngram_set
+from aigc.models.text_gan import TextDiscriminator, TextGANConfig, TextGenerator, gumbel_softmax
+from aigc.recipes.base import TextRecipe
+from aigc.recipes.gan import LOSSES, d_loss, g_loss
+
+
+class TextGANRecipe(TextRecipe):
+    family = "text-gan"
+    ModelConfig = TextGANConfig
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        m = cfg.model
+        self.G, self.D = TextGenerator(m), TextDiscriminator(m)
+        self.modules = {"G": self.G, "D": self.D}
+        self.lrs = {"G": m.lr_g or cfg.train.lr, "D": m.lr_d or cfg.train.lr}
+        self.device = torch.device("cpu")
+
+    @staticmethod
+    def window(cfg) -> int:
+        return cfg.model.seq_len - 1                    # batches hold window + 1 = seq_len tokens
+
+    @staticmethod
+    def check_config(cfg: RunConfig) -> None:
+        m = cfg.model
+        if cfg.data.name not in ("text", "code"):
+            raise AigcError(f"the text-gan family trains on text or code, not '{cfg.data.name}'")
+        if cfg.data.tokenizer != "char":
+            raise AigcError("the text GAN generates one-hot characters: use data.tokenizer = \"char\"")
+        if m.seq_len < 4 or m.seq_len % 4:
+            raise AigcError(f"model.seq_len must be a positive multiple of 4, got {m.seq_len}")
+        if m.loss not in LOSSES:
+            raise AigcError(f"model.loss must be one of {', '.join(LOSSES)}, got '{m.loss}'")
+        if m.tau <= 0 or min(m.z_dim, m.hidden, m.embd) < 1:
+            raise AigcError("model.tau must be > 0 and z_dim, hidden, embd positive")
+
+    # ---------------------------------------------------------------- trainer hooks
+    def param_groups(self):
+        return {"G": list(self.G.parameters()), "D": list(self.D.parameters())}
+
+    def ema_modules(self):
+        return {"G": self.G}
+
+    def _fake(self, n: int) -> torch.Tensor:
+        z = torch.randn(n, self.cfg.model.z_dim).to(self.device_of())
+        return gumbel_softmax(self.G(z), self.cfg.model.tau, self.cfg.model.hard)
+
+    def train_step(self, batch, opt):
+        m = self.cfg.model
+        real = F.one_hot(batch["tokens"].to(self.device_of()), m.vocab_size).float()
+        n = len(real)
+        with torch.no_grad():
+            fake = self._fake(n)
+        r, f = self.D(real), self.D(fake)
+        ld = d_loss(m.loss, r, f)
+        opt.update("D", ld)
+        self.D.requires_grad_(False)
+        try:
+            lg = g_loss(m.loss, self.D(self._fake(n)))
+            opt.update("G", lg)
+        finally:
+            self.D.requires_grad_(True)
+        return {"d_loss": ld.detach(), "g_loss": lg.detach(), "d_real": torch.sigmoid(r.detach()).mean(),
+                "d_fake": torch.sigmoid(f.detach()).mean()}
+
+    def _reference(self, data) -> dict[int, set]:
+        if getattr(data, "_ngram_sets", None) is None:
+            text = self.tokenizer.decode(data.val.tolist()) if self.tokenizer else ""
+            data._ngram_sets = {n: ngram_set(text, n) for n in (2, 3, 4)}
+        return data._ngram_sets
+
+    def evaluate(self, data, max_batches=None) -> dict[str, float]:
+        """n-gram precision (n = 2, 3, 4) of samples against the validation text: 256 samples during
+        training, 2000 at the end."""
+        if self.tokenizer is None:
+            self.tokenizer = data.tokenizer
+        num = 256 if max_batches is not None else 2000
+        texts = self.sample_texts(num)
+        return {**ngram_precision(texts, self._reference(data)), "num_samples": num}
+
+    def save_samples(self, path: Path) -> None:
+        Path(path).with_suffix(".txt").write_text("\n".join(self.sample_texts(16)) + "\n", encoding="utf-8")
+
+    def full_eval(self, data, num=None, k=None, progress=None) -> dict:
+        return {**self.evaluate(data), "seq_len": self.cfg.model.seq_len,
+                "reference_split": "last 10% of the corpus (validation text)",
+                "definition": "share of the samples' character n-grams found in the validation text"}
+
+    # ---------------------------------------------------------------- sampling
+    def sample_texts(self, num: int, temperature: float = 1.0) -> list[str]:
+        """Each position is sampled from softmax(logits / temperature) (Gumbel-max); 0 = argmax."""
+        z = torch.randn(num, self.cfg.model.z_dim).to(self.device_of())
+        logits = self.G(z).float()
+        if temperature == 0:
+            ids = logits.argmax(-1)
+        else:
+            ids = torch.distributions.Categorical(logits=logits / temperature).sample()
+        return [self.tokenizer.decode(r) for r in ids.tolist()]
+
+    @torch.inference_mode()
+    def generate_text(self, prompt: str = "", num: int = 1, temperature: float = 1.0, seed: int = 0,
+                      top_k=None, top_p=None, stop=(), stream=None, max_new_tokens=None) -> list[str]:
+        """`num` sequences of seq_len characters. A GAN takes no prompt and has a fixed length."""
+        if prompt:
+            raise AigcError("the text GAN generates from noise only: --prompt does not apply")
+        if top_k is not None or top_p is not None or stop:
+            raise AigcError("--top-k, --top-p and --stop apply to GPT sampling, not to the text GAN")
+        if temperature < 0:
+            raise AigcError("--temperature must be >= 0")
+        torch.manual_seed(seed)
+        texts = self.sample_texts(num, temperature)
+        if stream is not None:
+            for t in texts:
+                stream(t + "\n")
+        return texts
