@@ -1,7 +1,8 @@
 """Train each family on its benchmark dataset at a fixed CPU budget, evaluate it, and write
 BENCHMARKS.md and benchmarks/results/benchmarks.json (rows not re-run are kept from the JSON).
 
-  python benchmarks/run.py                         # the default rows (about 25 minutes on 2 cores)
+  python benchmarks/run.py                         # the default rows (about 60 minutes on 2 cores)
+  python benchmarks/run.py --only gan-mnist-5min-seed0,gan-mnist-class-5min   # some rows
   python benchmarks/run.py --only vae-mnist-binarized-20min   # the long row
   python benchmarks/run.py --only vae-mnist-120s   # one row
   python benchmarks/run.py --list
@@ -67,14 +68,14 @@ BENCHES = [
           sets=["arch=mlp", "hidden=256", "layers=1", "z_dim=100", "lr=2e-4", "beta1=0.9", "schedule=constant",
                 "warmup_steps=0", "ema=0.0", "batch_size=128"], no_preset=True, needs_mnist=True),
     *[Bench(f"gan-mnist-5min-seed{s}", "gan", "mnist", ["--minutes", "5", "--seed", str(s)],
-            f"preset gan-mnist (DCGAN 32/32 wide, NS loss, Adam 2e-4 betas (0.5, 0.999), batch 64, EMA 0.999 of G), "
+            f"preset gan-mnist (DCGAN 32/32 wide, hinge loss, spectrally normalised D, Adam 2e-4 betas (0.5, 0.999), batch 64, EMA 0.999 of G), "
             f"seed {s}, 5 min", needs_mnist=True,
             goal=[("sample_quality.fid", "<=", 10.0), ("sample_quality.class_entropy", ">=", 2.25)]) for s in (0, 1, 2)],
     Bench("gan-mnist-class-5min", "gan", "mnist", ["--minutes", "5"],
           "preset gan-mnist with cond = class (label embedding into G, projection discriminator), 5 min",
           sets=["cond=class"], needs_mnist=True, goal=("sample_quality.class_accuracy", ">=", 0.97)),
     Bench("gan-shapes-text-5min", "gan", "shapes", ["--minutes", "5"],
-          "preset gan-shapes (DCGAN, cond = text via a small Transformer caption encoder in G and D), 5 min, "
+          "preset gan-shapes (DCGAN, hinge + spectral norm, cond = text via a small Transformer caption encoder in G and D), 5 min, "
           "2000 samples on the eval split's captions", eval_args=["--num", "2000"]),
 ]
 
@@ -195,6 +196,10 @@ held-out split for shapes), in the 128-d feature space of a small classifier aig
 real training split (`mnist-clf-v1`, `shapes-clf-v1`): **not Inception FID**. Real train vs test
 scores FID {fmt(dig(next((r['eval'] for r in results.values() if r['dataset'] == 'mnist'), {}), 'sample_quality.real_vs_real_fid'))} on the MNIST features (the floor).
 VAE samples are Bernoulli means (the grey images in the grids). Class entropy is in nats (max ln 10 = 2.303).
+GAN rows: samples from the generator's EMA weights where the run keeps them; *class acc*: the MNIST
+classifier's prediction equals the requested label (labels in equal shares); *prompt acc*: shape, color,
+size and position read off the pixels all match the caption (shapes eval-split captions); *train img/s*:
+training steps x batch size / training-loop seconds (a GAN step is one D and one G update).
 """
     MD.write_text(body)
     return body
