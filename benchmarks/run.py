@@ -137,8 +137,10 @@ def run_bench(b: Bench, runs: Path, data_dir: str) -> dict:
     if p.returncode != 0:
         sys.exit(f"[{b.name}] eval failed:\n{p.stderr[-3000:]}")
     ev = json.loads(p.stdout)
-    batch = int(next((ln.split("=")[1] for ln in (run_dir / "config.toml").read_text().splitlines()
-                      if ln.startswith("batch_size")), "0"))
+    sys.path.insert(0, str(ROOT))
+    from aigc.config import read_toml
+
+    batch = read_toml(run_dir / "config.toml")["data"]["batch_size"]
     ev["images_per_s"] = round(summary["step"] * batch / max(summary["elapsed_s"], 1e-9)) if b.dataset in (
         "mnist", "shapes") else None
     row = {"family": b.family, "dataset": b.dataset, "budget": " ".join(b.budget), "what": b.what,

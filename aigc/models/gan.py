@@ -70,7 +70,6 @@ class Condition(nn.Module):
 
     def __init__(self, cfg: GANConfig, dim: int):
         super().__init__()
-        self.kind = cfg.cond
         if cfg.cond == "class":
             self.net = nn.Embedding(cfg.num_classes, dim)
         else:

@@ -16,7 +16,7 @@ STOP_WORDS = {"a", "an", "the", "in", "of", "shape"}
 
 
 class WordVocab:
-    """Words -> ids (0 = padding). Unknown words are skipped; `unknown()` lists them for error messages."""
+    """Words -> ids (0 = padding). Unknown words are skipped."""
 
     def __init__(self, words: list[str], max_len: int = 12):
         self.words, self.max_len = list(words), max_len
@@ -27,9 +27,6 @@ class WordVocab:
 
     def split(self, text: str) -> list[str]:
         return text.lower().replace(",", " ").split()
-
-    def unknown(self, text: str) -> list[str]:
-        return [w for w in self.split(text) if w not in self.index]
 
     def content_words(self, text: str) -> list[str]:
         """The known words of `text` that carry meaning (not 'a', 'the', 'in' ...)."""

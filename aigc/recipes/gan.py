@@ -55,19 +55,50 @@ def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Te
     return grad.pow(2).flatten(1).sum(1).mean()
 
 
-class GANRecipe(ImageRecipe):
+class Adversarial:
+    """What every GAN recipe shares: a generator G and a discriminator D with one optimiser each (base
+    learning rates `lr_g` / `lr_d`, TTUR), an EMA of G only, and the generator update through a frozen D.
+    The model config needs `loss`, `lr_g` and `lr_d`."""
+
+    def _pair(self, cfg: RunConfig, G: torch.nn.Module, D: torch.nn.Module) -> None:
+        self.cfg, self.G, self.D = cfg, G, D
+        self.modules = {"G": G, "D": D}
+        self.lrs = {"G": cfg.model.lr_g or cfg.train.lr, "D": cfg.model.lr_d or cfg.train.lr}
+        self.device = torch.device("cpu")
+
+    def param_groups(self):
+        return {"G": list(self.G.parameters()), "D": list(self.D.parameters())}
+
+    def ema_modules(self):
+        return {"G": self.G}
+
+    @staticmethod
+    def d_stats(loss: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The D loss and D's mean output (sigmoid of the logits) on real and generated inputs."""
+        return {"d_loss": loss.detach(), "d_real": torch.sigmoid(real.detach()).mean(),
+                "d_fake": torch.sigmoid(fake.detach()).mean()}
+
+    def g_update(self, fake_logits, opt) -> torch.Tensor:
+        """One generator update on `fake_logits()` (D's logits for fresh samples) through a frozen D:
+        D gets no gradients and keeps its weights."""
+        self.D.requires_grad_(False)
+        try:
+            loss = g_loss(self.cfg.model.loss, fake_logits())
+            opt.update("G", loss)
+        finally:
+            self.D.requires_grad_(True)
+        return loss.detach()
+
+
+class GANRecipe(Adversarial, ImageRecipe):
     family = "gan"
     ModelConfig = GANConfig
 
     def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
         m = cfg.model
         self.shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
-        self.G, self.D = Generator(m, self.shape), Discriminator(m, self.shape)
-        self.modules = {"G": self.G, "D": self.D}
-        self.lrs = {"G": m.lr_g or cfg.train.lr, "D": m.lr_d or cfg.train.lr}
+        self._pair(cfg, Generator(m, self.shape), Discriminator(m, self.shape))
         self.vocab = WordVocab(m.text_vocab) if m.cond == "text" else None
-        self.device = torch.device("cpu")
         self._wins, self._warned, self._step = 0, False, 0
 
     @staticmethod
@@ -106,12 +137,6 @@ class GANRecipe(ImageRecipe):
         return data
 
     # ---------------------------------------------------------------- trainer hooks
-    def param_groups(self):
-        return {"G": list(self.G.parameters()), "D": list(self.D.parameters())}
-
-    def ema_modules(self):
-        return {"G": self.G}
-
     def _condition(self, batch: dict):
         c = self.cfg.model.cond
         if c == "class":
@@ -149,18 +174,11 @@ class GANRecipe(ImageRecipe):
             loss = loss + 0.5 * m.r1 * m.r1_every * pen
             out["r1"] = pen.detach()
         opt.update("D", loss)
-        return {"d_loss": loss.detach(), "d_real": torch.sigmoid(r.detach()).mean(),
-                "d_fake": torch.sigmoid(f.detach()).mean(), **out}
+        return {**self.d_stats(loss, r, f), **out}
 
     def g_step(self, n: int, y, opt) -> torch.Tensor:
-        """One generator update through a frozen D: D gets no gradients and keeps its weights."""
-        self.D.requires_grad_(False)
-        try:
-            loss = g_loss(self.cfg.model.loss, self.D(self.G(self._z(n), y), y))
-            opt.update("G", loss)
-        finally:
-            self.D.requires_grad_(True)
-        return loss.detach()
+        """One generator update on n fresh samples with conditions y (see `g_update`)."""
+        return self.g_update(lambda: self.D(self.G(self._z(n), y), y), opt)
 
     def _watch(self, d_real: float, d_fake: float) -> None:
         """Warn once when D wins completely for many steps: G then learns nothing (a collapsed run)."""
@@ -206,11 +224,10 @@ class GANRecipe(ImageRecipe):
 
     @staticmethod
     def _random_prompts(n: int, generator=None) -> list[str]:
+        """Full captions of n random shapes (from the global RNG when no generator is given)."""
         from aigc.data import shapes
 
-        attrs = shapes.sample_attributes(n, generator if generator is not None else torch.Generator().manual_seed(
-            int(torch.randint(0, 2**31 - 1, ()))))
-        return shapes.captions(attrs, torch.arange(n))
+        return shapes.captions(shapes.sample_attributes(n, generator), torch.arange(n))
 
     def generate(self, num: int, label=None, prompt=None, steps=None, guidance=None, **_) -> dict:
         m = self.cfg.model

@@ -30,7 +30,6 @@ class GPTRecipe(TextRecipe):
         self.cfg = cfg
         self.model = GPT(cfg.model)
         self.modules = {"gpt": self.model}
-        self.tokenizer = None
         self.device = torch.device("cpu")
 
     @staticmethod

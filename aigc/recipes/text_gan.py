@@ -17,20 +17,15 @@ from aigc.errors import AigcError
 from aigc.metrics.text import ngram_precision, ngram_set
 from aigc.models.text_gan import TextDiscriminator, TextGANConfig, TextGenerator, gumbel_softmax
 from aigc.recipes.base import TextRecipe
-from aigc.recipes.gan import LOSSES, d_loss, g_loss
+from aigc.recipes.gan import LOSSES, Adversarial, d_loss
 
 
-class TextGANRecipe(TextRecipe):
+class TextGANRecipe(Adversarial, TextRecipe):
     family = "text-gan"
     ModelConfig = TextGANConfig
 
     def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
-        m = cfg.model
-        self.G, self.D = TextGenerator(m), TextDiscriminator(m)
-        self.modules = {"G": self.G, "D": self.D}
-        self.lrs = {"G": m.lr_g or cfg.train.lr, "D": m.lr_d or cfg.train.lr}
-        self.device = torch.device("cpu")
+        self._pair(cfg, TextGenerator(cfg.model), TextDiscriminator(cfg.model))
 
     @staticmethod
     def window(cfg) -> int:
@@ -51,12 +46,6 @@ class TextGANRecipe(TextRecipe):
             raise AigcError("model.tau must be > 0 and z_dim, hidden, embd positive")
 
     # ---------------------------------------------------------------- trainer hooks
-    def param_groups(self):
-        return {"G": list(self.G.parameters()), "D": list(self.D.parameters())}
-
-    def ema_modules(self):
-        return {"G": self.G}
-
     def _fake(self, n: int) -> torch.Tensor:
         z = torch.randn(n, self.cfg.model.z_dim).to(self.device_of())
         return gumbel_softmax(self.G(z), self.cfg.model.tau, self.cfg.model.hard)
@@ -70,26 +59,18 @@ class TextGANRecipe(TextRecipe):
         r, f = self.D(real), self.D(fake)
         ld = d_loss(m.loss, r, f)
         opt.update("D", ld)
-        self.D.requires_grad_(False)
-        try:
-            lg = g_loss(m.loss, self.D(self._fake(n)))
-            opt.update("G", lg)
-        finally:
-            self.D.requires_grad_(True)
-        return {"d_loss": ld.detach(), "g_loss": lg.detach(), "d_real": torch.sigmoid(r.detach()).mean(),
-                "d_fake": torch.sigmoid(f.detach()).mean()}
+        lg = self.g_update(lambda: self.D(self._fake(n)), opt)
+        return {**self.d_stats(ld, r, f), "g_loss": lg}
 
     def _reference(self, data) -> dict[int, set]:
         if getattr(data, "_ngram_sets", None) is None:
-            text = self.tokenizer.decode(data.val.tolist()) if self.tokenizer else ""
+            text = self.tokenizer.decode(data.val.tolist())
             data._ngram_sets = {n: ngram_set(text, n) for n in (2, 3, 4)}
         return data._ngram_sets
 
     def evaluate(self, data, max_batches=None) -> dict[str, float]:
         """n-gram precision (n = 2, 3, 4) of samples against the validation text: 256 samples during
         training, 2000 at the end."""
-        if self.tokenizer is None:
-            self.tokenizer = data.tokenizer
         num = 256 if max_batches is not None else 2000
         texts = self.sample_texts(num)
         return {**ngram_precision(texts, self._reference(data)), "num_samples": num}
