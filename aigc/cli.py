@@ -10,7 +10,7 @@ import click
 
 from aigc.errors import AigcError, Interrupted
 
-FAMILY_HELP = "vae | gpt | gan | text-gan (diffusion, video-gan, video-diffusion: planned)"
+FAMILY_HELP = "vae | gpt | gan | text-gan | diffusion (video-gan, video-diffusion: planned)"
 DATASET_HELP = "mnist | shapes | images (images); text | code | sft (gpt)"
 
 
@@ -95,10 +95,12 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
 @click.option("--prompt-file", type=click.Path(), help="read the prompt from this UTF-8 file")
 @click.option("--label", type=int, help="class label (class-conditional models)")
 @click.option("--steps", type=int, help="sampler steps (diffusion)")
-@click.option("--guidance", type=float, help="classifier-free guidance scale (diffusion)")
+@click.option("--guidance", type=float, help="classifier-free guidance scale (diffusion): 1 = conditional, 0 = unconditional, >1 guided")
+@click.option("--sampler", help="diffusion sampler: ddim (default, --steps 50) or ddpm (ancestral, --steps T)")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--what", type=click.Choice(["samples", "reconstructions", "interpolation"]), default="samples",
-              show_default=True, help="VAE: also reconstructions of test images or latent interpolations")
+@click.option("--what", type=click.Choice(["samples", "reconstructions", "interpolation", "trajectory"]),
+              default="samples", show_default=True,
+              help="VAE: reconstructions of test images or latent interpolations; diffusion: the denoising trajectory x_T -> x_0")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=500, show_default=True, help="text: tokens to generate")
 @click.option("--temperature", type=float, default=0.8, show_default=True, help="text: 0 = greedy")
 @click.option("--top-k", type=int, help="text: sample among the k most likely tokens")
@@ -107,7 +109,7 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
 @click.option("--stream", is_flag=True, help="text: print tokens as they are produced")
 @click.option("--no-ema", is_flag=True, help="use the raw weights even when EMA weights exist")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
-def sample(run, num, out, prompt, prompt_file, label, steps, guidance, seed, what, max_new_tokens, temperature,
+def sample(run, num, out, prompt, prompt_file, label, steps, guidance, sampler, seed, what, max_new_tokens, temperature,
            top_k, top_p, stop, stream, no_ema, device):
     """Generate samples from a trained RUN: a PNG grid or npz for image models, text for language models."""
     from aigc.run import sample_run
@@ -124,7 +126,7 @@ def sample(run, num, out, prompt, prompt_file, label, steps, guidance, seed, wha
         text_options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                             stop=tuple(map(unescape_stop, stop)), stream=(lambda piece: click.echo(piece, nl=False)) if stream else None)
     result = sample_run(run, num=num, out=out, prompt=prompt, label=label, steps=steps, guidance=guidance,
-                        seed=seed, what=what, ema=not no_ema, device=device, **text_options)
+                        sampler=sampler, seed=seed, what=what, ema=not no_ema, device=device, **text_options)
     if isinstance(result, list):                     # text
         if stream:
             click.echo()

@@ -32,7 +32,18 @@ class DemoEntry:
 
 
 DEMOS = [
-    DemoEntry("gan-shapes", "Text-to-image GAN on shapes (32x32 RGB)", "gan", "shapes", 0.35,
+    DemoEntry("diffusion-shapes", "Text-to-image diffusion on shapes (32x32 RGB)", "diffusion", "shapes", 0.35,
+              sets=["eval_every=0", "sample_every=0", "ckpt_every=1000"],
+              extras=["trajectory"],
+              eval_args={"num": 2000, "sample_num": 2000},
+              image_prompts=["a large red circle in the center", "a small blue square in the top left",
+                             "a yellow triangle", "a large green square in the bottom right"],
+              blurb="A DDPM: a small U-Net learns to predict the noise added to training images at 1000 noise levels, "
+                    "reading the caption through a small Transformer text encoder; captions are dropped 10% of the "
+                    "time so the same network is also unconditional, and samples use classifier-free guidance (scale 3) "
+                    "with 25 DDIM steps. The trajectory rows show x_T (pure noise) turning into x_0 step by step. "
+                    "Prompt accuracy reads shape, color, size and position back off the pixels."),
+    DemoEntry("gan-shapes", "Text-to-image GAN on shapes (32x32 RGB)", "gan", "shapes", 0.2,
               sets=["eval_every=0", "sample_every=0", "ckpt_every=1000"],
               eval_args={"num": 2000, "sample_num": 2000},
               image_prompts=["a large red circle in the center", "a small blue square in the top left",
@@ -41,7 +52,7 @@ DEMOS = [
                     "Transformer text encoder (non-saturating loss, EMA of the generator). The big grid uses random "
                     "captions; each small grid shows 16 samples of one prompt. Prompt accuracy reads shape, color, "
                     "size and position back off the pixels."),
-    DemoEntry("vae-shapes", "VAE on shapes (32x32 RGB)", "vae", "shapes", 0.25,
+    DemoEntry("vae-shapes", "VAE on shapes (32x32 RGB)", "vae", "shapes", 0.1,
               sets=["eval_every=0", "sample_every=0", "ckpt_every=500"],
               extras=["reconstructions", "interpolation"],
               eval_args={"num": 1000, "k": 100, "sample_num": 2000},
@@ -49,7 +60,7 @@ DEMOS = [
                     "Samples are decoded from z ~ N(0, I); reconstructions show test images (odd columns) and "
                     "their reconstructions (even columns); each interpolation row decodes a straight line between "
                     "the posterior means of two test images."),
-    DemoEntry("gpt-code", "GPT on Python code (the standard library)", "gpt", "code", 0.4,
+    DemoEntry("gpt-code", "GPT on Python code (the standard library)", "gpt", "code", 0.35,
               sets=["ckpt_every=500"], eval_args={},
               prompts=["def ", "class ", "import "],
               blurb="A 4-layer decoder-only Transformer with a byte-level BPE tokenizer, pre-trained on the "
@@ -101,7 +112,8 @@ def run_demo(out: Path, minutes: float, overwrite: bool = False, quiet: bool = F
         for i, prompt in enumerate(e.image_prompts):
             images[f"prompt: {prompt}"] = sample_run(run, 16, out / f"{e.name}-prompt{i}.png", prompt=prompt, seed=0)
         for kind in e.extras:
-            images[kind] = sample_run(run, 80, out / f"{e.name}-{kind}.png", what=kind, seed=0)
+            images[kind] = sample_run(run, 8 if kind == "trajectory" else 80, out / f"{e.name}-{kind}.png", what=kind,
+                                      seed=0)
         shutil.copy(run / "loss.png", out / f"{e.name}-loss.png")
         images["loss curves"] = out / f"{e.name}-loss.png"
         result = eval_run(run, quiet=quiet, **(DRY_RUN["eval"] if dry_run and not e.prompts else e.eval_args))

@@ -63,17 +63,28 @@ def score_images(data: Dataset, images: torch.Tensor, labels: torch.Tensor | Non
     if prompts is not None:
         if data.name != "shapes":
             raise AigcError("prompt accuracy needs the built-in 'shapes' data (its attributes are read off the pixels)")
-        out.update(shapes_prompt_accuracy(images, prompts))
+        out.update(shapes_prompt_accuracy(images, prompts, data.holdout))
     return out
 
 
-def shapes_prompt_accuracy(images: torch.Tensor, prompts: list[str]) -> dict:
+def shapes_prompt_accuracy(images: torch.Tensor, prompts: list[str], holdout: list | None = None) -> dict:
+    """Prompt accuracy and per-attribute accuracy; with `holdout` (color, shape) pairs that the model never
+    saw, also `prompt_accuracy_seen` / `prompt_accuracy_holdout` over the prompts naming seen / held-out pairs."""
     det = shapes.detect(images)
     parsed = [shapes.parse_caption(p) for p in prompts]
     if not any(parsed):
         raise AigcError("none of the prompts names a known shape, color, size or position")
     requested = {k: torch.tensor([p.get(k, -1) for p in parsed]) for k in ("color", "shape", "size", "position")}
-    return prompt_accuracy(det, requested)
+    out = prompt_accuracy(det, requested)
+    if holdout:
+        pairs = shapes.parse_holdout(holdout)
+        held = torch.tensor([(p.get("color", -1), p.get("shape", -1)) in pairs for p in parsed])
+        for name, sel in (("seen", ~held), ("holdout", held)):
+            if sel.any():
+                sub = prompt_accuracy({k: v[sel] for k, v in det.items()}, {k: v[sel] for k, v in requested.items()})
+                out[f"prompt_accuracy_{name}"] = sub["prompt_accuracy"]
+                out[f"num_{name}"] = int(sel.sum())
+    return out
 
 
 def load_samples_npz(path: Path) -> dict:

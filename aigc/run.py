@@ -96,14 +96,14 @@ def _load_cfg(run_dir: Path):
 
 
 def sample_run(run, num, out=None, prompt=None, label=None, steps=None, guidance=None, seed=0, what="samples",
-               ema=True, device="auto", **text_options):
+               ema=True, device="auto", sampler=None, **text_options):
     """Images: write a PNG grid or npz to `out` and return its path. Text: return the samples as a
     list of strings (and write them to `out` when given)."""
     run_dir = rundir.check_run_dir(run)
     cfg, recipe = open_run(run_dir, pick_device(device), ema=ema)
     if recipe.output == "text":
-        if steps is not None or guidance is not None or label is not None or what != "samples":
-            raise AigcError("--steps, --guidance, --label and --what do not apply to a language model")
+        if steps is not None or guidance is not None or label is not None or sampler is not None or what != "samples":
+            raise AigcError("--steps, --guidance, --sampler, --label and --what do not apply to a language model")
         defaults = {"max_new_tokens": 500, "temperature": 0.8}
         texts = recipe.generate_text(prompt or "", num=num or 1, seed=seed, **{**defaults, **text_options})
         if out:
@@ -112,16 +112,25 @@ def sample_run(run, num, out=None, prompt=None, label=None, steps=None, guidance
     if text_options:
         raise AigcError("--stream, --stop, --top-k, --top-p, --temperature and --max-new-tokens are options of "
                         "language models")
-    num = num or 64
+    num = num or (8 if what == "trajectory" else 64)
     if out is None:
         raise AigcError("--out FILE.png or FILE.npz is required for image models")
     out = Path(out)
     if out.suffix not in (".png", ".npz"):
         raise AigcError(f"--out must end in .png (a grid) or .npz (arrays), got '{out.name}'")
+    if sampler is not None and not getattr(recipe, "has_sampler", False):
+        raise AigcError(f"--sampler is an option of diffusion models, not of the {cfg.family} family")
+    diffusion = {"sampler": sampler} if sampler is not None else {}
     torch.manual_seed(seed)
+    nrow = None
     with torch.no_grad():
         if what == "samples":
-            result = recipe.generate(num, label=label, prompt=prompt, steps=steps, guidance=guidance)
+            result = recipe.generate(num, label=label, prompt=prompt, steps=steps, guidance=guidance, **diffusion)
+        elif what == "trajectory":
+            if not hasattr(recipe, "trajectory"):
+                raise AigcError("--what trajectory is only for the diffusion family")
+            result = recipe.trajectory(num, label=label, prompt=prompt, steps=steps, guidance=guidance, **diffusion)
+            nrow = result["nrow"]
         else:
             if not hasattr(recipe, "reconstructions"):
                 raise AigcError(f"--what {what} is only for the VAE family")
@@ -130,7 +139,7 @@ def sample_run(run, num, out=None, prompt=None, label=None, steps=None, guidance
                 recipe.interpolations(data, pairs=max(1, num // 10))
             result = {"images": images}
     if out.suffix == ".png":
-        nrow = 10 if what == "interpolation" else (16 if what == "reconstructions" else None)
+        nrow = nrow or (10 if what == "interpolation" else (16 if what == "reconstructions" else None))
         return save_grid(out, result["images"], nrow=nrow)
     return save_npz(out, result["images"], labels=result.get("labels"), prompts=result.get("prompts"))
 

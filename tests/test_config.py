@@ -45,7 +45,7 @@ def test_precedence_preset_config_flags_set(tmp_path):
 
 
 def test_unknown_family_lists_valid():
-    with pytest.raises(AigcError, match="valid: gan, gpt, text-gan, vae"):
+    with pytest.raises(AigcError, match="valid: diffusion, gan, gpt, text-gan, vae"):
         build_config("vea", "mnist", None, [], {})
     with pytest.raises(AigcError, match="planned"):
-        build_config("diffusion", "mnist", None, [], {})
+        build_config("video-gan", "mnist", None, [], {})

@@ -50,6 +50,7 @@ class Dataset:
     class_names: list = field(default_factory=list)
     binarize: bool = False                              # dynamic binarisation of training batches
     caption_dropout: float = 0.0
+    holdout: list = field(default_factory=list)         # shapes: (color, shape) pairs never trained on
     note: str = ""                                      # said once when loaded (e.g. skipped files)
 
     def describe(self) -> str:
@@ -151,7 +152,8 @@ def load_dataset(cfg, seed: int = 0) -> Dataset:
 
         ds = Dataset("shapes", Split(tr_img, tr_attr["shape"], cap(tr_attr), tr_attr),
                      Split(ev_img, ev_attr["shape"], cap(ev_attr), ev_attr),
-                     num_classes=3, class_names=list(shapes.SHAPES), caption_dropout=cfg.caption_dropout)
+                     num_classes=3, class_names=list(shapes.SHAPES), caption_dropout=cfg.caption_dropout,
+                     holdout=list(cfg.holdout))
     elif cfg.name == "images":
         from aigc.data.images import load_folder
 

@@ -15,8 +15,9 @@ from aigc.io import checkpoint as ckpt
 from aigc.io.rundir import CHECKPOINT, CONFIG
 
 FAMILIES = {"vae": "aigc.recipes.vae:VAERecipe", "gpt": "aigc.recipes.gpt:GPTRecipe",
-            "gan": "aigc.recipes.gan:GANRecipe", "text-gan": "aigc.recipes.text_gan:TextGANRecipe"}
-PLANNED = ("diffusion", "video-gan", "video-diffusion")   # in DESIGN.md, not built yet
+            "gan": "aigc.recipes.gan:GANRecipe", "text-gan": "aigc.recipes.text_gan:TextGANRecipe",
+            "diffusion": "aigc.recipes.diffusion:DiffusionRecipe"}
+PLANNED = ("video-gan", "video-diffusion")   # in DESIGN.md, not built yet
 
 
 def recipe_class(family: str):

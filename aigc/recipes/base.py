@@ -34,6 +34,39 @@ class ImageRecipe(Recipe):
         return data
 
     @staticmethod
+    def set_condition(cfg, data) -> None:
+        """Conditional image models (model.cond = none | class | text): check that the data has what the
+        condition needs and write the number of classes or the caption vocabulary into the model config."""
+        from aigc.data import shapes
+        from aigc.errors import AigcError
+
+        m = cfg.model
+        if m.cond == "class":
+            if data.num_classes < 2 or data.train.labels is None:
+                raise AigcError(f"cond = class needs labelled data; '{data.name}' has no class labels")
+            m.num_classes = data.num_classes
+        elif m.cond == "text":
+            if data.train.captions is None:
+                raise AigcError(f"cond = text needs captioned data (the built-in 'shapes'); '{data.name}' has none")
+            m.text_vocab = list(shapes.VOCAB)
+
+    @staticmethod
+    def random_prompts(n: int, generator=None) -> list[str]:
+        """Full shapes captions of n random images (from the global RNG when no generator is given)."""
+        from aigc.data import shapes
+
+        return shapes.captions(shapes.sample_attributes(n, generator), torch.arange(n))
+
+    @staticmethod
+    def check_prompt(vocab, prompt: str) -> None:
+        from aigc.errors import AigcError
+        from aigc.models.text_encoder import STOP_WORDS
+
+        if not vocab.content_words(prompt):
+            raise AigcError(f"the prompt '{prompt}' has no word this model knows; known words: "
+                            f"{', '.join(w for w in vocab.words if w not in STOP_WORDS)}")
+
+    @staticmethod
     def make_batcher(data, cfg):
         from aigc.data import Batcher
 

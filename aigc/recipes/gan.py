@@ -26,7 +26,7 @@ from aigc.config import RunConfig
 from aigc.errors import AigcError
 from aigc.io.images import save_grid
 from aigc.models.gan import Discriminator, GANConfig, Generator, base_size
-from aigc.models.text_encoder import STOP_WORDS, WordVocab
+from aigc.models.text_encoder import WordVocab
 from aigc.recipes.base import ImageRecipe
 
 LOSSES = ("ns", "minimax", "hinge")
@@ -124,16 +124,7 @@ class GANRecipe(Adversarial, ImageRecipe):
                 base_size(cfg.data.image_size)
             except ValueError as e:
                 raise AigcError(str(e)) from None
-        if m.cond == "class":
-            if data.num_classes < 2 or data.train.labels is None:
-                raise AigcError(f"cond = class needs labelled data; '{data.name}' has no class labels")
-            m.num_classes = data.num_classes
-        elif m.cond == "text":
-            if data.train.captions is None:
-                raise AigcError(f"cond = text needs captioned data (the built-in 'shapes'); '{data.name}' has none")
-            from aigc.data import shapes
-
-            m.text_vocab = list(shapes.VOCAB)
+        ImageRecipe.set_condition(cfg, data)
         return data
 
     # ---------------------------------------------------------------- trainer hooks
@@ -214,20 +205,13 @@ class GANRecipe(Adversarial, ImageRecipe):
             labels = torch.arange(k).repeat_interleave(10)
             save_grid(path, self._images(self._z(len(labels), g), labels.to(self.device_of())), nrow=10)
             return
-        prompts = self._random_prompts(64, g) if m.cond == "text" else None
+        prompts = self.random_prompts(64, g) if m.cond == "text" else None
         y = self.vocab.encode(prompts).to(self.device_of()) if prompts else None
         save_grid(path, self._images(self._z(64, g), y), nrow=8)
 
     # ---------------------------------------------------------------- sampling and evaluation
     def _images(self, z, y=None) -> torch.Tensor:
         return (self.G(z, y).float() + 1).mul_(0.5).clamp_(0, 1)
-
-    @staticmethod
-    def _random_prompts(n: int, generator=None) -> list[str]:
-        """Full captions of n random shapes (from the global RNG when no generator is given)."""
-        from aigc.data import shapes
-
-        return shapes.captions(shapes.sample_attributes(n, generator), torch.arange(n))
 
     def generate(self, num: int, label=None, prompt=None, steps=None, guidance=None, **_) -> dict:
         m = self.cfg.model
@@ -246,12 +230,10 @@ class GANRecipe(Adversarial, ImageRecipe):
             y, out["labels"] = labels.to(self.device_of()), labels
         elif m.cond == "text":
             if prompt is not None:
-                if not self.vocab.content_words(prompt):
-                    raise AigcError(f"the prompt '{prompt}' has no word this model knows; known words: "
-                                    f"{', '.join(w for w in self.vocab.words if w not in STOP_WORDS)}")
+                self.check_prompt(self.vocab, prompt)
                 prompts = [prompt] * num
             else:
-                prompts = self._random_prompts(num)
+                prompts = self.random_prompts(num)
             y, out["prompts"] = self.vocab.encode(prompts).to(self.device_of()), prompts
         out["images"] = self._images(self._z(num), y)
         return out

@@ -1,0 +1,78 @@
+"""Noise schedules and the forward process of DDPM (Ho et al. 2020).
+
+Notation of the paper: beta_t the variance added at step t, alpha_t = 1 - beta_t,
+abar_t = prod_{s<=t} alpha_s. Timesteps are 0-based here (t = 0 .. T-1 stands for the paper's 1 .. T).
+
+- linear: beta from 1e-4 to 0.02 over T = 1000 steps (DDPM, section 4), rescaled by 1000/T for other T;
+- cosine: abar_t = f(t)/f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2), s = 0.008, betas clipped at 0.999
+  (Nichol & Dhariwal 2021, eq. 17): less noise early on, which helps low-resolution images and
+  few-step sampling.
+Forward process in closed form (DDPM eq. 4): q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), so
+x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
+The network predicts eps (DDPM eq. 14's loss ||eps - eps_theta(x_t, t)||^2) or, as an option, the velocity
+v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022), from which x_0 and eps follow."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SCHEDULES = ("linear", "cosine")
+PREDICTIONS = ("eps", "v")
+
+
+def betas_for(kind: str, T: int) -> torch.Tensor:
+    if kind == "linear":
+        scale = 1000 / T
+        return torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64)
+    if kind == "cosine":
+        s = 0.008
+        t = torch.arange(T + 1, dtype=torch.float64) / T
+        f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+        abar = f / f[0]
+        return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
+    raise ValueError(f"unknown schedule '{kind}'; valid: {', '.join(SCHEDULES)}")
+
+
+class Schedule:
+    """The per-step constants of a T-step schedule (float64 for accuracy, cast when used)."""
+
+    def __init__(self, kind: str = "linear", T: int = 1000, prediction: str = "eps"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction '{prediction}'; valid: {', '.join(PREDICTIONS)}")
+        self.kind, self.T, self.prediction = kind, T, prediction
+        self.betas = betas_for(kind, T)
+        self.alphas_cumprod = torch.cumprod(1 - self.betas, 0)
+
+    def abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """abar_t for a batch of timesteps, shaped to broadcast against `like` (B, ...); t = -1 gives 1."""
+        a = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])[t.cpu() + 1]
+        return a.to(like.device, like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM eq. 4)."""
+        a = self.abar(t, x0)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network learns to output: eps, or v = sqrt(abar) eps - sqrt(1 - abar) x_0."""
+        if self.prediction == "eps":
+            return noise
+        a = self.abar(t, x0)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+    def split(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip: bool = False):
+        """Model output at (x_t, t) -> (x_0 estimate, eps estimate). With `clip`, x_0 is clamped to the
+        data range [-1, 1] and eps recomputed from it so the two stay consistent."""
+        a = self.abar(t, x_t)
+        if self.prediction == "eps":
+            eps = out
+            x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+        else:
+            x0 = a.sqrt() * x_t - (1 - a).sqrt() * out
+            eps = (1 - a).sqrt() * x_t + a.sqrt() * out
+        if clip:
+            x0 = x0.clamp(-1, 1)
+            eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+        return x0, eps

@@ -1,0 +1,260 @@
+"""Diffusion recipe: a U-Net denoiser (models/unet.py) trained on the DDPM objective, sampled with the
+DDPM or DDIM samplers of aigc/diffusion, with classifier-free guidance for class labels or captions.
+
+Training step (DDPM, Algorithm 1): x_0 from the data scaled to [-1, 1], t ~ U{0..T-1}, eps ~ N(0, I),
+x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (eq. 4), loss = ||target - net(x_t, t, c)||^2 (eq. 14's
+simple loss; target eps or v). With probability `p_uncond` the condition c is replaced by the learned
+empty condition, so the same network also learns the unconditional model guidance needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from aigc.config import RunConfig
+from aigc.diffusion import Schedule, guided
+from aigc.diffusion import sample as run_sampler
+from aigc.diffusion.samplers import SAMPLERS
+from aigc.diffusion.schedule import PREDICTIONS, SCHEDULES
+from aigc.errors import AigcError
+from aigc.io.images import save_grid
+from aigc.models.text_encoder import WordVocab
+from aigc.models.unet import DiffusionConfig, UNet, check_size
+from aigc.recipes.base import ImageRecipe
+
+EVAL_BATCH = 500
+
+
+class DiffusionRecipe(ImageRecipe):
+    family = "diffusion"
+    ModelConfig = DiffusionConfig
+    has_sampler = True
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        m = cfg.model
+        self.shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+        self.net = UNet(m, self.shape).to(memory_format=torch.channels_last)
+        self.modules = {"unet": self.net}
+        self.schedule = Schedule(m.schedule, m.T, m.prediction)
+        self.vocab = WordVocab(m.text_vocab) if m.cond == "text" else None
+        self.device = torch.device("cpu")
+
+    @staticmethod
+    def check_config(cfg: RunConfig) -> None:
+        m = cfg.model
+        if m.schedule not in SCHEDULES:
+            raise AigcError(f"model.schedule must be one of {', '.join(SCHEDULES)}, got '{m.schedule}'")
+        if m.prediction not in PREDICTIONS:
+            raise AigcError(f"model.prediction must be one of {', '.join(PREDICTIONS)}, got '{m.prediction}'")
+        if m.sampler not in SAMPLERS:
+            raise AigcError(f"model.sampler must be one of {', '.join(SAMPLERS)}, got '{m.sampler}'")
+        if m.cond not in ("none", "class", "text"):
+            raise AigcError(f"model.cond must be 'none', 'class' or 'text', got '{m.cond}'")
+        if m.T < 2 or not 1 <= m.sample_steps <= m.T:
+            raise AigcError(f"model.T must be >= 2 and model.sample_steps in 1..T ({m.T})")
+        if m.width < 1 or m.blocks < 1 or not m.mults or min(m.mults) < 1 or m.patch < 1:
+            raise AigcError("model.width, blocks, patch and every entry of model.mults must be positive")
+        if m.width % m.heads or m.width % m.groups:
+            raise AigcError(f"model.width ({m.width}) must be divisible by model.heads ({m.heads}) and "
+                            f"model.groups ({m.groups})")
+        if not 0 <= m.attn_levels <= len(m.mults):
+            raise AigcError(f"model.attn_levels must be in 0..{len(m.mults)}")
+        if not 0 <= m.p_uncond <= 1 or m.guidance < 0 or m.eta < 0:
+            raise AigcError("model.p_uncond must be in [0, 1], model.guidance and model.eta >= 0")
+
+    @staticmethod
+    def load_data(cfg, run_dir: Path | None = None):
+        data = ImageRecipe.load_data(cfg, run_dir)
+        m = cfg.model
+        size = cfg.data.image_size
+        try:
+            if size % m.patch:
+                raise ValueError(f"model.patch = {m.patch} does not divide the image size {size}")
+            check_size(size // m.patch, len(m.mults))
+        except ValueError as e:
+            raise AigcError(str(e)) from None
+        ImageRecipe.set_condition(cfg, data)
+        return data
+
+    # ---------------------------------------------------------------- conditions
+    def _condition(self, batch: dict, drop: float = 0.0, generator=None):
+        """The batch's condition input, each row replaced by the empty condition with probability `drop`."""
+        m, dev = self.cfg.model, self.device_of()
+        if m.cond == "none":
+            return None
+        c = batch["label"] if m.cond == "class" else self.vocab.encode(batch["caption"])
+        c = c.to(dev)
+        if drop > 0:
+            mask = torch.rand(len(c), generator=generator) < drop
+            null = self.net.null_condition(len(c), dev)
+            c = torch.where(mask.to(dev).view(-1, *([1] * (c.dim() - 1))), null, c)
+        return c
+
+    def _prompt_ids(self, prompts: list[str]) -> torch.Tensor:
+        return self.vocab.encode(prompts).to(self.device_of())
+
+    # ---------------------------------------------------------------- trainer hooks
+    def param_groups(self):
+        return {"unet": list(self.net.parameters())}
+
+    def ema_modules(self):
+        return self.modules
+
+    def _loss(self, x0: torch.Tensor, c, generator=None) -> torch.Tensor:
+        """The simple DDPM loss on a batch in [-1, 1] at random timesteps (per-sample mean squared error)."""
+        t = torch.randint(self.schedule.T, (len(x0),), generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        x_t = self.schedule.q_sample(x0, t, noise).contiguous(memory_format=torch.channels_last)
+        out = self.net(x_t, t, c)
+        return F.mse_loss(out.float(), self.schedule.target(x0, t, noise), reduction="none").flatten(1).mean(1)
+
+    def train_step(self, batch, opt):
+        x0 = batch["image"].to(self.device_of()) * 2 - 1
+        c = self._condition(batch, self.cfg.model.p_uncond)
+        loss = self._loss(x0, c).mean()
+        opt.update("unet", loss)
+        return {"loss": loss.detach()}
+
+    def evaluate(self, data, max_batches=None, num=None) -> dict[str, float]:
+        """The training loss on the eval split at timesteps and noise drawn from a fixed seed (so values
+        are comparable across steps), with the full condition."""
+        g = torch.Generator().manual_seed(0)
+        total, n = 0.0, 0
+        limit = num if max_batches is None else max_batches * 250
+        for batch in data.eval_batches(250, limit):
+            x0 = batch["image"].to(self.device_of()) * 2 - 1
+            total += self._loss(x0, self._condition(batch), g).sum().item()
+            n += len(x0)
+        return {"eval_loss": round(total / max(n, 1), 5), "num_eval": n}
+
+    def save_samples(self, path: Path) -> None:
+        """A grid from the same noise every time (class-conditional: one row per class; text: fixed
+        captions), and beside it the denoising trajectory of 8 of them."""
+        m = self.cfg.model
+        g = torch.Generator().manual_seed(1234)
+        labels = prompts = None
+        if m.cond == "class":
+            labels = torch.arange(m.num_classes).repeat_interleave(8)
+        elif m.cond == "text":
+            prompts = self.random_prompts(64, g)
+        n = len(labels) if labels is not None else 64
+        c = self._cond_for(n, labels, prompts)
+        images = self._sample(n, c, generator=g)
+        save_grid(path, images, nrow=8)
+        sel = torch.arange(0, n, max(1, n // 8))[:8]
+        strip = self._trajectory(len(sel), c[sel] if c is not None else None, torch.Generator().manual_seed(99))
+        save_grid(Path(path).with_name(Path(path).stem + "_trajectory.png"), strip, nrow=len(strip) // len(sel))
+
+    # ---------------------------------------------------------------- sampling
+    def _cond_for(self, n: int, labels=None, prompts=None):
+        if labels is not None:
+            return labels.to(self.device_of())
+        if prompts is not None:
+            return self._prompt_ids(prompts)
+        return None
+
+    def _denoiser(self, c, guidance: float):
+        net = self.net
+
+        def call(x, t, cc):
+            return net(x.contiguous(memory_format=torch.channels_last), t, cc)
+
+        if c is None:
+            return lambda x, t: call(x, t, None)
+        return guided(call, c, self.net.null_condition(len(c), c.device), guidance)
+
+    def _sample(self, n: int, c, sampler=None, steps=None, guidance=None, generator=None, record=0, progress=None):
+        """n images in [0, 1] (or (images, frames) with record > 0)."""
+        m = self.cfg.model
+        sampler = sampler or m.sampler
+        steps = steps or (m.sample_steps if sampler == "ddim" else None)
+        w = m.guidance if guidance is None else guidance
+        out = run_sampler(sampler, self._denoiser(c, w), self.schedule, (n, *self.shape), steps, eta=m.eta,
+                          generator=generator, device=self.device_of(), clip=m.clip, record=record, progress=progress)
+        if record:
+            x, frames = out
+            return (x + 1) / 2, [(f.clamp(-1, 1) + 1) / 2 for f in frames]
+        return ((out + 1) / 2).clamp(0, 1)
+
+    def _trajectory(self, n: int, c, generator=None, sampler=None, steps=None, guidance=None, frames: int = 10):
+        """Rows of x_T -> x_0: each row one sample, `frames` + 1 snapshots of x_t."""
+        _, snaps = self._sample(n, c, sampler, steps, guidance, generator, record=frames)
+        return torch.stack(snaps, 1).flatten(0, 1)
+
+    def _check_options(self, label, prompt, steps, guidance, sampler):
+        m = self.cfg.model
+        if sampler is not None and sampler not in SAMPLERS:
+            raise AigcError(f"--sampler must be one of {', '.join(SAMPLERS)}, got '{sampler}'")
+        if steps is not None and not 1 <= steps <= m.T:
+            raise AigcError(f"--steps must be in 1..{m.T} (the model's T), got {steps}")
+        if guidance is not None and guidance < 0:
+            raise AigcError(f"--guidance must be >= 0 (1 = plain conditional, 0 = unconditional), got {guidance}")
+        if guidance is not None and m.cond == "none":
+            raise AigcError("--guidance needs a conditional model; this one has cond = \"none\"")
+        if label is not None and m.cond != "class":
+            raise AigcError(f"--label needs a class-conditional model; this one has cond = \"{m.cond}\"")
+        if prompt is not None and m.cond != "text":
+            raise AigcError(f"--prompt needs a text-conditional model; this one has cond = \"{m.cond}\"")
+        if label is not None and not 0 <= label < m.num_classes:
+            raise AigcError(f"--label {label} is out of range: this model knows classes 0..{m.num_classes - 1}")
+        if prompt is not None:
+            self.check_prompt(self.vocab, prompt)
+
+    def _request(self, num: int, label=None, prompt=None):
+        """Conditions for `num` samples: the given label/prompt, else classes in turn / random captions."""
+        m = self.cfg.model
+        out = {}
+        if m.cond == "class":
+            out["labels"] = torch.full((num,), label) if label is not None else torch.arange(num) % m.num_classes
+        elif m.cond == "text":
+            out["prompts"] = [prompt] * num if prompt is not None else self.random_prompts(num)
+        return out
+
+    def generate(self, num: int, label=None, prompt=None, steps=None, guidance=None, sampler=None, **_) -> dict:
+        self._check_options(label, prompt, steps, guidance, sampler)
+        out = self._request(num, label, prompt)
+        c = self._cond_for(num, out.get("labels"), out.get("prompts"))
+        chunks = []
+        for i in range(0, num, EVAL_BATCH):
+            cc = c[i:i + EVAL_BATCH] if c is not None else None
+            chunks.append(self._sample(min(EVAL_BATCH, num - i), cc, sampler, steps, guidance))
+        out["images"] = torch.cat(chunks)
+        return out
+
+    def trajectory(self, num: int, label=None, prompt=None, steps=None, guidance=None, sampler=None) -> dict:
+        """The denoising trajectory x_T -> x_0 of `num` samples, one row each."""
+        self._check_options(label, prompt, steps, guidance, sampler)
+        req = self._request(num, label, prompt)
+        c = self._cond_for(num, req.get("labels"), req.get("prompts"))
+        return {"images": self._trajectory(num, c, None, sampler, steps, guidance), "nrow": 11}
+
+    def generate_for_eval(self, data, num: int, sampler=None, steps=None, guidance=None, progress=None):
+        """`num` samples for the sample-quality metrics: classes in equal shares (class-conditional) or
+        the eval split's full captions in turn (text-conditional)."""
+        m = self.cfg.model
+        labels = prompts = None
+        if m.cond == "class":
+            labels = torch.arange(num) % m.num_classes
+        elif m.cond == "text":
+            caps = data.eval.captions(torch.arange(len(data.eval)))
+            prompts = [caps[i % len(caps)] for i in range(num)]
+        chunks = []
+        for i in range(0, num, EVAL_BATCH):
+            j = min(num, i + EVAL_BATCH)
+            c = self._cond_for(j - i, labels[i:j] if labels is not None else None,
+                               prompts[i:j] if prompts is not None else None)
+            chunks.append(self._sample(j - i, c, sampler, steps, guidance))
+            if progress:
+                progress(j - i)
+        return torch.cat(chunks), labels, prompts
+
+    def full_eval(self, data, num=None, k=None, progress=None) -> dict:
+        """The denoising loss on the eval split (fixed timesteps and noise); sample quality follows."""
+        m = self.cfg.model
+        out = self.evaluate(data, num=num)
+        steps = m.sample_steps if m.sampler == "ddim" else m.T
+        return {**out, "sampler": m.sampler, "sampler_steps": steps, "guidance": m.guidance if m.cond != "none" else None,
+                "note": "eval_loss = the DDPM simple loss on the eval split; sample_quality uses the sampler above"}

@@ -1,0 +1,257 @@
+"""Diffusion benchmarks (issue 6) on 2 CPU cores, each training run a 20-minute budget.
+
+  python benchmarks/diffusion.py [--only ROW,ROW] [--minutes 20] [--data-dir ../shared/data/mnist]
+
+Rows (each trains with `aigc train` in a subprocess unless its run exists, then measures in-process):
+  mnist        unconditional MNIST, preset configs/diffusion-mnist.toml: FID with DDIM-25 on 10k samples vs
+               the test split, and the time to draw 64 samples with DDIM-25
+  mnist-ddpm   the same run: DDIM-25 vs 1000-step DDPM FID on the same number of samples (--ddpm-num, 500
+               by default: 1000 steps x 10k samples would take ~3 hours here)
+  mnist-class  class-conditional MNIST (--set model.cond=class): FID and class accuracy at guidance 1, 2, 3, 5
+               (2000 samples each) as a table and benchmarks/results/diffusion_guidance.png
+  shapes       text-to-image shapes (preset configs/diffusion-shapes.toml) trained with the (color, shape)
+               pairs "green triangle" and "yellow circle" held out: prompt accuracy and per-attribute accuracy
+               on 1000 eval captions of seen pairs and 500 captions of held-out pairs, at guidance 1, 2, 3, 5
+FID = FID[mnist-clf-v1 features, N samples vs the 10k test images]. Results: benchmarks/results/diffusion.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from aigc.config import read_toml  # noqa: E402
+from benchmarks.run import machine, run  # noqa: E402
+
+RUNS = ROOT / "bench_runs"
+OUT = ROOT / "benchmarks" / "results" / "diffusion.json"
+PLOT = ROOT / "benchmarks" / "results" / "diffusion_guidance.png"
+MNIST = str(ROOT.parent / "shared" / "data" / "mnist")
+GUIDANCE = (1.0, 2.0, 3.0, 5.0)
+HOLDOUT = ["green triangle", "yellow circle"]
+
+TRAIN = {
+    "mnist": ("diffusion-mnist-20min", ["--data", "mnist"]),
+    "mnist-class": ("diffusion-mnist-class-20min", ["--data", "mnist", "--set", "model.cond=class"]),
+    "shapes": ("diffusion-shapes-holdout-20min", ["--data", "shapes", "--set", f"data.holdout={json.dumps(HOLDOUT)}"]),
+}
+
+
+def train(row: str, minutes: float, data_dir: str) -> tuple[Path, dict]:
+    name, args = TRAIN[row]
+    out = RUNS / name
+    info = {}
+    if not (out / "checkpoint").is_dir():
+        where = ["--data-dir", data_dir] if "mnist" in args else []
+        cmd = [sys.executable, "-m", "aigc", "train", "diffusion", *args, *where,
+               "--minutes", str(minutes), "--out", str(out), "--quiet"]
+        print("$", " ".join(cmd), flush=True)
+        proc, wall, rss = run(cmd)
+        if proc.returncode:
+            raise SystemExit(f"training failed:\n{proc.stderr[-3000:]}")
+        info = {"train_wall_s": round(wall, 1), "train_peak_rss_mb": round(rss)}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if r.get("kind") == "train"][-1]
+    ev = [r for r in rows if r.get("kind") == "eval"]
+    batch = read_toml(out / "config.toml")["data"]["batch_size"]
+    info.update({"run": str(out.relative_to(ROOT)), "steps": last["step"], "train_s": last["elapsed_s"],
+                 "train_img_per_s": round(last["step"] * batch / last["elapsed_s"], 1),
+                 "eval_loss": ev[-1].get("eval_loss") if ev else None})
+    return out, info
+
+
+def open_recipe(run_dir: Path):
+    from aigc.recipes import open_run
+
+    cfg, recipe = open_run(run_dir, torch.device("cpu"))
+    data = recipe.load_data(cfg, run_dir)
+    return cfg, recipe, data
+
+
+def scored(recipe, data, num, seed=0, **kw) -> dict:
+    from aigc.evaluation import score_images
+    from aigc.io.images import to_uint8
+
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        images, labels, prompts = recipe.generate_for_eval(data, num, **kw)
+    secs = time.perf_counter() - t0
+    u8 = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)
+    q = score_images(data, u8, labels, prompts)
+    keep = ("fid", "precision", "recall", "class_accuracy", "class_entropy", "num_samples")
+    return {**{k: q[k] for k in keep if k in q}, "sampling_s": round(secs, 1)}
+
+
+def row_mnist(args) -> dict:
+    run_dir, info = train("mnist", args.minutes, args.data_dir)
+    _, recipe, data = open_recipe(run_dir)
+    info["ddim25_10k"] = scored(recipe, data, 10000, sampler="ddim", steps=25)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            recipe.generate(64, sampler="ddim", steps=25)
+        times.append(time.perf_counter() - t0)
+    info["ddim25_64_samples_s"] = round(min(times), 2)
+    info["ddim25_64_samples_s_all"] = [round(t, 2) for t in times]
+    return info
+
+
+def row_mnist_ddpm(args) -> dict:
+    run_dir, info = train("mnist", args.minutes, args.data_dir)
+    _, recipe, data = open_recipe(run_dir)
+    n = args.ddpm_num
+    info["ddim25"] = scored(recipe, data, n, sampler="ddim", steps=25)
+    info["ddpm1000"] = scored(recipe, data, n, sampler="ddpm", steps=1000)
+    info["ddim_vs_ddpm_fid_ratio"] = round(info["ddim25"]["fid"] / info["ddpm1000"]["fid"], 3)
+    return info
+
+
+def row_mnist_class(args) -> dict:
+    run_dir, info = train("mnist-class", args.minutes, args.data_dir)
+    _, recipe, data = open_recipe(run_dir)
+    info["guidance"] = {str(w): scored(recipe, data, 2000, guidance=w) for w in GUIDANCE}
+    plot_guidance(info["guidance"])
+    return info
+
+
+def holdout_prompts(n: int) -> list[str]:
+    from aigc.data import shapes
+
+    g = torch.Generator().manual_seed(7)
+    attrs = shapes.sample_attributes(20 * n, g)
+    held = shapes.parse_holdout(HOLDOUT)
+    idx = torch.tensor([i for i, (c, s) in enumerate(zip(attrs["color"].tolist(), attrs["shape"].tolist()))
+                        if (c, s) in held][:n])
+    return shapes.captions(attrs, idx)
+
+
+def row_shapes(args) -> dict:
+    from aigc.data import shapes
+    from aigc.evaluation import shapes_prompt_accuracy
+    from aigc.io.images import to_uint8
+
+    run_dir, info = train("shapes", args.minutes, args.data_dir)
+    _, recipe, data = open_recipe(run_dir)
+    held = shapes.parse_holdout(HOLDOUT)
+    ev = data.eval.attrs
+    seen_idx = torch.tensor([i for i, (c, s) in enumerate(zip(ev["color"].tolist(), ev["shape"].tolist()))
+                             if (c, s) not in held][:1000])
+    sets = {"seen": data.eval.captions(seen_idx), "held_out": holdout_prompts(500)}
+    info["guidance"] = {}
+    for w in GUIDANCE:
+        res = {}
+        for name, prompts in sets.items():
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                c = recipe._prompt_ids(prompts)
+                images = torch.cat([recipe._sample(len(c[i:i + 500]), c[i:i + 500], guidance=w)
+                                    for i in range(0, len(c), 500)])
+            u8 = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)
+            res[name] = {**shapes_prompt_accuracy(u8, prompts), "num_samples": len(prompts),
+                         "sampling_s": round(time.perf_counter() - t0, 1)}
+        info["guidance"][str(w)] = res
+        print(w, json.dumps(res), flush=True)
+    return info
+
+
+def plot_guidance(table: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ws = [float(w) for w in table]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([table[w]["fid"] for w in table], [table[w]["class_accuracy"] for w in table], "o-")
+    for w, r in table.items():
+        ax.annotate(f"w={float(w):g}", (r["fid"], r["class_accuracy"]), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("FID [mnist-clf-v1, 2000 samples vs test] (lower is better)")
+    ax.set_ylabel("class accuracy of samples")
+    ax.set_title(f"classifier-free guidance w = {', '.join(f'{w:g}' for w in ws)}")
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=120)
+    plt.close(fig)
+
+
+def markdown(results: dict) -> str:
+    """The README / closing-note tables from diffusion.json."""
+    out = []
+    if "mnist" in results:
+        r = results["mnist"]
+        q = r["ddim25_10k"]
+        out += ["| model | steps (20 min) | train img/s | FID (10k, DDIM-25) | precision | recall | class entropy | "
+                "64 samples DDIM-25 | goal |", "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+                f"| MNIST unconditional | {r['steps']} | {r['train_img_per_s']} | {q['fid']} | {q['precision']} | "
+                f"{q['recall']} | {q['class_entropy']} | {r['ddim25_64_samples_s']} s | FID <= 5: "
+                f"{'met' if q['fid'] <= 5 else '**NOT met**'}; <= 5 s: {'met' if r['ddim25_64_samples_s'] <= 5 else '**NOT met**'} |", ""]
+    if "mnist-ddpm" in results:
+        r = results["mnist-ddpm"]
+        a, b = r["ddim25"], r["ddpm1000"]
+        out += ["| sampler (same model) | samples | FID | precision | recall | sampling s |", "|---|---:|---:|---:|---:|---:|",
+                f"| DDIM, 25 steps | {a['num_samples']} | {a['fid']} | {a['precision']} | {a['recall']} | {a['sampling_s']} |",
+                f"| DDPM, 1000 steps | {b['num_samples']} | {b['fid']} | {b['precision']} | {b['recall']} | {b['sampling_s']} |",
+                f"\nDDIM-25 / DDPM-1000 FID = {r['ddim_vs_ddpm_fid_ratio']} (goal: within 15%, i.e. <= 1.15: "
+                f"{'met' if r['ddim_vs_ddpm_fid_ratio'] <= 1.15 else '**NOT met**'})", ""]
+    if "mnist-class" in results:
+        r = results["mnist-class"]
+        out += [f"Class-conditional MNIST ({r['steps']} steps, {r['train_img_per_s']} img/s; 2000 samples per row):", "",
+                "| guidance w | FID | precision | recall | class accuracy | class entropy |", "|---:|---:|---:|---:|---:|---:|"]
+        out += [f"| {float(w):g} | {q['fid']} | {q['precision']} | {q['recall']} | {q['class_accuracy']} | {q['class_entropy']} |"
+                for w, q in r["guidance"].items()]
+        out.append("")
+    for key in ("shapes", "shapes-nocoords"):
+        if key not in results:
+            continue
+        r = results[key]
+        what = "U-Net with coordinate channels (preset)" if key == "shapes" else "ablation: no coordinate channels"
+        out += [f"Text-to-image shapes, {what}; held out: {', '.join(HOLDOUT)} ({r['steps']} steps, "
+                f"{r['train_img_per_s']} img/s; 1000 seen-pair prompts, 500 held-out-pair prompts):", "",
+                "| guidance w | prompt acc (seen) | shape | color | size | position | prompt acc (held out) | shape | color | size | position |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for w, g in r["guidance"].items():
+            cells = []
+            for k in ("seen", "held_out"):
+                q = g[k]
+                cells += [q["prompt_accuracy"], q["shape_accuracy"], q["color_accuracy"], q["size_accuracy"], q["position_accuracy"]]
+            out.append(f"| {float(w):g} | " + " | ".join(map(str, cells)) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+ROWS = {"mnist": row_mnist, "mnist-ddpm": row_mnist_ddpm, "mnist-class": row_mnist_class, "shapes": row_shapes}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
+    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--data-dir", default=MNIST)
+    ap.add_argument("--ddpm-num", type=int, default=500)
+    ap.add_argument("--table", action="store_true", help="only print the markdown tables of the saved results")
+    args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(OUT.read_text())))
+        return
+    torch.set_num_threads(2)
+    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    results["machine"] = machine()
+    for row in args.only.split(","):
+        if row not in ROWS:
+            raise SystemExit(f"unknown row '{row}'; rows: {', '.join(ROWS)}")
+        t0 = time.perf_counter()
+        results[row] = {**ROWS[row](args), "bench_wall_s": round(time.perf_counter() - t0, 1)}
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        OUT.write_text(json.dumps(results, indent=1) + "\n")
+        print(row, json.dumps(results[row], indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
