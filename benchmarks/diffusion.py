@@ -7,6 +7,7 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
                the test split, and the time to draw 64 samples with DDIM-25
   mnist-ddpm   the same run: DDIM-25 vs 1000-step DDPM FID on the same number of samples (--ddpm-num, 500
                by default: 1000 steps x 10k samples would take ~3 hours here)
+  mnist-steps  the same run: FID of DDIM with 25, 50, 100 steps and respaced DDPM with 100 (--ddpm-num samples)
   mnist-class  class-conditional MNIST (--set model.cond=class): FID and class accuracy at guidance 1, 2, 3, 5
                (2000 samples each) as a table and benchmarks/results/diffusion_guidance.png
   shapes       text-to-image shapes (preset configs/diffusion-shapes.toml) trained with the (color, shape)
@@ -114,6 +115,18 @@ def row_mnist_ddpm(args) -> dict:
     return info
 
 
+def row_mnist_steps(args) -> dict:
+    """The same model, --ddpm-num samples per sampler setting: how FID moves with the number of steps."""
+    run_dir, info = train("mnist", args.minutes, args.data_dir)
+    _, recipe, data = open_recipe(run_dir)
+    n = args.ddpm_num
+    for name, kw in (("ddim25", dict(sampler="ddim", steps=25)), ("ddim50", dict(sampler="ddim", steps=50)),
+                     ("ddim100", dict(sampler="ddim", steps=100)), ("ddpm100", dict(sampler="ddpm", steps=100))):
+        info[name] = scored(recipe, data, n, **kw)
+        print(name, info[name], flush=True)
+    return info
+
+
 def row_mnist_class(args) -> dict:
     run_dir, info = train("mnist-class", args.minutes, args.data_dir)
     _, recipe, data = open_recipe(run_dir)
@@ -200,6 +213,12 @@ def markdown(results: dict) -> str:
                 f"| DDPM, 1000 steps | {b['num_samples']} | {b['fid']} | {b['precision']} | {b['recall']} | {b['sampling_s']} |",
                 f"\nDDIM-25 / DDPM-1000 FID = {r['ddim_vs_ddpm_fid_ratio']} (goal: within 15%, i.e. <= 1.15: "
                 f"{'met' if r['ddim_vs_ddpm_fid_ratio'] <= 1.15 else '**NOT met**'})", ""]
+    if "mnist-steps" in results:
+        r = results["mnist-steps"]
+        out += ["| sampler and steps (same model) | FID | precision | recall | sampling s |", "|---|---:|---:|---:|---:|"]
+        out += [f"| {k} | {r[k]['fid']} | {r[k]['precision']} | {r[k]['recall']} | {r[k]['sampling_s']} |"
+                for k in ("ddim25", "ddim50", "ddim100", "ddpm100") if k in r]
+        out.append("")
     if "mnist-class" in results:
         r = results["mnist-class"]
         out += [f"Class-conditional MNIST ({r['steps']} steps, {r['train_img_per_s']} img/s; 2000 samples per row):", "",
@@ -226,7 +245,7 @@ def markdown(results: dict) -> str:
     return "\n".join(out)
 
 
-ROWS = {"mnist": row_mnist, "mnist-ddpm": row_mnist_ddpm, "mnist-class": row_mnist_class, "shapes": row_shapes}
+ROWS = {"mnist": row_mnist, "mnist-ddpm": row_mnist_ddpm, "mnist-steps": row_mnist_steps, "mnist-class": row_mnist_class, "shapes": row_shapes}
 
 
 def main() -> None:
