@@ -165,9 +165,7 @@ def row_shapes(args) -> dict:
             torch.manual_seed(0)
             t0 = time.perf_counter()
             with torch.no_grad():
-                c = recipe._prompt_ids(prompts)
-                images = torch.cat([recipe._sample(len(c[i:i + 500]), c[i:i + 500], guidance=w)
-                                    for i in range(0, len(c), 500)])
+                images = recipe.sample_for(prompts=prompts, guidance=w)
             u8 = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)
             res[name] = {**shapes_prompt_accuracy(u8, prompts), "num_samples": len(prompts),
                          "sampling_s": round(time.perf_counter() - t0, 1)}

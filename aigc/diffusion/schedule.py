@@ -44,10 +44,11 @@ class Schedule:
         self.kind, self.T, self.prediction = kind, T, prediction
         self.betas = betas_for(kind, T)
         self.alphas_cumprod = torch.cumprod(1 - self.betas, 0)
+        self._abar = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])   # index t + 1
 
     def abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """abar_t for a batch of timesteps, shaped to broadcast against `like` (B, ...); t = -1 gives 1."""
-        a = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])[t.cpu() + 1]
+        a = self._abar[t.cpu() + 1]
         return a.to(like.device, like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

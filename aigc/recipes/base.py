@@ -57,6 +57,42 @@ class ImageRecipe(Recipe):
 
         return shapes.captions(shapes.sample_attributes(n, generator), torch.arange(n))
 
+    def check_condition_args(self, label, prompt, noun: str = "model") -> None:
+        """Clear errors for --label / --prompt that this model (`noun` in the messages) cannot take."""
+        from aigc.errors import AigcError
+
+        m = self.cfg.model
+        if label is not None and m.cond != "class":
+            raise AigcError(f"--label needs a class-conditional {noun}; this one has cond = \"{m.cond}\"")
+        if prompt is not None and m.cond != "text":
+            raise AigcError(f"--prompt needs a text-conditional {noun}; this one has cond = \"{m.cond}\"")
+        if label is not None and not 0 <= label < m.num_classes:
+            raise AigcError(f"--label {label} is out of range: this model knows classes 0..{m.num_classes - 1}")
+        if prompt is not None:
+            self.check_prompt(self.vocab, prompt)
+
+    def requested_conditions(self, num: int, label=None, prompt=None) -> dict:
+        """Conditions for `num` samples of a conditional model: the given label / prompt for all of them,
+        else classes in turn / random captions ({} when model.cond = none)."""
+        m = self.cfg.model
+        if m.cond == "class":
+            return {"labels": torch.full((num,), label) if label is not None else torch.arange(num) % m.num_classes}
+        if m.cond == "text":
+            return {"prompts": [prompt] * num if prompt is not None else self.random_prompts(num)}
+        return {}
+
+    def eval_conditions(self, data, num: int):
+        """(labels, prompts) for `num` samples scored against the data: classes in equal shares
+        (class-conditional) or the eval split's full captions in turn (text-conditional)."""
+        m = self.cfg.model
+        labels = prompts = None
+        if m.cond == "class":
+            labels = torch.arange(num) % m.num_classes
+        elif m.cond == "text":
+            caps = data.eval.captions(torch.arange(len(data.eval)))
+            prompts = [caps[i % len(caps)] for i in range(num)]
+        return labels, prompts
+
     @staticmethod
     def check_prompt(vocab, prompt: str) -> None:
         from aigc.errors import AigcError

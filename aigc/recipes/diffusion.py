@@ -93,9 +93,6 @@ class DiffusionRecipe(ImageRecipe):
             c = torch.where(mask.to(dev).view(-1, *([1] * (c.dim() - 1))), null, c)
         return c
 
-    def _prompt_ids(self, prompts: list[str]) -> torch.Tensor:
-        return self.vocab.encode(prompts).to(self.device_of())
-
     # ---------------------------------------------------------------- trainer hooks
     def param_groups(self):
         return {"unet": list(self.net.parameters())}
@@ -141,7 +138,7 @@ class DiffusionRecipe(ImageRecipe):
         elif m.cond == "text":
             prompts = self.random_prompts(64, g)
         n = len(labels) if labels is not None else 64
-        c = self._cond_for(n, labels, prompts)
+        c = self._cond_for(labels, prompts)
         images = self._sample(n, c, generator=g)
         save_grid(path, images, nrow=8)
         sel = torch.arange(0, n, max(1, n // 8))[:8]
@@ -149,11 +146,11 @@ class DiffusionRecipe(ImageRecipe):
         save_grid(Path(path).with_name(Path(path).stem + "_trajectory.png"), strip, nrow=len(strip) // len(sel))
 
     # ---------------------------------------------------------------- sampling
-    def _cond_for(self, n: int, labels=None, prompts=None):
+    def _cond_for(self, labels=None, prompts=None):
         if labels is not None:
             return labels.to(self.device_of())
         if prompts is not None:
-            return self._prompt_ids(prompts)
+            return self.vocab.encode(prompts).to(self.device_of())
         return None
 
     def _denoiser(self, c, guidance: float):
@@ -194,62 +191,38 @@ class DiffusionRecipe(ImageRecipe):
             raise AigcError(f"--guidance must be >= 0 (1 = plain conditional, 0 = unconditional), got {guidance}")
         if guidance is not None and m.cond == "none":
             raise AigcError("--guidance needs a conditional model; this one has cond = \"none\"")
-        if label is not None and m.cond != "class":
-            raise AigcError(f"--label needs a class-conditional model; this one has cond = \"{m.cond}\"")
-        if prompt is not None and m.cond != "text":
-            raise AigcError(f"--prompt needs a text-conditional model; this one has cond = \"{m.cond}\"")
-        if label is not None and not 0 <= label < m.num_classes:
-            raise AigcError(f"--label {label} is out of range: this model knows classes 0..{m.num_classes - 1}")
-        if prompt is not None:
-            self.check_prompt(self.vocab, prompt)
+        self.check_condition_args(label, prompt)
 
-    def _request(self, num: int, label=None, prompt=None):
-        """Conditions for `num` samples: the given label/prompt, else classes in turn / random captions."""
-        m = self.cfg.model
-        out = {}
-        if m.cond == "class":
-            out["labels"] = torch.full((num,), label) if label is not None else torch.arange(num) % m.num_classes
-        elif m.cond == "text":
-            out["prompts"] = [prompt] * num if prompt is not None else self.random_prompts(num)
-        return out
+    def sample_for(self, labels=None, prompts=None, num=None, sampler=None, steps=None, guidance=None,
+                   progress=None) -> torch.Tensor:
+        """Images in [0, 1], one per label or prompt (or `num` of an unconditional model), in batches."""
+        c = self._cond_for(labels, prompts)
+        n = len(c) if c is not None else num
+        chunks = []
+        for i in range(0, n, EVAL_BATCH):
+            j = min(n, i + EVAL_BATCH)
+            chunks.append(self._sample(j - i, c[i:j] if c is not None else None, sampler, steps, guidance))
+            if progress:
+                progress(j - i)
+        return torch.cat(chunks)
 
     def generate(self, num: int, label=None, prompt=None, steps=None, guidance=None, sampler=None, **_) -> dict:
         self._check_options(label, prompt, steps, guidance, sampler)
-        out = self._request(num, label, prompt)
-        c = self._cond_for(num, out.get("labels"), out.get("prompts"))
-        chunks = []
-        for i in range(0, num, EVAL_BATCH):
-            cc = c[i:i + EVAL_BATCH] if c is not None else None
-            chunks.append(self._sample(min(EVAL_BATCH, num - i), cc, sampler, steps, guidance))
-        out["images"] = torch.cat(chunks)
+        out = self.requested_conditions(num, label, prompt)
+        out["images"] = self.sample_for(out.get("labels"), out.get("prompts"), num, sampler, steps, guidance)
         return out
 
     def trajectory(self, num: int, label=None, prompt=None, steps=None, guidance=None, sampler=None) -> dict:
         """The denoising trajectory x_T -> x_0 of `num` samples, one row each."""
         self._check_options(label, prompt, steps, guidance, sampler)
-        req = self._request(num, label, prompt)
-        c = self._cond_for(num, req.get("labels"), req.get("prompts"))
+        req = self.requested_conditions(num, label, prompt)
+        c = self._cond_for(req.get("labels"), req.get("prompts"))
         return {"images": self._trajectory(num, c, None, sampler, steps, guidance), "nrow": 11}
 
     def generate_for_eval(self, data, num: int, sampler=None, steps=None, guidance=None, progress=None):
-        """`num` samples for the sample-quality metrics: classes in equal shares (class-conditional) or
-        the eval split's full captions in turn (text-conditional)."""
-        m = self.cfg.model
-        labels = prompts = None
-        if m.cond == "class":
-            labels = torch.arange(num) % m.num_classes
-        elif m.cond == "text":
-            caps = data.eval.captions(torch.arange(len(data.eval)))
-            prompts = [caps[i % len(caps)] for i in range(num)]
-        chunks = []
-        for i in range(0, num, EVAL_BATCH):
-            j = min(num, i + EVAL_BATCH)
-            c = self._cond_for(j - i, labels[i:j] if labels is not None else None,
-                               prompts[i:j] if prompts is not None else None)
-            chunks.append(self._sample(j - i, c, sampler, steps, guidance))
-            if progress:
-                progress(j - i)
-        return torch.cat(chunks), labels, prompts
+        """`num` samples for the sample-quality metrics (conditions from `eval_conditions`)."""
+        labels, prompts = self.eval_conditions(data, num)
+        return self.sample_for(labels, prompts, num, sampler, steps, guidance, progress), labels, prompts
 
     def full_eval(self, data, num=None, k=None, progress=None) -> dict:
         """The denoising loss on the eval split (fixed timesteps and noise); sample quality follows."""

@@ -214,40 +214,19 @@ class GANRecipe(Adversarial, ImageRecipe):
         return (self.G(z, y).float() + 1).mul_(0.5).clamp_(0, 1)
 
     def generate(self, num: int, label=None, prompt=None, steps=None, guidance=None, **_) -> dict:
-        m = self.cfg.model
         if steps is not None or guidance is not None:
             raise AigcError("--steps and --guidance are options of diffusion models, not of a GAN")
-        if label is not None and m.cond != "class":
-            raise AigcError(f"--label needs a class-conditional GAN; this one has cond = \"{m.cond}\"")
-        if prompt is not None and m.cond != "text":
-            raise AigcError(f"--prompt needs a text-conditional GAN; this one has cond = \"{m.cond}\"")
-        out = {}
-        y = None
-        if m.cond == "class":
-            if label is not None and not 0 <= label < m.num_classes:
-                raise AigcError(f"--label {label} is out of range: this model knows classes 0..{m.num_classes - 1}")
-            labels = torch.full((num,), label) if label is not None else torch.arange(num) % m.num_classes
-            y, out["labels"] = labels.to(self.device_of()), labels
-        elif m.cond == "text":
-            if prompt is not None:
-                self.check_prompt(self.vocab, prompt)
-                prompts = [prompt] * num
-            else:
-                prompts = self.random_prompts(num)
-            y, out["prompts"] = self.vocab.encode(prompts).to(self.device_of()), prompts
+        self.check_condition_args(label, prompt, "GAN")
+        out = self.requested_conditions(num, label, prompt)
+        y = out["labels"].to(self.device_of()) if "labels" in out else \
+            self.vocab.encode(out["prompts"]).to(self.device_of()) if "prompts" in out else None
         out["images"] = self._images(self._z(num), y)
         return out
 
     def generate_for_eval(self, data, num: int):
         """`num` samples for the sample-quality metrics: classes in equal shares (class-conditional) or
         the eval split's full captions (text-conditional)."""
-        m = self.cfg.model
-        labels = prompts = None
-        if m.cond == "class":
-            labels = torch.arange(num) % m.num_classes
-        elif m.cond == "text":
-            caps = data.eval.captions(torch.arange(len(data.eval)))
-            prompts = [caps[i % len(caps)] for i in range(num)]
+        labels, prompts = self.eval_conditions(data, num)
         chunks = []
         for i in range(0, num, 1000):
             j = min(num, i + 1000)
