@@ -10,8 +10,8 @@ import click
 
 from aigc.errors import AigcError, Interrupted
 
-FAMILY_HELP = "vae | gpt | gan | text-gan | diffusion (video-gan, video-diffusion: planned)"
-DATASET_HELP = "mnist | shapes | images (images); text | code | sft (gpt)"
+FAMILY_HELP = "vae | gpt | gan | text-gan | diffusion | video-gan | video-diffusion"
+DATASET_HELP = "mnist | shapes | images (images); moving-shapes | moving-mnist (video); text | code | sft (gpt)"
 
 
 def unescape_stop(text: str) -> str:
@@ -58,8 +58,8 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
     """Train FAMILY on a dataset, or continue a run with --resume RUN.
 
     \b
-    FAMILY: vae | gpt | gan | text-gan (more are planned, see DESIGN.md). Without --config, the preset
-    configs/FAMILY-DATASET.toml is used when there is one.
+    FAMILY: vae | gpt | gan | text-gan | diffusion | video-gan | video-diffusion. Without --config, the
+    preset configs/FAMILY-DATASET.toml is used when there is one.
     \b
       aigc train gpt --data text --data-dir input.txt --minutes 10
       aigc train gpt --data code --set tokenizer=bpe --minutes 5        # the Python standard library
@@ -89,14 +89,16 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
 # ------------------------------------------------------------------------------------------ sample
 @cli.command()
 @click.argument("run", type=click.Path())
-@click.option("--num", type=click.IntRange(1, 100000), default=None, help="how many samples (images 64, text 1)")
-@click.option("--out", type=click.Path(), help="FILE.png (grid) or FILE.npz (arrays); text: a file (default stdout)")
+@click.option("--num", type=click.IntRange(1, 100000), default=None, help="how many samples (images 64, clips 16, text 1)")
+@click.option("--out", type=click.Path(), help="FILE.png (grid) or FILE.npz (arrays); video: FILE.gif or FILE.npz; "
+              "text: a file (default stdout)")
 @click.option("--prompt", help="text prompt (language models, text-conditional models)")
 @click.option("--prompt-file", type=click.Path(), help="read the prompt from this UTF-8 file")
 @click.option("--label", type=int, help="class label (class-conditional models)")
 @click.option("--steps", type=int, help="sampler steps (diffusion)")
 @click.option("--guidance", type=float, help="classifier-free guidance scale (diffusion): 1 = conditional, 0 = unconditional, >1 guided")
 @click.option("--sampler", help="diffusion sampler: ddim (default, --steps 50) or ddpm (ancestral, --steps T)")
+@click.option("--frames", type=int, help="video: frames per clip (the model makes the count it was trained on)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--what", type=click.Choice(["samples", "reconstructions", "interpolation", "trajectory"]),
               default="samples", show_default=True,
@@ -109,9 +111,10 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
 @click.option("--stream", is_flag=True, help="text: print tokens as they are produced")
 @click.option("--no-ema", is_flag=True, help="use the raw weights even when EMA weights exist")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
-def sample(run, num, out, prompt, prompt_file, label, steps, guidance, sampler, seed, what, max_new_tokens, temperature,
+def sample(run, num, out, prompt, prompt_file, label, steps, guidance, sampler, frames, seed, what, max_new_tokens, temperature,
            top_k, top_p, stop, stream, no_ema, device):
-    """Generate samples from a trained RUN: a PNG grid or npz for image models, text for language models."""
+    """Generate samples from a trained RUN: a PNG grid or npz for image models, an animated GIF grid or npz
+    for video models, text for language models."""
     from aigc.run import sample_run
 
     if prompt_file:
@@ -126,7 +129,7 @@ def sample(run, num, out, prompt, prompt_file, label, steps, guidance, sampler, 
         text_options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                             stop=tuple(map(unescape_stop, stop)), stream=(lambda piece: click.echo(piece, nl=False)) if stream else None)
     result = sample_run(run, num=num, out=out, prompt=prompt, label=label, steps=steps, guidance=guidance,
-                        sampler=sampler, seed=seed, what=what, ema=not no_ema, device=device, **text_options)
+                        sampler=sampler, frames=frames, seed=seed, what=what, ema=not no_ema, device=device, **text_options)
     if isinstance(result, list):                     # text
         if stream:
             click.echo()
@@ -145,7 +148,7 @@ def sample(run, num, out, prompt, prompt_file, label, steps, guidance, sampler, 
 @click.option("--k", "iwae_k", type=click.IntRange(1), default=1000, show_default=True,
               help="VAE: importance samples for the IWAE bound")
 @click.option("--samples", "samples_file", type=click.Path(), help="score this npz sample file instead of a run")
-@click.option("--data", "dataset", help="with --samples: the dataset to compare against (mnist | shapes | images)")
+@click.option("--data", "dataset", help="with --samples: the dataset to compare against (mnist | shapes | images | moving-shapes | moving-mnist)")
 @click.option("--data-dir", type=click.Path(), help="with --samples: folder of the dataset's files")
 @click.option("--out", type=click.Path(), help="also write the JSON here")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)

@@ -30,14 +30,16 @@ SECTIONS = ("data", "model", "train")
 
 @dataclass
 class DataConfig:
-    name: str = "mnist"              # mnist | shapes | images | text | code | sft
+    name: str = "mnist"              # mnist | shapes | images | moving-shapes | moving-mnist | text | code | sft
     dir: str = ""                    # --data-dir: folder with the files (mnist, images)
     batch_size: int = 128
-    image_size: int = 0              # 0 = the dataset's own size (28 for mnist, 32 for shapes)
+    image_size: int = 0              # 0 = the dataset's own size (28 mnist, 32 shapes, 64 moving-mnist canvas)
     channels: int = 0                # 0 = the dataset's own (images: 3)
     binarize: str = "none"           # none | dynamic (resampled every batch; eval split binarised once)
     num_train: int = 50000           # shapes: how many synthetic training images
-    num_eval: int = 5000             # shapes: how many held-out evaluation images
+    num_eval: int = 5000             # shapes / video: how many held-out evaluation images / clips
+    frames: int = 16                 # moving-shapes / moving-mnist: frames per clip
+    digits: int = 1                  # moving-mnist: digits per clip (1 or 2)
     holdout: list = field(default_factory=list)   # shapes: ["green triangle", ...] never trained on
     caption_dropout: float = 0.1     # shapes: chance of dropping each caption attribute
     val_fraction: float = 0.1        # images: share of the folder kept for evaluation

@@ -28,11 +28,12 @@ class DemoEntry:
     eval_args: dict = field(default_factory=dict)
     blurb: str = ""
     prompts: list = field(default_factory=list)  # language models: sampled once per prompt
-    image_prompts: list = field(default_factory=list)  # text-to-image: one small grid per prompt
+    image_prompts: list = field(default_factory=list)  # text-to-image / text-to-video: one small grid per prompt
+    video: bool = False                          # samples are clips: animated GIF grids
 
 
 DEMOS = [
-    DemoEntry("diffusion-shapes", "Text-to-image diffusion on shapes (32x32 RGB)", "diffusion", "shapes", 0.35,
+    DemoEntry("diffusion-shapes", "Text-to-image diffusion on shapes (32x32 RGB)", "diffusion", "shapes", 0.3,
               sets=["eval_every=0", "sample_every=0", "ckpt_every=1000"],
               extras=["trajectory"],
               eval_args={"num": 2000, "sample_num": 2000},
@@ -43,7 +44,17 @@ DEMOS = [
                     "time so the same network is also unconditional, and samples use classifier-free guidance (scale 3) "
                     "with 25 DDIM steps. The trajectory rows show x_T (pure noise) turning into x_0 step by step. "
                     "Prompt accuracy reads shape, color, size and position back off the pixels."),
-    DemoEntry("gan-shapes", "Text-to-image GAN on shapes (32x32 RGB)", "gan", "shapes", 0.2,
+    DemoEntry("video-diffusion-moving-shapes", "Text-to-video diffusion on moving-shapes (16 frames, 32x32 RGB)",
+              "video-diffusion", "moving-shapes", 0.15, video=True,
+              sets=["eval_every=0", "sample_every=0", "ckpt_every=500"],
+              eval_args={"num": 100, "sample_num": 64},
+              image_prompts=["a red circle moving right", "a blue square moving down"],
+              blurb="The image U-Net run on every frame, with a temporal convolution after each block and attention "
+                    "across frames, denoises whole clips; the caption enters through a small Transformer text encoder "
+                    "and samples use classifier-free guidance. A few minutes on a CPU is far too short for clean "
+                    "motion (see benchmarks/video.py for 20-minute figures); the metrics read shape, color and "
+                    "direction back off the pixels of every frame."),
+    DemoEntry("gan-shapes", "Text-to-image GAN on shapes (32x32 RGB)", "gan", "shapes", 0.15,
               sets=["eval_every=0", "sample_every=0", "ckpt_every=1000"],
               eval_args={"num": 2000, "sample_num": 2000},
               image_prompts=["a large red circle in the center", "a small blue square in the top left",
@@ -60,7 +71,7 @@ DEMOS = [
                     "Samples are decoded from z ~ N(0, I); reconstructions show test images (odd columns) and "
                     "their reconstructions (even columns); each interpolation row decodes a straight line between "
                     "the posterior means of two test images."),
-    DemoEntry("gpt-code", "GPT on Python code (the standard library)", "gpt", "code", 0.35,
+    DemoEntry("gpt-code", "GPT on Python code (the standard library)", "gpt", "code", 0.3,
               sets=["ckpt_every=500"], eval_args={},
               prompts=["def ", "class ", "import "],
               blurb="A 4-layer decoder-only Transformer with a byte-level BPE tokenizer, pre-trained on the "
@@ -78,8 +89,9 @@ def _metric_rows(result: dict) -> str:
     return "\n".join(rows)
 
 
-DRY_RUN = {"steps": 20, "eval": {"num": 100, "k": 10, "sample_num": 300},
-           "sets": {"shapes": ["num_train=2000", "num_eval=500"], "code": ["max_chars=300000", "data.vocab_size=512"]}}
+DRY_RUN = {"steps": 20, "eval": {"num": 100, "k": 10, "sample_num": 300}, "video_eval": {"num": 32, "sample_num": 8},
+           "sets": {"shapes": ["num_train=2000", "num_eval=500"], "code": ["max_chars=300000", "data.vocab_size=512"],
+                    "moving-shapes": ["num_eval=32", "sample_steps=4", "frames=8"]}}
 
 
 def run_demo(out: Path, minutes: float, overwrite: bool = False, quiet: bool = False, dry_run: bool = False) -> Path:
@@ -103,20 +115,23 @@ def run_demo(out: Path, minutes: float, overwrite: bool = False, quiet: bool = F
         sets = e.sets + (DRY_RUN["sets"].get(e.dataset, []) if dry_run else [])
         summary = start_training(e.family, e.dataset, None, sets, budget, str(run), False, quiet)
         images, texts = {}, []
+        ext = "gif" if e.video else "png"
         if e.prompts:
             for i, prompt in enumerate(e.prompts):
                 texts.append((prompt, sample_run(run, 1, prompt=prompt, seed=i, max_new_tokens=200,
                                                  temperature=0.8, top_k=50)[0]))
         else:
-            images["samples"] = sample_run(run, 64, out / f"{e.name}-samples.png", seed=0)
+            images["samples"] = sample_run(run, 16 if e.video else 64, out / f"{e.name}-samples.{ext}", seed=0)
         for i, prompt in enumerate(e.image_prompts):
-            images[f"prompt: {prompt}"] = sample_run(run, 16, out / f"{e.name}-prompt{i}.png", prompt=prompt, seed=0)
+            images[f"prompt: {prompt}"] = sample_run(run, 4 if e.video else 16, out / f"{e.name}-prompt{i}.{ext}",
+                                                     prompt=prompt, seed=0)
         for kind in e.extras:
             images[kind] = sample_run(run, 8 if kind == "trajectory" else 80, out / f"{e.name}-{kind}.png", what=kind,
                                       seed=0)
         shutil.copy(run / "loss.png", out / f"{e.name}-loss.png")
         images["loss curves"] = out / f"{e.name}-loss.png"
-        result = eval_run(run, quiet=quiet, **(DRY_RUN["eval"] if dry_run and not e.prompts else e.eval_args))
+        dry_eval = DRY_RUN["video_eval" if e.video else "eval"]
+        result = eval_run(run, quiet=quiet, **(dry_eval if dry_run and not e.prompts else e.eval_args))
         result["train_steps"], result["train_seconds"] = summary["step"], summary["elapsed_s"]
         figs = "\n".join(f'<figure><img src="{html.escape(p.name)}" alt="{html.escape(k)}">'
                          f"<figcaption>{html.escape(k)}</figcaption></figure>" for k, p in images.items())

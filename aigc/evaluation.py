@@ -2,11 +2,15 @@
 
 - `score_images`: FID / KID / precision-recall on the dataset classifier's features, class
   accuracy + entropy, and on `shapes` prompt accuracy from the training-free detector.
+- `score_videos`: on moving-shapes the text-to-video metrics of metrics/video.py; on moving-mnist
+  FID / KID / precision-recall on 28x28 crops around each digit of every frame (MNIST-classifier
+  features) and digit-identity consistency across frames.
 - `eval_samples_file`: `aigc eval --samples FILE.npz --data DATASET`, for samples made by any tool."""
 
 from __future__ import annotations
 
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -87,16 +91,89 @@ def shapes_prompt_accuracy(images: torch.Tensor, prompts: list[str], holdout: li
     return out
 
 
-def load_samples_npz(path: Path) -> dict:
-    """Validate a DESIGN.md image sample file: images uint8 [N,H,W,C], labels int [N]?, prompts str [N]?"""
+def score_videos(data, videos: torch.Tensor, prompts: list[str] | None = None) -> dict:
+    """videos: uint8 (N, C, T, H, W) in the dataset's layout."""
+    from aigc.data import video
+    from aigc.metrics.video import clip_metrics
+
+    if tuple(videos.shape[1:]) != data.video_shape:
+        raise AigcError(f"samples are {tuple(videos.shape[1:])} (C, T, H, W) but these {data.name} clips are "
+                        f"{data.video_shape}: a different frame count or size")
+    out = {"num_samples": len(videos)}
+    if data.name == "moving-shapes":
+        requested = None
+        if prompts is not None:
+            parsed = [video.parse_clip_caption(p) for p in prompts]
+            if not any(parsed):
+                raise AigcError("none of the prompts names a known shape, color or direction")
+            requested = {k: torch.tensor([p.get(k, -1) for p in parsed]) for k in ("color", "shape", "direction")}
+        out.update(clip_metrics(video.detect_shape_clips(videos), requested))
+        return out
+    if prompts is not None:
+        raise AigcError(f"prompt metrics need moving-shapes clips, not {data.name}")
+    return {**out, **digit_clip_report(data, videos)}
+
+
+def digit_clip_report(data, videos: torch.Tensor) -> dict:
+    """moving-mnist: per-frame FID etc. on 28x28 crops around each digit, against crops of the evaluation
+    clips (test digits) found the same way, and the share of clips whose digits are classified the same
+    in every frame (digit_consistency; as a multiset of classes for 2 digits)."""
+    from aigc.data.video import digit_crops
+    from aigc.metrics.classifier import extract
+
+    k = data.eval["labels"].shape[1]
+    net, info = classifier_for(data.digits)
+    fake = digit_crops(videos, k)                                    # (N, T, D, 1, 28, 28)
+    real = digit_crops(data.eval["video"], k)
+    train = digit_crops(data.make(max(1, len(videos)), torch.Generator().manual_seed(99))["video"], k)
+    flat = lambda c: c.flatten(0, 2)                                 # noqa: E731
+    out = {"crops_per_clip": fake.shape[1] * k}
+    if len(flat(fake)) >= MIN_SAMPLES:
+        out.update(image_report(net, "mnist", flat(real), flat(fake), flat(train), ref_split="moving-mnist eval crops"))
+    else:
+        out["feature_metrics"] = f"skipped: {len(flat(fake))} crops (< {MIN_SAMPLES}) are too few for FID/KID/PR"
+    _, probs = extract(net, flat(fake))
+    pred = probs.argmax(1).view(fake.shape[0], fake.shape[1], k).sort(-1).values.cpu()
+    out["digit_consistency"] = round(float((pred == pred[:, :1]).all(-1).all(-1).double().mean()), 4)
+    out["classifier_test_accuracy"] = info.get("test_accuracy")
+    return out
+
+
+def load_videos_npz(path: Path) -> dict:
+    """Validate a DESIGN.md video sample file: videos uint8 [N,T,H,W,C], prompts str [N]?"""
+    arrays = _read_npz(path)
+    if "videos" not in arrays:
+        raise AigcError(f"{path} has no 'videos' array (keys: {', '.join(arrays) or 'none'}); "
+                        "expected videos uint8 [N,T,H,W,C] and optional prompts [N]")
+    v = arrays["videos"]
+    if v.dtype != np.uint8 or v.ndim != 5 or v.shape[-1] not in (1, 3):
+        raise AigcError(f"{path}: 'videos' must be uint8 [N,T,H,W,C] with C = 1 or 3, got {v.dtype} {list(v.shape)}")
+    out = {"videos": torch.from_numpy(np.ascontiguousarray(v.transpose(0, 4, 1, 2, 3)))}
+    if "prompts" in arrays:
+        out["prompts"] = _prompts(path, arrays["prompts"], len(v))
+    return out
+
+
+def _read_npz(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise AigcError(f"sample file not found: {path}")
     try:
         z = np.load(path, allow_pickle=False)
-        arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError) as e:
+        return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise AigcError(f"{path} is not a readable npz file: {e}") from None
+
+
+def _prompts(path, pr: np.ndarray, n: int) -> list[str]:
+    if pr.ndim != 1 or len(pr) != n or pr.dtype.kind != "U":
+        raise AigcError(f"{path}: 'prompts' must be unicode strings [N] matching the {n} samples")
+    return [str(p) for p in pr]
+
+
+def load_samples_npz(path: Path) -> dict:
+    """Validate a DESIGN.md image sample file: images uint8 [N,H,W,C], labels int [N]?, prompts str [N]?"""
+    arrays = _read_npz(path)
     if "images" not in arrays:
         raise AigcError(f"{path} has no 'images' array (keys: {', '.join(arrays) or 'none'}); "
                         "expected images uint8 [N,H,W,C], optional labels [N] and prompts [N]")
@@ -110,16 +187,16 @@ def load_samples_npz(path: Path) -> dict:
             raise AigcError(f"{path}: 'labels' must be integers [N] matching the {len(im)} images")
         out["labels"] = torch.from_numpy(lab.astype(np.int64))
     if "prompts" in arrays:
-        pr = arrays["prompts"]
-        if pr.ndim != 1 or len(pr) != len(im) or pr.dtype.kind != "U":
-            raise AigcError(f"{path}: 'prompts' must be unicode strings [N] matching the {len(im)} images")
-        out["prompts"] = [str(p) for p in pr]
+        out["prompts"] = _prompts(path, arrays["prompts"], len(im))
     return out
 
 
 def eval_samples_file(path: Path, data: Dataset, samples: dict | None = None) -> dict:
     s = samples or load_samples_npz(path)
-    result = score_images(data, s["images"], s.get("labels"), s.get("prompts"))
+    if "videos" in s:
+        result = score_videos(data, s["videos"], s.get("prompts"))
+    else:
+        result = score_images(data, s["images"], s.get("labels"), s.get("prompts"))
     return {"samples": str(path), "dataset": data.name, **result}
 
 

@@ -96,14 +96,15 @@ def _load_cfg(run_dir: Path):
 
 
 def sample_run(run, num, out=None, prompt=None, label=None, steps=None, guidance=None, seed=0, what="samples",
-               ema=True, device="auto", sampler=None, **text_options):
-    """Images: write a PNG grid or npz to `out` and return its path. Text: return the samples as a
-    list of strings (and write them to `out` when given)."""
+               ema=True, device="auto", sampler=None, frames=None, **text_options):
+    """Images: write a PNG grid or npz to `out` and return its path; video: an animated GIF grid or npz.
+    Text: return the samples as a list of strings (and write them to `out` when given)."""
     run_dir = rundir.check_run_dir(run)
     cfg, recipe = open_run(run_dir, pick_device(device), ema=ema)
     if recipe.output == "text":
-        if steps is not None or guidance is not None or label is not None or sampler is not None or what != "samples":
-            raise AigcError("--steps, --guidance, --sampler, --label and --what do not apply to a language model")
+        if steps is not None or guidance is not None or label is not None or sampler is not None or what != "samples" \
+                or frames is not None:
+            raise AigcError("--steps, --guidance, --sampler, --label, --frames and --what do not apply to a language model")
         defaults = {"max_new_tokens": 500, "temperature": 0.8}
         texts = recipe.generate_text(prompt or "", num=num or 1, seed=seed, **{**defaults, **text_options})
         if out:
@@ -112,15 +113,19 @@ def sample_run(run, num, out=None, prompt=None, label=None, steps=None, guidance
     if text_options:
         raise AigcError("--stream, --stop, --top-k, --top-p, --temperature and --max-new-tokens are options of "
                         "language models")
+    if sampler is not None and not getattr(recipe, "has_sampler", False):
+        raise AigcError(f"--sampler is an option of diffusion models, not of the {cfg.family} family")
+    diffusion = {"sampler": sampler} if sampler is not None else {}
+    if recipe.output == "video":
+        return _sample_video(recipe, num or 16, out, prompt, label, steps, guidance, seed, what, frames, diffusion)
+    if frames is not None:
+        raise AigcError("--frames is an option of video models")
     num = num or (8 if what == "trajectory" else 64)
     if out is None:
         raise AigcError("--out FILE.png or FILE.npz is required for image models")
     out = Path(out)
     if out.suffix not in (".png", ".npz"):
         raise AigcError(f"--out must end in .png (a grid) or .npz (arrays), got '{out.name}'")
-    if sampler is not None and not getattr(recipe, "has_sampler", False):
-        raise AigcError(f"--sampler is an option of diffusion models, not of the {cfg.family} family")
-    diffusion = {"sampler": sampler} if sampler is not None else {}
     torch.manual_seed(seed)
     nrow = None
     with torch.no_grad():
@@ -144,6 +149,26 @@ def sample_run(run, num, out=None, prompt=None, label=None, steps=None, guidance
     return save_npz(out, result["images"], labels=result.get("labels"), prompts=result.get("prompts"))
 
 
+def _sample_video(recipe, num, out, prompt, label, steps, guidance, seed, what, frames, diffusion) -> Path:
+    from aigc.io.images import save_gif, video_to_uint8
+
+    if out is None:
+        raise AigcError("--out FILE.gif or FILE.npz is required for video models")
+    out = Path(out)
+    if out.suffix not in (".gif", ".npz"):
+        raise AigcError(f"--out must end in .gif (an animated grid) or .npz (arrays) for video, got '{out.name}'")
+    if what != "samples":
+        raise AigcError(f"--what {what} is for image models; a video model writes clips")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        result = recipe.generate(num, label=label, prompt=prompt, steps=steps, guidance=guidance, frames=frames,
+                                 **diffusion)
+    videos = video_to_uint8(result["videos"])
+    if out.suffix == ".gif":
+        return save_gif(out, videos)
+    return save_npz(out, videos, prompts=result.get("prompts"), key="videos")
+
+
 def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False, sample_num=None) -> dict:
     """The family's own measures (recipe.full_eval) on `num` eval examples (default: all), plus, for
     image models, sample-quality metrics on `sample_num` (default: num, else 10000) generated samples."""
@@ -159,7 +184,15 @@ def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False, sample
     torch.manual_seed(0)
     with torch.no_grad(), tqdm(disable=quiet, desc="eval", file=sys.stderr) as bar:
         result = recipe.full_eval(data, num=num, k=k, progress=bar.update)
-    if hasattr(recipe, "generate_for_eval"):
+    if recipe.output == "video":
+        from aigc.evaluation import score_videos
+        from aigc.io.images import video_to_uint8
+
+        n = sample_num or num or recipe.EVAL_CLIPS
+        videos, _, prompts = recipe.generate_for_eval(data, n)
+        videos = torch.from_numpy(video_to_uint8(videos)).permute(0, 4, 1, 2, 3)
+        result["sample_quality"] = score_videos(data, videos, prompts)
+    elif hasattr(recipe, "generate_for_eval"):
         n = sample_num or num or 10000
         images, labels, prompts = recipe.generate_for_eval(data, n)
         images = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)
@@ -180,9 +213,11 @@ def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False, sample
 
 def eval_samples(path, dataset, data_dir=None, out=None) -> dict:
     from aigc.config import DataConfig
-    from aigc.evaluation import eval_samples_file, load_samples_npz
+    from aigc.data import VIDEO_DATASETS
+    from aigc.evaluation import eval_samples_file, load_samples_npz, load_videos_npz
 
-    samples = load_samples_npz(Path(path))            # a bad file is reported before any data is loaded
+    load = load_videos_npz if dataset in VIDEO_DATASETS else load_samples_npz
+    samples = load(Path(path))                        # a bad file is reported before any data is loaded
     data = load_dataset(DataConfig(name=dataset, dir=data_dir or ""))
     result = eval_samples_file(Path(path), data, samples)
     _write_json(result, None, out)

@@ -16,6 +16,7 @@ import torch
 from aigc.errors import AigcError, did_you_mean
 
 DATASETS = ("mnist", "shapes", "images")
+VIDEO_DATASETS = ("moving-shapes", "moving-mnist")
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Dataset:
     binarize: bool = False                              # dynamic binarisation of training batches
     caption_dropout: float = 0.0
     holdout: list = field(default_factory=list)         # shapes: (color, shape) pairs never trained on
+    text_vocab: list = field(default_factory=list)      # captioned data: the caption words
     note: str = ""                                      # said once when loaded (e.g. skipped files)
 
     def describe(self) -> str:
@@ -129,7 +131,7 @@ def _channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def load_dataset(cfg, seed: int = 0) -> Dataset:
-    """Build the dataset named in a DataConfig."""
+    """Build the dataset named in a DataConfig (a VideoDataset for the video datasets)."""
     if cfg.binarize not in ("none", "dynamic"):
         raise AigcError(f"data.binarize must be 'none' or 'dynamic', got '{cfg.binarize}'")
     if cfg.name == "mnist":
@@ -153,7 +155,7 @@ def load_dataset(cfg, seed: int = 0) -> Dataset:
         ds = Dataset("shapes", Split(tr_img, tr_attr["shape"], cap(tr_attr), tr_attr),
                      Split(ev_img, ev_attr["shape"], cap(ev_attr), ev_attr),
                      num_classes=3, class_names=list(shapes.SHAPES), caption_dropout=cfg.caption_dropout,
-                     holdout=list(cfg.holdout))
+                     holdout=list(cfg.holdout), text_vocab=list(shapes.VOCAB))
     elif cfg.name == "images":
         from aigc.data.images import load_folder
 
@@ -166,8 +168,12 @@ def load_dataset(cfg, seed: int = 0) -> Dataset:
         ds = Dataset("images", Split(images[tr], lab(tr)), Split(images[va], lab(va)),
                      num_classes=len(names), class_names=names,
                      note=f"skipped {skipped} unreadable image file(s)" if skipped else "")
+    elif cfg.name in VIDEO_DATASETS:
+        from aigc.data.video import load_video_dataset
+
+        return load_video_dataset(cfg)
     else:
-        raise AigcError(f"unknown dataset '{cfg.name}'{did_you_mean(cfg.name, DATASETS)}")
+        raise AigcError(f"unknown dataset '{cfg.name}'{did_you_mean(cfg.name, DATASETS + VIDEO_DATASETS)}")
     if cfg.name != "images":
         for split in (ds.train, ds.eval):
             split.images = _channels(_resize(split.images, cfg.image_size), cfg.channels)

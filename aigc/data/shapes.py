@@ -64,15 +64,23 @@ def render(attrs: dict[str, torch.Tensor]) -> torch.Tensor:
     cx = grid[attrs["position"] % 3] + attrs["jitter_x"]            # (N,)
     cy = grid[attrs["position"] // 3] + attrs["jitter_y"]
     s = torch.tensor(list(SIZES.values()), dtype=torch.float32)[attrs["size"]]
-    cx, cy, h = cx[:, None, None], cy[:, None, None], (s / 2)[:, None, None]
-    coords = torch.arange(SIZE, dtype=torch.float32) + 0.5
+    return render_at(attrs["shape"], attrs["color"], s, cx, cy)
+
+
+def render_at(shape: torch.Tensor, color: torch.Tensor, size_px: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor,
+              canvas: int = SIZE) -> torch.Tensor:
+    """One filled shape per image: shape / color indices, side `size_px` and centre (cx, cy), all (N,)
+    -> uint8 [N, 3, canvas, canvas] (the pixel rule of the module docstring)."""
+    cx, cy = cx.float()[:, None, None], cy.float()[:, None, None]
+    h = (size_px.float() / 2)[:, None, None]
+    coords = torch.arange(canvas, dtype=torch.float32) + 0.5
     u, v = coords[None, None, :], coords[None, :, None]             # pixel centres: x along width, y down
     in_box = (u >= cx - h) & (u < cx + h) & (v >= cy - h) & (v < cy + h)
     circle = (u - cx) ** 2 + (v - cy) ** 2 <= h ** 2
     triangle = in_box & ((u - cx).abs() <= (v + 0.5 - (cy - h)) / 2)
-    shape = attrs["shape"][:, None, None]
-    mask = torch.where(shape == 0, circle, torch.where(shape == 1, in_box, triangle))   # (N, 32, 32)
-    rgb = torch.tensor(list(COLORS.values()), dtype=torch.uint8)[attrs["color"]]      # (N, 3)
+    shape = shape[:, None, None]
+    mask = torch.where(shape == 0, circle, torch.where(shape == 1, in_box, triangle))   # (N, canvas, canvas)
+    rgb = torch.tensor(list(COLORS.values()), dtype=torch.uint8)[color]                # (N, 3)
     return mask[:, None].to(torch.uint8) * rgb[:, :, None, None]
 
 

@@ -15,6 +15,12 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def video_to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float clips (N, C, T, H, W) in [0, 1] -> uint8 (N, T, H, W, C) (the npz `videos` layout)."""
+    n, c, t, h, w = x.shape
+    return to_uint8(x.transpose(1, 2).reshape(n * t, c, h, w)).reshape(n, t, h, w, c)
+
+
 def grid(images: np.ndarray, nrow: int | None = None, pad: int = 2, scale: int = 1) -> np.ndarray:
     """uint8 (N, H, W, C) -> one uint8 (H', W', C) mosaic with `pad` px of grey between tiles."""
     n, h, w, c = images.shape
@@ -41,9 +47,10 @@ def save_grid(path: Path, images: torch.Tensor | np.ndarray, nrow: int | None = 
     return path
 
 
-def save_npz(path: Path, images: torch.Tensor | np.ndarray, labels=None, prompts=None) -> Path:
+def save_npz(path: Path, images: torch.Tensor | np.ndarray, labels=None, prompts=None, key: str = "images") -> Path:
+    """images: float (N, C, H, W) in [0, 1], or a uint8 array already in the file's layout (videos)."""
     arr = to_uint8(images) if isinstance(images, torch.Tensor) else images
-    out = {"images": arr}
+    out = {key: arr}
     if labels is not None:
         out["labels"] = np.asarray(labels, dtype=np.int64)
     if prompts is not None:

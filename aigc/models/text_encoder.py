@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 PAD = 0
-STOP_WORDS = {"a", "an", "the", "in", "of", "shape"}
+STOP_WORDS = {"a", "an", "the", "in", "of", "shape", "moving"}
 
 
 class WordVocab:

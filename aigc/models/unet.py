@@ -15,7 +15,13 @@ improved versions (Nichol & Dhariwal 2021), sized for 28/32/64 px images on a CP
 - `coords`: two input channels holding each pixel's x and y in [-1, 1] (CoordConv, Liu et al. 2018).
   Convolutions are translation-equivariant and a pooled condition only scales and shifts whole channels,
   so without them the network has no way to put a shape "in the top left": measured on shapes, position
-  accuracy stayed at chance (0.11 for 9 positions) while color, shape and size were learned."""
+  accuracy stayed at chance (0.11 for 9 positions) while color, shape and size were learned.
+
+Video (`frames` > 0, the video-diffusion family): the same U-Net runs on every frame as a batch of images
+(B*T, C, H, W), and each block adds the temporal half of a factorised (2+1)D layer (Tran et al. 2018, as in
+Video Diffusion Models, Ho et al. 2022): a residual 1D convolution over the frames at every pixel, and,
+where the block has spatial self-attention, attention across the frames at every pixel. A sinusoidal
+frame-index embedding is added to each frame's time embedding. Clips are (B, C, T, H, W)."""
 
 from __future__ import annotations
 
@@ -59,6 +65,8 @@ class DiffusionConfig:
     eta: float = 0.0                 # ddim noise (0 = deterministic)
     guidance: float = 1.0            # classifier-free guidance scale (1 = plain conditional)
     clip: bool = True                # clamp the x_0 estimate to [-1, 1] while sampling
+    # video (video-diffusion)
+    temporal_attention: bool = True  # attention across frames in the blocks that have spatial attention
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -106,17 +114,67 @@ class Attention(nn.Module):
         return x + self.out(h.transpose(-1, -2).reshape(B, C, H, W))
 
 
-class Block(nn.Module):
-    """A residual block, optionally followed by self-attention."""
+class TemporalConv(nn.Module):
+    """Residual 1D convolution (kernel 3) over the frames at every pixel of (B*T, C, H, W) features."""
 
-    def __init__(self, cin, cout, emb, cfg: DiffusionConfig, attn: bool):
+    def __init__(self, ch: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(min(groups, ch), ch)
+        self.conv = nn.Conv1d(ch, ch, 3, padding=1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        BT, C, H, W = x.shape
+        B = BT // frames
+        h = F.silu(self.norm(x)).view(B, frames, C, H, W).permute(0, 3, 4, 2, 1).reshape(B * H * W, C, frames)
+        h = self.conv(h).view(B, H, W, C, frames).permute(0, 4, 3, 1, 2).reshape(BT, C, H, W)
+        return x + h
+
+
+class TemporalAttention(nn.Module):
+    """Residual self-attention across the frames at every pixel of (B*T, C, H, W) features."""
+
+    def __init__(self, ch: int, heads: int, groups: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(min(groups, ch), ch)
+        self.qkv = nn.Linear(ch, 3 * ch)
+        self.out = nn.Linear(ch, ch)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        BT, C, H, W = x.shape
+        B, n = BT // frames, BT // frames * H * W
+        h = self.norm(x).view(B, frames, C, H, W).permute(0, 3, 4, 1, 2).reshape(n, frames, C)
+        q, k, v = self.qkv(h).view(n, frames, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, frames, C)
+        a = self.out(a).view(B, H, W, frames, C).permute(0, 3, 4, 1, 2).reshape(BT, C, H, W)
+        return x + a
+
+
+class Block(nn.Module):
+    """A residual block, optionally followed by self-attention; for video, each followed by its temporal
+    counterpart (a temporal convolution, temporal attention)."""
+
+    def __init__(self, cin, cout, emb, cfg: DiffusionConfig, attn: bool, video: bool = False):
         super().__init__()
         self.res = ResBlock(cin, cout, emb, cfg.groups, cfg.dropout)
         self.attn = Attention(cout, cfg.heads, cfg.groups) if attn else None
+        self.tconv = TemporalConv(cout, cfg.groups) if video else None
+        self.tattn = TemporalAttention(cout, cfg.heads, cfg.groups) if video and attn and cfg.temporal_attention \
+            else None
 
-    def forward(self, x, emb):
+    def forward(self, x, emb, frames: int = 0):
         x = self.res(x, emb)
-        return self.attn(x) if self.attn is not None else x
+        if self.tconv is not None:
+            x = self.tconv(x, frames)
+        if self.attn is not None:
+            x = self.attn(x)
+        if self.tattn is not None:
+            x = self.tattn(x, frames)
+        return x
 
 
 def check_size(size: int, levels: int) -> None:
@@ -126,7 +184,8 @@ def check_size(size: int, levels: int) -> None:
 
 
 class UNet(nn.Module):
-    def __init__(self, cfg: DiffusionConfig, shape: tuple[int, int, int]):
+    def __init__(self, cfg: DiffusionConfig, shape: tuple[int, int, int], frames: int = 0):
+        """shape: one image's (C, H, W); frames > 0 makes it a video denoiser of (B, C, frames, H, W) clips."""
         super().__init__()
         C, H, _ = shape
         if H % cfg.patch:
@@ -137,6 +196,11 @@ class UNet(nn.Module):
         self.cfg = cfg
         ch, emb = cfg.width, 4 * cfg.width
         self.time = nn.Sequential(nn.Linear(ch, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.frames = frames
+        video = frames > 0
+        if video:
+            self.frame_emb = nn.Linear(ch, emb)
+            nn.init.zeros_(self.frame_emb.weight)
         if cfg.cond == "class":
             self.label = nn.Embedding(cfg.num_classes + 1, emb)      # the last index is the empty condition
         elif cfg.cond == "text":
@@ -149,17 +213,17 @@ class UNet(nn.Module):
         skips, cur = [ch], ch
         for i, m in enumerate(cfg.mults):
             for _ in range(cfg.blocks):
-                self.down.append(Block(cur, ch * m, emb, cfg, i >= attn_from))
+                self.down.append(Block(cur, ch * m, emb, cfg, i >= attn_from, video))
                 cur = ch * m
                 skips.append(cur)
             if i < levels - 1:
                 self.down.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1))
                 skips.append(cur)
-        self.mid = nn.ModuleList([Block(cur, cur, emb, cfg, True), Block(cur, cur, emb, cfg, False)])
+        self.mid = nn.ModuleList([Block(cur, cur, emb, cfg, True, video), Block(cur, cur, emb, cfg, False, video)])
         self.up = nn.ModuleList()
         for i, m in reversed(list(enumerate(cfg.mults))):
             for _ in range(cfg.blocks + 1):
-                self.up.append(Block(cur + skips.pop(), ch * m, emb, cfg, i >= attn_from))
+                self.up.append(Block(cur + skips.pop(), ch * m, emb, cfg, i >= attn_from, video))
                 cur = ch * m
             if i > 0:
                 self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
@@ -184,9 +248,17 @@ class UNet(nn.Module):
         return None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W), or (B, C, T, H, W) clips for a video U-Net; t (B,); c the condition or None."""
         emb = self.time(timestep_embedding(t, self.cfg.width))
         if self.cfg.cond != "none":
             emb = emb + self.cond_embedding(c)
+        frames = 0
+        if self.frames:
+            B, _, frames = x.shape[:3]
+            x = x.transpose(1, 2).flatten(0, 1)                        # every frame an image: (B*T, C, H, W)
+            pos = self.frame_emb(timestep_embedding(torch.arange(frames, device=x.device), self.cfg.width))
+            emb = (emb[:, None] + pos[None]).flatten(0, 1)
+        x = x.contiguous(memory_format=torch.channels_last)
         if self.cfg.patch > 1:
             x = F.pixel_unshuffle(x, self.cfg.patch)
         if self.cfg.coords:
@@ -197,11 +269,12 @@ class UNet(nn.Module):
         h = self.inp(x)
         hs = [h]
         for layer in self.down:
-            h = layer(h, emb) if isinstance(layer, Block) else layer(h)
+            h = layer(h, emb, frames) if isinstance(layer, Block) else layer(h)
             hs.append(h)
         for layer in self.mid:
-            h = layer(h, emb)
+            h = layer(h, emb, frames)
         for layer in self.up:
-            h = layer(torch.cat([h, hs.pop()], 1), emb) if isinstance(layer, Block) else layer(h)
+            h = layer(torch.cat([h, hs.pop()], 1), emb, frames) if isinstance(layer, Block) else layer(h)
         h = self.out(h)
-        return F.pixel_shuffle(h, self.cfg.patch) if self.cfg.patch > 1 else h
+        h = F.pixel_shuffle(h, self.cfg.patch) if self.cfg.patch > 1 else h
+        return h.view(-1, frames, *h.shape[1:]).transpose(1, 2) if frames else h

@@ -16,8 +16,10 @@ from aigc.io.rundir import CHECKPOINT, CONFIG
 
 FAMILIES = {"vae": "aigc.recipes.vae:VAERecipe", "gpt": "aigc.recipes.gpt:GPTRecipe",
             "gan": "aigc.recipes.gan:GANRecipe", "text-gan": "aigc.recipes.text_gan:TextGANRecipe",
-            "diffusion": "aigc.recipes.diffusion:DiffusionRecipe"}
-PLANNED = ("video-gan", "video-diffusion")   # in DESIGN.md, not built yet
+            "diffusion": "aigc.recipes.diffusion:DiffusionRecipe",
+            "video-gan": "aigc.recipes.video:VideoGANRecipe",
+            "video-diffusion": "aigc.recipes.video:VideoDiffusionRecipe"}
+PLANNED = ()                                  # in DESIGN.md, not built yet
 
 
 def recipe_class(family: str):

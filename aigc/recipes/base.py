@@ -1,7 +1,8 @@
 """What recipes share: how a family loads its data, batches it and keeps run artifacts.
 
-Image families inherit `ImageRecipe` (uint8 image datasets, the image Batcher); text families
-inherit `TextRecipe` (a token stream, random windows, the tokenizer saved in the run)."""
+Image families inherit `ImageRecipe` (uint8 image datasets, the image Batcher), video families
+`VideoRecipe` (clips generated on the fly); text families inherit `TextRecipe` (a token stream, random
+windows, the tokenizer saved in the run)."""
 
 from __future__ import annotations
 
@@ -18,16 +19,19 @@ class Recipe:
 
 
 class ImageRecipe(Recipe):
-    output = "images"                    # what `aigc sample` writes: images (png/npz) or text
+    output = "images"                    # what `aigc sample` writes: images (png/npz), video (gif/npz) or text
+    data_key = "image"                   # the batch entry holding the data
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
         """Load the dataset and write its resolved image shape into the config (to rebuild the model)."""
-        from aigc.data import DATASETS, load_dataset
+        from aigc.data import DATASETS, VIDEO_DATASETS, load_dataset
         from aigc.errors import AigcError
 
-        if cfg.data.name in ("text", "code", "sft"):
-            raise AigcError(f"the {cfg.family} family trains on images ({', '.join(DATASETS)}), not '{cfg.data.name}'")
+        if cfg.data.name in ("text", "code", "sft") or cfg.data.name in VIDEO_DATASETS:
+            hint = " (train video-gan or video-diffusion on video data)" if cfg.data.name in VIDEO_DATASETS else ""
+            raise AigcError(f"the {cfg.family} family trains on images ({', '.join(DATASETS)}), not "
+                            f"'{cfg.data.name}'{hint}")
         data = load_dataset(cfg.data)
         c, h, _ = data.image_shape
         cfg.data.channels, cfg.data.image_size = c, h
@@ -35,9 +39,8 @@ class ImageRecipe(Recipe):
 
     @staticmethod
     def set_condition(cfg, data) -> None:
-        """Conditional image models (model.cond = none | class | text): check that the data has what the
+        """Conditional models (model.cond = none | class | text): check that the data has what the
         condition needs and write the number of classes or the caption vocabulary into the model config."""
-        from aigc.data import shapes
         from aigc.errors import AigcError
 
         m = cfg.model
@@ -46,9 +49,10 @@ class ImageRecipe(Recipe):
                 raise AigcError(f"cond = class needs labelled data; '{data.name}' has no class labels")
             m.num_classes = data.num_classes
         elif m.cond == "text":
-            if data.train.captions is None:
-                raise AigcError(f"cond = text needs captioned data (the built-in 'shapes'); '{data.name}' has none")
-            m.text_vocab = list(shapes.VOCAB)
+            if not data.text_vocab:
+                raise AigcError(f"cond = text needs captioned data (the built-in 'shapes' or 'moving-shapes'); "
+                                f"'{data.name}' has none")
+            m.text_vocab = list(data.text_vocab)
 
     @staticmethod
     def random_prompts(n: int, generator=None) -> list[str]:
@@ -113,6 +117,67 @@ class ImageRecipe(Recipe):
 
     def load_artifacts(self, run_dir: Path) -> None:
         pass
+
+
+class VideoRecipe(ImageRecipe):
+    """Video families: clips (B, C, T, H, W) from aigc/data/video.py, captioned on moving-shapes.
+    `aigc sample` writes an animated GIF grid or an npz of `videos`."""
+    output = "video"
+    data_key = "video"
+    EVAL_CLIPS = 500                     # default number of generated clips that `aigc eval` scores
+
+    @staticmethod
+    def load_data(cfg, run_dir: Path | None = None):
+        from aigc.data import VIDEO_DATASETS, load_dataset
+        from aigc.errors import AigcError
+
+        if cfg.data.name not in VIDEO_DATASETS:
+            raise AigcError(f"the {cfg.family} family trains on video ({', '.join(VIDEO_DATASETS)}), "
+                            f"not '{cfg.data.name}'")
+        data = load_dataset(cfg.data)
+        cfg.data.channels, cfg.data.image_size = data.channels, data.size
+        return data
+
+    @staticmethod
+    def video_shape(cfg) -> tuple[int, int, int, int]:
+        return cfg.data.channels, cfg.data.frames, cfg.data.image_size, cfg.data.image_size
+
+    @staticmethod
+    def random_prompts(n: int, generator=None) -> list[str]:
+        from aigc.data import video
+
+        return video.shape_clip_captions(video.shape_clip_attributes(n, generator))
+
+    def eval_conditions(self, data, num: int):
+        """(None, prompts): the eval clips' full captions in turn (text-conditional), else (None, None)."""
+        if self.cfg.model.cond != "text":
+            return None, None
+        caps = data.eval["caption"]
+        return None, [caps[i % len(caps)] for i in range(num)]
+
+    def check_frames(self, frames: int | None) -> None:
+        from aigc.errors import AigcError
+
+        d = self.cfg.data
+        if frames is not None and frames != d.frames:
+            raise AigcError(f"this model was trained on {d.frames}-frame clips of {d.image_size}x{d.image_size}; "
+                            f"it cannot make {frames}-frame clips (train one with --set frames={frames})")
+
+    @staticmethod
+    def make_batcher(data, cfg):
+        from aigc.data.video import VideoBatcher
+
+        return VideoBatcher(data, cfg.data.batch_size, cfg.train.seed)
+
+    def save_clips(self, path: Path, videos: torch.Tensor, nrow: int = 4) -> None:
+        """Training samples: an animated GIF grid at path.gif and, beside it, a PNG of every other frame of
+        the first clips (one clip per row) to look at without a GIF viewer."""
+        from aigc.io.images import save_gif, save_grid, video_to_uint8
+
+        path = Path(path)
+        save_gif(path.with_suffix(".gif"), video_to_uint8(videos), nrow=nrow)
+        rows = videos[:8, :, ::2].transpose(1, 2)                       # (n, T/2, C, H, W)
+        save_grid(path.with_suffix(".png"), rows.flatten(0, 1), nrow=rows.shape[1])
 
 
 class TextRecipe(Recipe):

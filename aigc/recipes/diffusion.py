@@ -24,23 +24,27 @@ from aigc.models.text_encoder import WordVocab
 from aigc.models.unet import DiffusionConfig, UNet, check_size
 from aigc.recipes.base import ImageRecipe
 
-EVAL_BATCH = 500
-
-
 class DiffusionRecipe(ImageRecipe):
     family = "diffusion"
     ModelConfig = DiffusionConfig
     has_sampler = True
+    sample_batch = 500               # samples per sampler call when generating many
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         m = cfg.model
-        self.shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
-        self.net = UNet(m, self.shape).to(memory_format=torch.channels_last)
+        self.shape, self.net = self.build_net(cfg)
+        self.net = self.net.to(memory_format=torch.channels_last)
         self.modules = {"unet": self.net}
         self.schedule = Schedule(m.schedule, m.T, m.prediction)
         self.vocab = WordVocab(m.text_vocab) if m.cond == "text" else None
         self.device = torch.device("cpu")
+
+    @staticmethod
+    def build_net(cfg: RunConfig):
+        """(the shape of one sample, the denoiser)."""
+        shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+        return shape, UNet(cfg.model, shape)
 
     @staticmethod
     def check_config(cfg: RunConfig) -> None:
@@ -104,12 +108,12 @@ class DiffusionRecipe(ImageRecipe):
         """The simple DDPM loss on a batch in [-1, 1] at random timesteps (per-sample mean squared error)."""
         t = torch.randint(self.schedule.T, (len(x0),), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-        x_t = self.schedule.q_sample(x0, t, noise).contiguous(memory_format=torch.channels_last)
+        x_t = self.schedule.q_sample(x0, t, noise)
         out = self.net(x_t, t, c)
         return F.mse_loss(out.float(), self.schedule.target(x0, t, noise), reduction="none").flatten(1).mean(1)
 
     def train_step(self, batch, opt):
-        x0 = batch["image"].to(self.device_of()) * 2 - 1
+        x0 = batch[self.data_key].to(self.device_of()) * 2 - 1
         c = self._condition(batch, self.cfg.model.p_uncond)
         loss = self._loss(x0, c).mean()
         opt.update("unet", loss)
@@ -122,7 +126,7 @@ class DiffusionRecipe(ImageRecipe):
         total, n = 0.0, 0
         limit = num if max_batches is None else max_batches * 250
         for batch in data.eval_batches(250, limit):
-            x0 = batch["image"].to(self.device_of()) * 2 - 1
+            x0 = batch[self.data_key].to(self.device_of()) * 2 - 1
             total += self._loss(x0, self._condition(batch), g).sum().item()
             n += len(x0)
         return {"eval_loss": round(total / max(n, 1), 5), "num_eval": n}
@@ -154,14 +158,9 @@ class DiffusionRecipe(ImageRecipe):
         return None
 
     def _denoiser(self, c, guidance: float):
-        net = self.net
-
-        def call(x, t, cc):
-            return net(x.contiguous(memory_format=torch.channels_last), t, cc)
-
         if c is None:
-            return lambda x, t: call(x, t, None)
-        return guided(call, c, self.net.null_condition(len(c), c.device), guidance)
+            return lambda x, t: self.net(x, t, None)
+        return guided(self.net, c, self.net.null_condition(len(c), c.device), guidance)
 
     def _sample(self, n: int, c, sampler=None, steps=None, guidance=None, generator=None, record=0, progress=None):
         """n images in [0, 1] (or (images, frames) with record > 0)."""
@@ -195,12 +194,12 @@ class DiffusionRecipe(ImageRecipe):
 
     def sample_for(self, labels=None, prompts=None, num=None, sampler=None, steps=None, guidance=None,
                    progress=None) -> torch.Tensor:
-        """Images in [0, 1], one per label or prompt (or `num` of an unconditional model), in batches."""
+        """Samples in [0, 1], one per label or prompt (or `num` of an unconditional model), in batches."""
         c = self._cond_for(labels, prompts)
         n = len(c) if c is not None else num
         chunks = []
-        for i in range(0, n, EVAL_BATCH):
-            j = min(n, i + EVAL_BATCH)
+        for i in range(0, n, self.sample_batch):
+            j = min(n, i + self.sample_batch)
             chunks.append(self._sample(j - i, c[i:j] if c is not None else None, sampler, steps, guidance))
             if progress:
                 progress(j - i)

@@ -65,6 +65,7 @@ class Adversarial:
         self.modules = {"G": G, "D": D}
         self.lrs = {"G": cfg.model.lr_g or cfg.train.lr, "D": cfg.model.lr_d or cfg.train.lr}
         self.device = torch.device("cpu")
+        self._wins, self._warned, self._step = 0, False, 0
 
     def param_groups(self):
         return {"G": list(self.G.parameters()), "D": list(self.D.parameters())}
@@ -78,12 +79,25 @@ class Adversarial:
         return {"d_loss": loss.detach(), "d_real": torch.sigmoid(real.detach()).mean(),
                 "d_fake": torch.sigmoid(fake.detach()).mean()}
 
+    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        return g_loss(self.cfg.model.loss, fake)
+
+    def _watch(self, d_real: float, d_fake: float) -> None:
+        """Warn once when D wins completely for many steps: G then learns nothing (a collapsed run)."""
+        self._wins = self._wins + 1 if (d_real > 0.99 and d_fake < 0.01) else 0
+        if self._wins >= WIN_STEPS and not self._warned:
+            self._warned = True
+            print(f"\nwarning: the discriminator has won completely for {WIN_STEPS} steps (D(x) > 0.99, "
+                  f"D(G(z)) < 0.01): the generator gets almost no signal and training has likely collapsed. "
+                  f"Try model.loss=\"ns\" or \"hinge\", model.spectral_norm=true, model.r1=1, or a lower "
+                  f"model.lr_d.", file=sys.stderr)
+
     def g_update(self, fake_logits, opt) -> torch.Tensor:
         """One generator update on `fake_logits()` (D's logits for fresh samples) through a frozen D:
         D gets no gradients and keeps its weights."""
         self.D.requires_grad_(False)
         try:
-            loss = g_loss(self.cfg.model.loss, fake_logits())
+            loss = self.generator_loss(fake_logits())
             opt.update("G", loss)
         finally:
             self.D.requires_grad_(True)
@@ -99,7 +113,6 @@ class GANRecipe(Adversarial, ImageRecipe):
         self.shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
         self._pair(cfg, Generator(m, self.shape), Discriminator(m, self.shape))
         self.vocab = WordVocab(m.text_vocab) if m.cond == "text" else None
-        self._wins, self._warned, self._step = 0, False, 0
 
     @staticmethod
     def check_config(cfg: RunConfig) -> None:
@@ -170,16 +183,6 @@ class GANRecipe(Adversarial, ImageRecipe):
     def g_step(self, n: int, y, opt) -> torch.Tensor:
         """One generator update on n fresh samples with conditions y (see `g_update`)."""
         return self.g_update(lambda: self.D(self.G(self._z(n), y), y), opt)
-
-    def _watch(self, d_real: float, d_fake: float) -> None:
-        """Warn once when D wins completely for many steps: G then learns nothing (a collapsed run)."""
-        self._wins = self._wins + 1 if (d_real > 0.99 and d_fake < 0.01) else 0
-        if self._wins >= WIN_STEPS and not self._warned:
-            self._warned = True
-            print(f"\nwarning: the discriminator has won completely for {WIN_STEPS} steps (D(x) > 0.99, "
-                  f"D(G(z)) < 0.01): the generator gets almost no signal and training has likely collapsed. "
-                  f"Try model.loss=\"ns\" or \"hinge\", model.spectral_norm=true, model.r1=1, or a lower "
-                  f"model.lr_d.", file=sys.stderr)
 
     def evaluate(self, data, max_batches=None) -> dict[str, float]:
         """D's mean output on held-out real images and on fresh samples (a cheap health check; the

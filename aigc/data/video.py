@@ -1,0 +1,265 @@
+"""Video datasets (DESIGN.md 'Built-in data specs'): `moving-shapes` (captioned) and `moving-mnist`.
+
+Clips are generated on the fly from a seed, never stored: the training stream draws batch k from a
+generator seeded by (seed, k), so a resumed run sees exactly the clips an uninterrupted one would
+(the batcher's whole state is k). A fixed evaluation set is generated once from its own seed.
+Batches are dicts {"video": float (B, C, T, H, W) in [0, 1], "caption": list[str]?}.
+
+moving-shapes: one 8 px shape of the shapes palette (data/shapes.py) on a 32x32 black canvas moving
+1 px/frame left, right, up or down and bouncing off the border: the centre moves in [4, 28] (the shape
+never leaves the canvas) and reflects at the ends. The start is drawn so that the first two moves go
+the captioned way (a clip captioned "moving right" never starts against the right border), which keeps
+the caption true of what the clip shows first and lets the detector read the direction off the pixels.
+Caption `a {color} {shape} moving {direction}`; each attribute may be dropped in training.
+
+moving-mnist (Srivastava et al. 2015): 28x28 MNIST digits on a 64x64 canvas (configurable), 1 or 2
+digits, each with a random direction and a speed uniform in [2, 4] px/frame, bouncing off the border,
+combined by max. Training clips use MNIST training digits, evaluation clips the test digits."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from aigc.data import VIDEO_DATASETS, shapes
+from aigc.errors import AigcError
+
+DIRECTIONS = ("left", "right", "up", "down")
+STEPS = torch.tensor([[-1, 0], [1, 0], [0, -1], [0, 1]])          # (dx, dy) per direction, y pointing down
+SHAPE_PX = 8
+CANVAS = shapes.SIZE
+LO, HI = SHAPE_PX // 2, CANVAS - SHAPE_PX // 2                   # the centre stays in [4, 28]
+VOCAB = sorted({"a", "moving", "shape", *shapes.SHAPES, *shapes.COLOR_NAMES, *DIRECTIONS})
+DIGIT = 28
+
+
+@dataclass
+class VideoDataset:
+    name: str
+    frames: int
+    size: int
+    channels: int
+    make: Callable                                   # (n, generator, caption_dropout) -> clip dict (uint8 video)
+    eval: dict                                       # the fixed evaluation clips: video uint8 (N, C, T, H, W), ...
+    caption_dropout: float = 0.0
+    text_vocab: list = field(default_factory=list)   # moving-shapes: caption words
+    digits: object = None                            # moving-mnist: the MNIST Dataset (feature classifier)
+    holdout: list = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def video_shape(self) -> tuple[int, int, int, int]:
+        return self.channels, self.frames, self.size, self.size
+
+    def describe(self) -> str:
+        return f"clips of {self.frames} frames {self.size}x{self.size}x{self.channels}, generated on the fly"
+
+    def eval_batches(self, batch_size: int, limit: int | None = None):
+        n = len(self.eval["video"]) if limit is None else min(limit, len(self.eval["video"]))
+        for i in range(0, n, batch_size):
+            j = min(i + batch_size, n)
+            out = {"video": self.eval["video"][i:j].float().div_(255)}
+            if "caption" in self.eval:
+                out["caption"] = self.eval["caption"][i:j]
+            yield out
+
+
+class VideoBatcher:
+    """Endless training batches; batch k comes from a generator seeded by (seed, k)."""
+
+    def __init__(self, data: VideoDataset, batch_size: int, seed: int):
+        if batch_size < 1:
+            raise AigcError(f"data.batch_size must be at least 1, got {batch_size}")
+        self.data, self.batch_size, self.seed, self.count = data, batch_size, seed, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.count + 17)
+        self.count += 1
+        clip = self.data.make(self.batch_size, g, self.data.caption_dropout)
+        out = {"video": clip["video"].float().div_(255)}
+        if "caption" in clip:
+            out["caption"] = clip["caption"]
+        return out
+
+    def state_dict(self) -> dict:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = int(state["count"])
+
+
+def bounce(p0: torch.Tensor, v: torch.Tensor, t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Positions after t steps from p0 at velocity v, reflected at lo and hi: p0, v (N,), t (T,) -> (N, T)."""
+    span = hi - lo
+    q = torch.remainder(p0[:, None] - lo + v[:, None] * t[None, :], 2 * span)
+    return lo + torch.where(q <= span, q, 2 * span - q)
+
+
+# ---------------------------------------------------------------- moving-shapes
+def shape_clip_attributes(n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """color, shape, direction and the start centre (x0, y0); the first two moves stay inside."""
+    direction = torch.randint(len(DIRECTIONS), (n,), generator=generator)
+    step = STEPS[direction]
+    lo = torch.where(step < 0, LO + 2, LO)                           # room for two moves in the direction
+    hi = torch.where(step > 0, HI - 2, HI)
+    start = lo + (torch.rand(n, 2, generator=generator) * (hi - lo + 1)).long().clamp(max=hi - lo)
+    return {"color": torch.randint(len(shapes.COLORS), (n,), generator=generator),
+            "shape": torch.randint(len(shapes.SHAPES), (n,), generator=generator),
+            "direction": direction, "x0": start[:, 0], "y0": start[:, 1]}
+
+
+def shape_clip_centres(attrs: dict[str, torch.Tensor], frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centres (cx, cy), each (N, T), of the shape in every frame."""
+    step = STEPS[attrs["direction"]].float()
+    t = torch.arange(frames, dtype=torch.float32)
+    cx = bounce(attrs["x0"].float(), step[:, 0], t, LO, HI)
+    cy = bounce(attrs["y0"].float(), step[:, 1], t, LO, HI)
+    return cx, cy
+
+
+def render_shape_clips(attrs: dict[str, torch.Tensor], frames: int) -> torch.Tensor:
+    """uint8 (N, 3, T, 32, 32)."""
+    n = len(attrs["color"])
+    cx, cy = shape_clip_centres(attrs, frames)
+    rep = lambda a: a[:, None].expand(n, frames).reshape(-1)        # noqa: E731
+    img = shapes.render_at(rep(attrs["shape"]), rep(attrs["color"]), torch.full((n * frames,), float(SHAPE_PX)),
+                           cx.reshape(-1), cy.reshape(-1))
+    return img.view(n, frames, 3, CANVAS, CANVAS).transpose(1, 2).contiguous()
+
+
+def shape_clip_caption(color: int, shape: int, direction: int, keep=(True, True, True)) -> str:
+    words = ["a"]
+    if keep[0]:
+        words.append(shapes.COLOR_NAMES[color])
+    words.append(shapes.SHAPES[shape] if keep[1] else "shape")
+    if keep[2]:
+        words += ["moving", DIRECTIONS[direction]]
+    return " ".join(words)
+
+
+def shape_clip_captions(attrs: dict[str, torch.Tensor], dropout: float = 0.0, generator=None) -> list[str]:
+    n = len(attrs["color"])
+    keep = torch.rand(n, 3, generator=generator) >= dropout if dropout > 0 else torch.ones(n, 3, dtype=torch.bool)
+    cols = [attrs[k].tolist() for k in ("color", "shape", "direction")]
+    return [shape_clip_caption(c, s, d, tuple(k)) for c, s, d, k in zip(*cols, keep.tolist())]
+
+
+def make_shape_clips(n: int, generator: torch.Generator, frames: int, dropout: float = 0.0) -> dict:
+    attrs = shape_clip_attributes(n, generator)
+    return {"video": render_shape_clips(attrs, frames), "caption": shape_clip_captions(attrs, dropout, generator),
+            "attrs": attrs}
+
+
+def parse_clip_caption(text: str) -> dict[str, int]:
+    """The attributes a video prompt names: {'color', 'shape', 'direction'} (unknown words ignored)."""
+    words = set(text.lower().replace(",", " ").split())
+    out = {}
+    for key, names in (("color", shapes.COLOR_NAMES), ("shape", shapes.SHAPES), ("direction", DIRECTIONS)):
+        for i, name in enumerate(names):
+            if name in words:
+                out[key] = i
+    return out
+
+
+def detect_shape_clips(videos: torch.Tensor, min_move: float = 1.5) -> dict[str, torch.Tensor]:
+    """Read moving-shapes clips back off the pixels, with no training.
+
+    videos: uint8 (N, 3, T, 32, 32). Per frame (N, T): color, shape, found, cx, cy from `shapes.detect`.
+    Per clip (N,): direction = the way the shape's box centre first gets `min_move` px away from where it
+    started (the axis with the larger move), -1 if it never does or a frame before that has no shape."""
+    n, c, t, h, w = videos.shape
+    frames = videos.transpose(1, 2).reshape(n * t, c, h, w)
+    det = shapes.detect(frames)
+    per = {k: det[k].view(n, t) for k in ("color", "shape", "cx", "cy")}
+    found = per["shape"] >= 0
+    dx, dy = per["cx"] - per["cx"][:, :1], per["cy"] - per["cy"][:, :1]
+    moved = (torch.maximum(dx.abs(), dy.abs()) >= min_move) & found
+    k = moved.long().argmax(1)                                        # first frame far enough away
+    ok = moved.any(1) & (found.cumsum(1).gather(1, k[:, None]).squeeze(1) == k + 1)
+    mx, my = dx.gather(1, k[:, None]).squeeze(1), dy.gather(1, k[:, None]).squeeze(1)
+    direction = torch.where(mx.abs() >= my.abs(), torch.where(mx < 0, 0, 1), torch.where(my < 0, 2, 3))
+    return {**per, "found": found, "direction": torch.where(ok, direction, -1)}
+
+
+# ---------------------------------------------------------------- moving-mnist
+def make_digit_clips(digits: torch.Tensor, labels: torch.Tensor, n: int, generator: torch.Generator, frames: int,
+                     size: int, num_digits: int) -> dict:
+    """uint8 (n, 1, T, size, size): `num_digits` digits drawn from `digits` (M, 1, 28, 28) per clip."""
+    pick = torch.randint(len(digits), (n, num_digits), generator=generator)
+    angle = torch.rand(n, num_digits, generator=generator) * 2 * math.pi
+    speed = 2 + 2 * torch.rand(n, num_digits, generator=generator)
+    span = size - DIGIT
+    start = torch.rand(n, num_digits, 2, generator=generator) * span
+    t = torch.arange(frames, dtype=torch.float32)
+    flat = lambda a: a.reshape(-1)                                   # noqa: E731
+    x = bounce(flat(start[..., 0]), flat(speed * angle.cos()), t, 0, span).round().long()   # (n*D, T) top-left
+    y = bounce(flat(start[..., 1]), flat(speed * angle.sin()), t, 0, span).round().long()
+    src = digits[flat(pick), 0]                                      # (n*D, 28, 28)
+    u = torch.arange(size)
+    du = u[None, None, :] - x[:, :, None]                            # (n*D, T, size): column inside the digit
+    dv = u[None, None, :] - y[:, :, None]
+    inside = ((du >= 0) & (du < DIGIT))[:, :, None, :] & ((dv >= 0) & (dv < DIGIT))[:, :, :, None]
+    b = torch.arange(len(src))[:, None, None, None]
+    canvas = src[b, dv.clamp(0, DIGIT - 1)[:, :, :, None], du.clamp(0, DIGIT - 1)[:, :, None, :]] * inside
+    video = canvas.view(n, num_digits, frames, size, size).amax(1)  # digits combined by max
+    return {"video": video[:, None].contiguous(), "labels": labels[pick], "index": pick,
+            "velocity": torch.stack([speed * angle.cos(), speed * angle.sin()], -1),
+            "positions": torch.stack([x, y], -1).view(n, num_digits, frames, 2)}
+
+
+def digit_crops(videos: torch.Tensor, num_digits: int) -> torch.Tensor:
+    """28x28 crops around each digit of every frame: the window with the most ink, then (2 digits) the
+    window with the most ink once the first is blanked. videos uint8 (N, 1, T, S, S) -> (N, T, D, 1, 28, 28)."""
+    n, _, t, s, _ = videos.shape
+    frames = videos[:, 0].reshape(n * t, s, s).clone()
+    idx = torch.arange(DIGIT)
+    out = []
+    for _ in range(num_digits):
+        ink = torch.nn.functional.avg_pool2d(frames[:, None].float(), DIGIT, stride=1)[:, 0]   # (NT, s-27, s-27)
+        best = ink.flatten(1).argmax(1)
+        y0, x0 = best // ink.shape[-1], best % ink.shape[-1]
+        rows, cols = (y0[:, None] + idx)[:, :, None], (x0[:, None] + idx)[:, None, :]
+        b = torch.arange(n * t)[:, None, None]
+        out.append(frames[b, rows, cols].clone())
+        frames[b, rows, cols] = 0
+    return torch.stack(out, 1).view(n, t, num_digits, 1, DIGIT, DIGIT)
+
+
+# ---------------------------------------------------------------- loading
+def load_video_dataset(cfg) -> VideoDataset:
+    frames = cfg.frames
+    if frames < 2:
+        raise AigcError(f"data.frames must be at least 2 for video, got {frames}")
+    if cfg.num_eval < 1:
+        raise AigcError("data.num_eval must be positive")
+    if cfg.name == "moving-shapes":
+        if cfg.image_size not in (0, CANVAS):
+            raise AigcError(f"moving-shapes clips are {CANVAS}x{CANVAS} (DESIGN.md); data.image_size = "
+                            f"{cfg.image_size} is not available")
+        ev = make_shape_clips(cfg.num_eval, torch.Generator().manual_seed(4321), frames)
+        return VideoDataset("moving-shapes", frames, CANVAS, 3,
+                            lambda n, g, drop=0.0: make_shape_clips(n, g, frames, drop), ev,
+                            caption_dropout=cfg.caption_dropout, text_vocab=list(VOCAB))
+    if cfg.name == "moving-mnist":
+        from aigc.data import Dataset, Split
+        from aigc.data.mnist import load_mnist
+
+        size = cfg.image_size or 64
+        if size < DIGIT:
+            raise AigcError(f"the moving-mnist canvas must be at least {DIGIT} px, got {size}")
+        if cfg.digits not in (1, 2):
+            raise AigcError(f"data.digits must be 1 or 2, got {cfg.digits}")
+        m = load_mnist(cfg.dir, cfg.download)
+        tr, te = (m["train_images"], m["train_labels"]), (m["test_images"], m["test_labels"])
+        ev = make_digit_clips(*te, cfg.num_eval, torch.Generator().manual_seed(4321), frames, size, cfg.digits)
+        mnist = Dataset("mnist", Split(*tr), Split(*te), num_classes=10, class_names=[str(i) for i in range(10)])
+        return VideoDataset("moving-mnist", frames, size, 1,
+                            lambda n, g, drop=0.0: make_digit_clips(*tr, n, g, frames, size, cfg.digits), ev,
+                            digits=mnist)
+    raise AigcError(f"unknown video dataset '{cfg.name}'; video datasets: {', '.join(VIDEO_DATASETS)}")

@@ -1,0 +1,191 @@
+"""Video recipes: the 3D-convolutional video GAN with a frame-difference discriminator (`video-gan`) and
+video diffusion with a factorised space-time U-Net (`video-diffusion`). Both train on clips from
+aigc/data/video.py, condition on moving-shapes captions, and share the image families' machinery: the
+GAN losses, stabilisers and update order of recipes/gan.py, and the diffusion schedule, samplers and
+classifier-free guidance of aigc/diffusion (the video denoiser is just another `fn(x_t, t)`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from aigc.config import RunConfig
+from aigc.errors import AigcError
+from aigc.models.text_encoder import WordVocab
+from aigc.models.unet import DiffusionConfig, UNet, check_size
+from aigc.models.video import VideoDiscriminator, VideoGANConfig, VideoGenerator, spatial_doublings
+from aigc.recipes.base import VideoRecipe
+from aigc.recipes.diffusion import DiffusionRecipe
+from aigc.recipes.gan import LOSSES, Adversarial, d_loss, g_loss, r1_penalty
+
+SAMPLE_CLIPS = 16                        # clips in the training-time sample GIF
+
+
+def _check_cond(cond: str) -> None:
+    if cond not in ("none", "text"):
+        raise AigcError(f"model.cond must be 'none' or 'text' for video, got '{cond}'")
+
+
+class VideoGANRecipe(Adversarial, VideoRecipe):
+    family = "video-gan"
+    ModelConfig = VideoGANConfig
+
+    def __init__(self, cfg: RunConfig):
+        m = cfg.model
+        self.shape = self.video_shape(cfg)
+        self._pair(cfg, VideoGenerator(m, self.shape), VideoDiscriminator(m, self.shape))
+        self.vocab = WordVocab(m.text_vocab) if m.cond == "text" else None
+        self.heads = {"clip": 1.0, "diff": m.frame_diff}
+
+    @staticmethod
+    def check_config(cfg: RunConfig) -> None:
+        m = cfg.model
+        if m.loss not in LOSSES:
+            raise AigcError(f"model.loss must be one of {', '.join(LOSSES)}, got '{m.loss}'")
+        _check_cond(m.cond)
+        if min(m.z_dim, m.g_width, m.d_width, m.cond_dim, m.r1_every, m.d_steps) < 1:
+            raise AigcError("model.z_dim, g_width, d_width, cond_dim, r1_every and d_steps must be positive")
+        if m.r1 < 0 or m.frame_diff < 0 or m.lr_g < 0 or m.lr_d < 0:
+            raise AigcError("model.r1, frame_diff, lr_g and lr_d must be >= 0")
+
+    @staticmethod
+    def load_data(cfg, run_dir: Path | None = None):
+        data = VideoRecipe.load_data(cfg, run_dir)
+        try:
+            spatial_doublings(cfg.data.image_size)
+        except ValueError as e:
+            raise AigcError(str(e)) from None
+        VideoRecipe.set_condition(cfg, data)
+        return data
+
+    # ---------------------------------------------------------------- losses over both discriminators
+    def _total(self, fn, *logits: dict) -> torch.Tensor:
+        """sum over the discriminators h of weight_h * fn(logits_h ...)."""
+        return sum(self.heads[h] * fn(*(d[h] for d in logits)) for h in logits[0])
+
+    def generator_loss(self, fake: dict) -> torch.Tensor:
+        return self._total(lambda f: g_loss(self.cfg.model.loss, f), fake)
+
+    # ---------------------------------------------------------------- trainer hooks
+    def _y(self, captions):
+        return self.vocab.encode(captions).to(self.device_of()) if self.vocab is not None else None
+
+    def _z(self, n: int, generator=None) -> torch.Tensor:
+        return torch.randn(n, self.cfg.model.z_dim, generator=generator).to(self.device_of())
+
+    def train_step(self, batch, opt):
+        m = self.cfg.model
+        x = batch["video"] * 2 - 1
+        y = self._y(batch.get("caption"))
+        self._step += 1
+        for _ in range(m.d_steps):
+            with torch.no_grad():
+                fake = self.G(self._z(len(x)), y)
+            use_r1 = m.r1 > 0 and self._step % m.r1_every == 0
+            real_in = x.detach().requires_grad_(use_r1)
+            r, f = self.D(real_in, y), self.D(fake, y)
+            loss = self._total(lambda a, b: d_loss(m.loss, a, b), r, f)
+            out = {}
+            if use_r1:
+                pen = r1_penalty(self._total(lambda a: a, r), real_in)
+                loss = loss + 0.5 * m.r1 * m.r1_every * pen
+                out["r1"] = pen.detach()
+            opt.update("D", loss)
+            out.update(self.d_stats(loss, r["clip"], f["clip"]))
+            if "diff" in r:
+                out["d_diff_real"] = torch.sigmoid(r["diff"].detach()).mean()
+                out["d_diff_fake"] = torch.sigmoid(f["diff"].detach()).mean()
+        out["g_loss"] = self.g_update(lambda: self.D(self.G(self._z(len(x)), y), y), opt)
+        self._watch(float(out["d_real"]), float(out["d_fake"]))
+        return out
+
+    def evaluate(self, data, max_batches=None) -> dict[str, float]:
+        """The discriminators' mean outputs on held-out real clips and on fresh samples (a health check)."""
+        sums, n = {}, 0
+        limit = None if max_batches is None else max_batches * 50
+        for batch in data.eval_batches(50, limit):
+            x = batch["video"].to(self.device_of()) * 2 - 1
+            y = self._y(batch.get("caption"))
+            for kind, logits in (("real", self.D(x, y)), ("fake", self.D(self.G(self._z(len(x)), y), y))):
+                for h, v in logits.items():
+                    key = f"eval_d{'_diff' if h == 'diff' else ''}_{kind}"
+                    sums[key] = sums.get(key, 0.0) + torch.sigmoid(v).sum().item()
+            n += len(x)
+        return {k: round(v / max(n, 1), 4) for k, v in sums.items()}
+
+    def save_samples(self, path: Path) -> None:
+        g = torch.Generator().manual_seed(1234)
+        prompts = self.random_prompts(SAMPLE_CLIPS, g) if self.cfg.model.cond == "text" else None
+        self.save_clips(path, self._clips(self._z(SAMPLE_CLIPS, g), self._y(prompts)))
+
+    # ---------------------------------------------------------------- sampling and evaluation
+    def _clips(self, z, y=None) -> torch.Tensor:
+        return (self.G(z, y).float() + 1).mul_(0.5).clamp_(0, 1)
+
+    def generate(self, num: int, label=None, prompt=None, steps=None, guidance=None, frames=None, **_) -> dict:
+        if steps is not None or guidance is not None:
+            raise AigcError("--steps and --guidance are options of diffusion models, not of a GAN")
+        self.check_condition_args(label, prompt, "video GAN")
+        self.check_frames(frames)
+        out = self.requested_conditions(num, label, prompt)
+        out["videos"] = self.clips_for(out.get("prompts"), num)
+        return out
+
+    def clips_for(self, prompts=None, num=None, batch: int = 250) -> torch.Tensor:
+        n = len(prompts) if prompts is not None else num
+        return torch.cat([self._clips(self._z(min(n, i + batch) - i), self._y(prompts[i:i + batch] if prompts else None))
+                          for i in range(0, n, batch)])
+
+    def generate_for_eval(self, data, num: int):
+        _, prompts = self.eval_conditions(data, num)
+        return self.clips_for(prompts, num), None, prompts
+
+    def full_eval(self, data, num=None, k=None, progress=None) -> dict:
+        return {**self.evaluate(data), "note": "GANs define no likelihood; see sample_quality"}
+
+
+class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
+    """DDPM on clips: the diffusion recipe with a space-time U-Net (models/unet.py, frames > 0)."""
+    family = "video-diffusion"
+    ModelConfig = DiffusionConfig
+    sample_batch = 32
+
+    @staticmethod
+    def build_net(cfg: RunConfig):
+        c, t, h, w = VideoRecipe.video_shape(cfg)
+        return (c, t, h, w), UNet(cfg.model, (c, h, w), frames=t)
+
+    @staticmethod
+    def check_config(cfg: RunConfig) -> None:
+        DiffusionRecipe.check_config(cfg)
+        _check_cond(cfg.model.cond)
+
+    @staticmethod
+    def load_data(cfg, run_dir: Path | None = None):
+        data = VideoRecipe.load_data(cfg, run_dir)
+        m, size = cfg.model, cfg.data.image_size
+        try:
+            if size % m.patch:
+                raise ValueError(f"model.patch = {m.patch} does not divide the frame size {size}")
+            check_size(size // m.patch, len(m.mults))
+        except ValueError as e:
+            raise AigcError(str(e)) from None
+        VideoRecipe.set_condition(cfg, data)
+        return data
+
+    def save_samples(self, path: Path) -> None:
+        g = torch.Generator().manual_seed(1234)
+        prompts = self.random_prompts(SAMPLE_CLIPS, g) if self.cfg.model.cond == "text" else None
+        self.save_clips(path, self._sample(SAMPLE_CLIPS, self._cond_for(None, prompts), generator=g))
+
+    def generate(self, num: int, label=None, prompt=None, steps=None, guidance=None, sampler=None, frames=None,
+                 **_) -> dict:
+        self._check_options(label, prompt, steps, guidance, sampler)
+        self.check_frames(frames)
+        out = self.requested_conditions(num, label, prompt)
+        out["videos"] = self.sample_for(None, out.get("prompts"), num, sampler, steps, guidance)
+        return out
+
+    def trajectory(self, *args, **kwargs):
+        raise AigcError("--what trajectory is for image diffusion models; a video model writes clips")

@@ -1,0 +1,168 @@
+"""Video benchmarks (issue 7) on 2 CPU cores: moving-shapes (16 frames, 32x32), a 20-minute budget per model.
+
+  python benchmarks/video.py [--only ROW,ROW] [--minutes 20] [--clips 256] [--table]
+
+Rows (each trains with `aigc train` in a subprocess unless its run exists, then measures in-process):
+  real            the real evaluation clips through the same detector (the metrics' ceiling)
+  gan             video-gan, preset configs/video-gan-moving-shapes.toml (with the frame-difference discriminator)
+  gan-nodiff      the same with model.frame_diff=0 (no frame-difference discriminator): the ablation
+  diffusion       video-diffusion, preset configs/video-diffusion-moving-shapes.toml (DDIM-25, guidance 2),
+                  also scored at guidance 1 and 3
+Each model row: training steps and clips/s, peak RSS of training, the metrics of metrics/video.py on --clips
+clips whose prompts are the evaluation captions in turn, the time to generate 16 clips in-process (clips/s),
+and the wall time and peak RSS of `aigc sample RUN --num 16` as a user runs it.
+Results: benchmarks/results/video.json; runs in bench_runs/ (not in git)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from aigc.config import read_toml  # noqa: E402
+from benchmarks.run import machine, run  # noqa: E402
+
+RUNS = ROOT / "bench_runs"
+OUT = ROOT / "benchmarks" / "results" / "video.json"
+TRAIN = {
+    "gan": ("video-gan-20min", "video-gan", []),
+    "gan-nodiff": ("video-gan-nodiff-20min", "video-gan", ["--set", "model.frame_diff=0"]),
+    "diffusion": ("video-diffusion-20min", "video-diffusion", []),
+}
+KEYS = ("frame_accuracy", "shape_frame_accuracy", "color_frame_accuracy", "direction_accuracy",
+        "temporal_consistency", "prompt_accuracy", "motion_smoothness", "mean_speed")
+
+
+def train(row: str, minutes: float) -> tuple[Path, dict]:
+    name, family, args = TRAIN[row]
+    out = RUNS / name
+    info = {}
+    if not (out / "checkpoint").is_dir():
+        cmd = [sys.executable, "-m", "aigc", "train", family, "--data", "moving-shapes", *args,
+               "--minutes", str(minutes), "--out", str(out), "--quiet", "--overwrite"]
+        print("$", " ".join(cmd), flush=True)
+        proc, wall, rss = run(cmd)
+        if proc.returncode:
+            raise SystemExit(f"training failed:\n{proc.stderr[-3000:]}")
+        info = {"train_wall_s": round(wall, 1), "train_peak_rss_mb": round(rss)}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if r.get("kind") == "train"][-1]
+    batch = read_toml(out / "config.toml")["data"]["batch_size"]
+    info.update({"run": str(out.relative_to(ROOT)), "steps": last["step"], "train_s": last["elapsed_s"],
+                 "train_clips_per_s": round(last["step"] * batch / last["elapsed_s"], 1)})
+    return out, info
+
+
+def scored(recipe, data, num: int, **kw) -> dict:
+    from aigc.evaluation import score_videos
+    from aigc.io.images import video_to_uint8
+
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        videos, _, prompts = recipe.generate_for_eval(data, num, **kw)
+    secs = time.perf_counter() - t0
+    q = score_videos(data, torch.from_numpy(video_to_uint8(videos)).permute(0, 4, 1, 2, 3), prompts)
+    return {**{k: q.get(k) for k in KEYS}, "num_clips": num, "sampling_s": round(secs, 1)}
+
+
+def model_row(row: str, args) -> dict:
+    from aigc.recipes import open_run
+
+    run_dir, info = train(row, args.minutes)
+    cfg, recipe = open_run(run_dir, torch.device("cpu"))
+    data = recipe.load_data(cfg, run_dir)
+    out = {**info, **scored(recipe, data, args.clips)}
+    if row == "diffusion":
+        out["by_guidance"] = {str(w): scored(recipe, data, args.clips, guidance=w) for w in (1.0, 3.0)}
+        out["by_guidance"][str(cfg.model.guidance)] = {k: out[k] for k in (*KEYS, "num_clips", "sampling_s")}
+    prompts = recipe.random_prompts(16, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        if hasattr(recipe, "sample_for"):
+            recipe.sample_for(None, prompts, 16)
+        else:
+            recipe.clips_for(prompts, 16)
+    secs = time.perf_counter() - t0
+    out.update({"gen16_s": round(secs, 2), "gen_clips_per_s": round(16 / secs, 2)})
+    proc, wall, rss = run([sys.executable, "-m", "aigc", "sample", str(run_dir), "--num", "16", "--prompt",
+                           "a red circle moving right", "--out", str(RUNS / f"{row}-16.gif")])
+    if proc.returncode:
+        raise SystemExit(f"sampling failed:\n{proc.stderr[-3000:]}")
+    out.update({"cli_sample16_wall_s": round(wall, 1), "cli_sample16_peak_rss_mb": round(rss)})
+    return out
+
+
+def real_row(args) -> dict:
+    from aigc.config import DataConfig
+    from aigc.data import load_dataset
+    from aigc.evaluation import score_videos
+
+    data = load_dataset(DataConfig(name="moving-shapes", num_eval=args.clips))
+    q = score_videos(data, data.eval["video"], data.eval["caption"])
+    return {**{k: q.get(k) for k in KEYS}, "num_clips": args.clips}
+
+
+ROWS = {"real": real_row, "gan": lambda a: model_row("gan", a), "gan-nodiff": lambda a: model_row("gan-nodiff", a),
+        "diffusion": lambda a: model_row("diffusion", a)}
+NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-difference D",
+         "gan-nodiff": "video GAN, no frame-difference D", "diffusion": "video diffusion (DDIM-25, w=2)"}
+
+
+def markdown(results: dict) -> str:
+    f = lambda v: "" if v is None else v                               # noqa: E731
+    lines = ["| model | steps (20 min) | train clips/s | frame acc (shape+color) | shape | color | direction acc | "
+             "temporal consistency | prompt acc | motion smoothness (px) | mean speed (px/frame) | 16 clips | "
+             "`aigc sample --num 16` wall / peak RSS |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in ("real", "gan", "gan-nodiff", "diffusion"):
+        r = results.get(row)
+        if not r:
+            continue
+        gen = f"{r['gen16_s']} s ({r['gen_clips_per_s']} clips/s)" if "gen16_s" in r else ""
+        cli = f"{r['cli_sample16_wall_s']} s / {r['cli_sample16_peak_rss_mb']} MB" if "cli_sample16_wall_s" in r else ""
+        lines.append(f"| {NAMES[row]} | {f(r.get('steps'))} | {f(r.get('train_clips_per_s'))} | "
+                     + " | ".join(str(f(r.get(k))) for k in KEYS) + f" | {gen} | {cli} |")
+    d = results.get("diffusion", {}).get("by_guidance")
+    if d:
+        lines += ["", "| video diffusion, guidance w | frame acc | direction acc | temporal consistency | prompt acc | "
+                  "motion smoothness |", "|---:|---:|---:|---:|---:|---:|"]
+        for w in sorted(d, key=float):
+            r = d[w]
+            lines.append(f"| {w} | {r['frame_accuracy']} | {r['direction_accuracy']} | {r['temporal_consistency']} | "
+                         f"{r['prompt_accuracy']} | {r['motion_smoothness']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
+    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--clips", type=int, default=256, help="generated clips scored per model")
+    ap.add_argument("--table", action="store_true", help="only print the markdown tables of the saved results")
+    args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(OUT.read_text())))
+        return
+    torch.set_num_threads(2)
+    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    results["machine"] = machine()
+    for row in args.only.split(","):
+        if row not in ROWS:
+            raise SystemExit(f"unknown row '{row}'; rows: {', '.join(ROWS)}")
+        t0 = time.perf_counter()
+        results[row] = {**ROWS[row](args), "bench_wall_s": round(time.perf_counter() - t0, 1)}
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        OUT.write_text(json.dumps(results, indent=1) + "\n")
+        print(row, json.dumps(results[row], indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()

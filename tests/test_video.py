@@ -1,0 +1,227 @@
+"""Video: moving-shapes / moving-mnist data, the video GAN and its frame-difference discriminator, video
+diffusion on the image samplers, the clip metrics, and the CLI with tiny configs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from aigc.config import DataConfig
+from aigc.data import load_dataset, shapes
+from aigc.data import video as vd
+from aigc.metrics.video import clip_metrics
+from aigc.models.unet import DiffusionConfig, UNet
+from aigc.models.video import VideoDiscriminator, VideoGANConfig, VideoGenerator, frame_differences
+from conftest import assert_clean_error, run_cli
+
+VOCAB = list(vd.VOCAB)
+
+
+def shape_clips(n=200, frames=16, seed=0):
+    return vd.make_shape_clips(n, torch.Generator().manual_seed(seed), frames)
+
+
+# ---------------------------------------------------------------- data
+def test_moving_shapes_velocity_bounce_and_start():
+    clip = shape_clips(400, frames=40)                 # long enough that most clips bounce
+    a = clip["attrs"]
+    cx, cy = vd.shape_clip_centres(a, 40)
+    step = vd.STEPS[a["direction"]].float()
+    dx, dy = cx.diff(dim=1), cy.diff(dim=1)
+    assert ((dx.abs() + dy.abs()) == 1).all()                        # exactly 1 px per frame, along one axis
+    assert (dx[:, :2] == step[:, :1]).all() and (dy[:, :2] == step[:, 1:]).all()   # first two moves as captioned
+    assert cx.min() >= vd.LO and cx.max() <= vd.HI and cy.min() >= vd.LO and cy.max() <= vd.HI
+    flips = (dx[:, 1:] * dx[:, :-1] < 0) | (dy[:, 1:] * dy[:, :-1] < 0)
+    assert flips.any(1).float().mean() > 0.5                        # bounces happen ...
+    at = torch.where(flips)                                         # ... and only at the border
+    pos = torch.where(step[at[0], 0] != 0, cx[at[0], at[1] + 1], cy[at[0], at[1] + 1])
+    assert ((pos == vd.LO) | (pos == vd.HI)).all()
+    v = clip["video"]
+    assert v.shape == (400, 3, 40, 32, 32) and v.dtype == torch.uint8
+    fg = (v.max(1).values > 0).flatten(2).sum(2)                    # the shape is whole in every frame
+    assert (fg == fg[:, :1]).all()
+
+
+def test_moving_shapes_captions_and_detector():
+    clip = shape_clips(300)
+    a = clip["attrs"]
+    for cap, c, s, d in zip(clip["caption"], a["color"].tolist(), a["shape"].tolist(), a["direction"].tolist()):
+        assert cap == f"a {shapes.COLOR_NAMES[c]} {shapes.SHAPES[s]} moving {vd.DIRECTIONS[d]}"
+        assert vd.parse_clip_caption(cap) == {"color": c, "shape": s, "direction": d}
+    dropped = vd.shape_clip_captions(a, dropout=1.0)
+    assert set(dropped) == {"a shape"}
+    det = vd.detect_shape_clips(clip["video"])
+    assert (det["direction"] == a["direction"]).all()
+    assert (det["shape"] == a["shape"][:, None]).all() and (det["color"] == a["color"][:, None]).all()
+    m = clip_metrics(det, {k: a[k] for k in ("color", "shape", "direction")})
+    assert m["frame_accuracy"] == m["direction_accuracy"] == m["temporal_consistency"] == m["prompt_accuracy"] == 1.0
+    assert m["motion_smoothness"] == 0.0 and m["mean_speed"] == 1.0
+
+
+def test_clip_metrics_catch_broken_clips():
+    clip = shape_clips(8)
+    a = clip["attrs"]
+    v = clip["video"].clone()
+    v[0, :, 8:] = v[0, :, 8:, :, :].roll(1, dims=0)                 # clip 0: colors swap channels half-way
+    v[1] = v[1, :, :1].expand_as(v[1])                              # clip 1: frozen (no motion)
+    det = vd.detect_shape_clips(v)
+    req = {k: a[k] for k in ("color", "shape", "direction")}
+    m = clip_metrics(det, req)
+    assert det["direction"][1] == -1
+    assert m["temporal_consistency"] <= 7 / 8 and m["direction_accuracy"] <= 7 / 8 and m["prompt_accuracy"] <= 6 / 8
+
+
+def test_video_batcher_resumes_exactly():
+    data = load_dataset(DataConfig(name="moving-shapes", num_eval=8, frames=6))
+    b1 = vd.VideoBatcher(data, 4, seed=3)
+    next(b1)
+    state = b1.state_dict()
+    want = next(b1)
+    b2 = vd.VideoBatcher(data, 4, seed=3)
+    b2.load_state_dict(state)
+    got = next(b2)
+    assert torch.equal(want["video"], got["video"]) and want["caption"] == got["caption"]
+    assert want["video"].shape == (4, 3, 6, 32, 32) and 0 <= want["video"].min() and want["video"].max() <= 1
+
+
+def test_moving_mnist(mnist_dir):
+    data = load_dataset(DataConfig(name="moving-mnist", dir=str(mnist_dir), num_eval=6, frames=10, image_size=48,
+                                   digits=2))
+    assert data.video_shape == (1, 10, 48, 48)
+    clip = data.make(20, torch.Generator().manual_seed(0))
+    speed = clip["velocity"].norm(dim=-1)
+    assert speed.min() >= 2 and speed.max() <= 4
+    pos = clip["positions"]                                          # (n, D, T, 2) top-left corners
+    assert pos.min() >= 0 and pos.max() <= 48 - 28
+    digits = data.digits.train.images
+    for i in range(3):                                               # digits combined by max
+        want = torch.zeros(10, 48, 48, dtype=torch.uint8)
+        for d in range(2):
+            img = digits[clip["index"][i, d], 0]
+            for t in range(10):
+                x, y = pos[i, d, t].tolist()
+                want[t, y:y + 28, x:x + 28] = torch.maximum(want[t, y:y + 28, x:x + 28], img)
+        assert torch.equal(clip["video"][i, 0], want)
+    t = torch.arange(30.)
+    path = vd.bounce(torch.tensor([1.0]), torch.tensor([3.0]), t, 0, 20)[0]
+    assert path.min() >= 0 and path.max() <= 20 and path[:7].tolist() == [1, 4, 7, 10, 13, 16, 19]
+    assert path[7] == 18                                             # 22 reflected at 20
+    crops = vd.digit_crops(clip["video"], 2)
+    assert crops.shape == (20, 10, 2, 1, 28, 28)
+
+
+# ---------------------------------------------------------------- models
+@pytest.mark.parametrize("shape", [(3, 16, 32, 32), (1, 8, 64, 64), (3, 12, 16, 16), (3, 5, 32, 32)])
+def test_generator_and_discriminators_shapes(shape):
+    cfg = VideoGANConfig(g_width=8, d_width=8, z_dim=16, cond="text", cond_dim=16, text_vocab=VOCAB)
+    G, D = VideoGenerator(cfg, shape), VideoDiscriminator(cfg, shape)
+    y = torch.randint(1, len(VOCAB), (2, 5))
+    x = G(torch.randn(2, 16), y)
+    assert x.shape == (2, *shape) and x.abs().max() <= 1
+    out = D(x, y)
+    assert set(out) == {"clip", "diff"} and out["clip"].shape == out["diff"].shape == (2,)
+
+
+def test_frame_difference_path():
+    shape = (3, 8, 16, 16)
+    cfg = VideoGANConfig(d_width=8, cond="none", frame_diff=1.0)
+    D = VideoDiscriminator(cfg, shape).eval()        # eval: spectral norm's power iteration stays put
+    x = torch.randn(2, *shape)
+    assert torch.equal(frame_differences(x)[:, :, 2], x[:, :, 3] - x[:, :, 2])
+    static = torch.randn(2, 3, 1, 16, 16).expand(2, 3, 8, 16, 16)
+    a, b = D(x), D(x + static)                      # the same motion on a different background
+    assert torch.allclose(a["diff"], b["diff"], atol=1e-5) and not torch.allclose(a["clip"], b["clip"])
+    assert set(VideoDiscriminator(VideoGANConfig(d_width=8, cond="none", frame_diff=0.0), shape)(x)) == {"clip"}
+
+
+def test_video_unet_mixes_frames_and_keeps_shape():
+    cfg = DiffusionConfig(width=16, mults=[1, 2], patch=2, groups=4, heads=2, cond="text", text_vocab=VOCAB)
+    net = UNet(cfg, (3, 16, 16), frames=6)
+    for p in net.parameters():                      # leave the zero-initialised layers' identity start
+        torch.nn.init.normal_(p, std=0.05)
+    x = torch.randn(2, 3, 6, 16, 16)
+    c = torch.randint(1, len(VOCAB), (2, 5))
+    t = torch.tensor([10, 500])
+    out = net(x, t, c)
+    assert out.shape == x.shape
+    x2 = x.clone()
+    x2[:, :, 0] += 1                                # change frame 0 only: later frames see it (temporal layers)
+    assert not torch.allclose(net(x2, t, c)[:, :, 5], out[:, :, 5])
+
+
+def test_video_diffusion_uses_the_image_samplers(monkeypatch):
+    import aigc.recipes.diffusion as rd
+    from aigc.recipes import build_config, recipe_class
+
+    calls = []
+    real = rd.run_sampler
+
+    def spy(kind, fn, schedule, shape, *a, **k):
+        calls.append((kind, shape))
+        return real(kind, fn, schedule, shape, *a, **k)
+
+    monkeypatch.setattr(rd, "run_sampler", spy)
+    cfg = build_config("video-diffusion", "moving-shapes", None,
+                       ["num_eval=4", "frames=4", "width=16", "groups=4", "heads=2", "sample_steps=2"], {})
+    cls = recipe_class("video-diffusion")
+    cls.load_data(cfg)
+    out = cls(cfg).generate(3, prompt="a red circle moving up")
+    assert out["videos"].shape == (3, 3, 4, 32, 32) and out["prompts"] == ["a red circle moving up"] * 3
+    assert calls == [("ddim", (3, 3, 4, 32, 32))]
+
+
+# ---------------------------------------------------------------- CLI
+TINY_GAN = ["--set", "num_eval=32", "--set", "frames=8", "--set", "batch_size=4", "--set", "g_width=8",
+            "--set", "d_width=8", "--set", "z_dim=16"]
+TINY_DIFF = ["--set", "num_eval=32", "--set", "frames=8", "--set", "batch_size=4", "--set", "width=16",
+             "--set", "groups=4", "--set", "heads=2", "--set", "sample_steps=3"]
+
+
+def test_cli_video_gan(tmp_path):
+    run = tmp_path / "g"
+    p = run_cli("train", "video-gan", "--data", "moving-shapes", "--steps", 3, "--out", run, *TINY_GAN)
+    assert p.returncode == 0, p.stderr
+    assert (run / "samples" / "step_0000003.gif").exists() and (run / "samples" / "step_0000003.png").exists()
+    p = run_cli("sample", run, "--num", 3, "--prompt", "a green square moving down", "--out", tmp_path / "c.npz")
+    assert p.returncode == 0, p.stderr
+    z = np.load(tmp_path / "c.npz")
+    assert z["videos"].shape == (3, 8, 32, 32, 3) and z["videos"].dtype == np.uint8
+    assert list(z["prompts"]) == ["a green square moving down"] * 3
+    p = run_cli("sample", run, "--num", 2, "--out", tmp_path / "c.gif")
+    assert p.returncode == 0 and (tmp_path / "c.gif").stat().st_size > 0, p.stderr
+    p = run_cli("eval", run, "--num", 20)
+    assert p.returncode == 0, p.stderr
+    q = json.loads(p.stdout)["sample_quality"]
+    assert q["num_samples"] == 20 and 0 <= q["frame_accuracy"] <= 1 and "direction_accuracy" in q
+    for args, words in [(["--prompt", "a purple dog"], ["no word this model knows", "left"]),
+                        (["--frames", 16], ["8-frame", "16-frame"]), (["--label", 1], ["class-conditional"]),
+                        (["--steps", 3], ["diffusion"])]:
+        assert_clean_error(run_cli("sample", run, "--num", 2, *args, "--out", tmp_path / "x.gif"), *words)
+    assert_clean_error(run_cli("sample", run, "--num", 2, "--out", tmp_path / "x.png"), ".gif")
+
+
+def test_cli_video_diffusion_and_sample_files(tmp_path):
+    run = tmp_path / "d"
+    p = run_cli("train", "video-diffusion", "--data", "moving-shapes", "--steps", 2, "--out", run, *TINY_DIFF)
+    assert p.returncode == 0, p.stderr
+    p = run_cli("sample", run, "--num", 2, "--prompt", "a red circle moving left", "--guidance", 2, "--steps", 2,
+                "--out", tmp_path / "v.npz")
+    assert p.returncode == 0, p.stderr
+    p = run_cli("eval", "--samples", tmp_path / "v.npz", "--data", "moving-shapes")
+    assert_clean_error(p, "frame count", "(3, 16, 32, 32)")
+    good = shape_clips(4)
+    vids = good["video"].permute(0, 2, 3, 4, 1).numpy()
+    np.savez(tmp_path / "real.npz", videos=vids, prompts=np.array(good["caption"]))
+    p = run_cli("eval", "--samples", tmp_path / "real.npz", "--data", "moving-shapes")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["prompt_accuracy"] == 1.0
+    (tmp_path / "bad.npz").write_bytes(b"not a zip file")
+    assert_clean_error(run_cli("eval", "--samples", tmp_path / "bad.npz", "--data", "moving-shapes"), "not a readable npz")
+    np.savez(tmp_path / "wrong.npz", videos=vids.astype(np.float32))
+    assert_clean_error(run_cli("eval", "--samples", tmp_path / "wrong.npz", "--data", "moving-shapes"), "uint8")
+    assert_clean_error(run_cli("sample", run, "--what", "trajectory", "--out", tmp_path / "x.gif"), "image")
+    assert_clean_error(run_cli("train", "diffusion", "--data", "moving-shapes", "--steps", 1, "--out", tmp_path / "x"),
+                       "video-gan or video-diffusion")
+    assert_clean_error(run_cli("train", "video-gan", "--data", "shapes", "--steps", 1, "--out", tmp_path / "y"),
+                       "moving-shapes")
