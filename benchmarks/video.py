@@ -39,10 +39,12 @@ KEYS = ("frame_accuracy", "shape_frame_accuracy", "color_frame_accuracy", "direc
         "temporal_consistency", "prompt_accuracy", "motion_smoothness", "mean_speed")
 
 
-def train(row: str, minutes: float) -> tuple[Path, dict]:
+def train(row: str, minutes: float, before: dict) -> tuple[Path, dict]:
+    """Train unless the run exists (then the training wall time and RSS of the run that made it are kept
+    from `before`, the row's previous results)."""
     name, family, args = TRAIN[row]
     out = RUNS / name
-    info = {}
+    info = {k: before[k] for k in ("train_wall_s", "train_peak_rss_mb") if k in before}
     if not (out / "checkpoint").is_dir():
         cmd = [sys.executable, "-m", "aigc", "train", family, "--data", "moving-shapes", *args,
                "--minutes", str(minutes), "--out", str(out), "--quiet", "--overwrite"]
@@ -72,10 +74,10 @@ def scored(recipe, data, num: int, **kw) -> dict:
     return {**{k: q.get(k) for k in KEYS}, "num_clips": num, "sampling_s": round(secs, 1)}
 
 
-def model_row(row: str, args) -> dict:
+def model_row(row: str, args, before: dict) -> dict:
     from aigc.recipes import open_run
 
-    run_dir, info = train(row, args.minutes)
+    run_dir, info = train(row, args.minutes, before)
     cfg, recipe = open_run(run_dir, torch.device("cpu"))
     data = recipe.load_data(cfg, run_dir)
     out = {**info, **scored(recipe, data, args.clips)}
@@ -110,18 +112,18 @@ def real_row(args) -> dict:
     return {**{k: q.get(k) for k in KEYS}, "num_clips": args.clips}
 
 
-ROWS = {"real": real_row, "gan": lambda a: model_row("gan", a), "gan-nodiff": lambda a: model_row("gan-nodiff", a),
-        "diffusion": lambda a: model_row("diffusion", a)}
+ROWS = {"real": lambda a, _: real_row(a), "gan": lambda a, b: model_row("gan", a, b),
+        "gan-nodiff": lambda a, b: model_row("gan-nodiff", a, b), "diffusion": lambda a, b: model_row("diffusion", a, b)}
 NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-difference D",
          "gan-nodiff": "video GAN, no frame-difference D", "diffusion": "video diffusion (DDIM-25, w=2)"}
 
 
 def markdown(results: dict) -> str:
-    f = lambda v: "" if v is None else v                               # noqa: E731
-    lines = ["| model | steps (20 min) | train clips/s | frame acc (shape+color) | shape | color | direction acc | "
+    f = lambda v: "-" if v is None else v                              # noqa: E731
+    lines = ["| model | steps (20 min) | train clips/s | train peak RSS MB | frame acc (shape+color) | shape | color | direction acc | "
              "temporal consistency | prompt acc | motion smoothness (px) | mean speed (px/frame) | 16 clips | "
              "`aigc sample --num 16` wall / peak RSS |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in ("real", "gan", "gan-nodiff", "diffusion"):
         r = results.get(row)
         if not r:
@@ -129,6 +131,7 @@ def markdown(results: dict) -> str:
         gen = f"{r['gen16_s']} s ({r['gen_clips_per_s']} clips/s)" if "gen16_s" in r else ""
         cli = f"{r['cli_sample16_wall_s']} s / {r['cli_sample16_peak_rss_mb']} MB" if "cli_sample16_wall_s" in r else ""
         lines.append(f"| {NAMES[row]} | {f(r.get('steps'))} | {f(r.get('train_clips_per_s'))} | "
+                     f"{f(r.get('train_peak_rss_mb'))} | "
                      + " | ".join(str(f(r.get(k))) for k in KEYS) + f" | {gen} | {cli} |")
     d = results.get("diffusion", {}).get("by_guidance")
     if d:
@@ -136,8 +139,9 @@ def markdown(results: dict) -> str:
                   "motion smoothness |", "|---:|---:|---:|---:|---:|---:|"]
         for w in sorted(d, key=float):
             r = d[w]
-            lines.append(f"| {w} | {r['frame_accuracy']} | {r['direction_accuracy']} | {r['temporal_consistency']} | "
-                         f"{r['prompt_accuracy']} | {r['motion_smoothness']} |")
+            lines.append(f"| {w} | " + " | ".join(str(f(r.get(k))) for k in
+                                                   ("frame_accuracy", "direction_accuracy", "temporal_consistency",
+                                                    "prompt_accuracy", "motion_smoothness")) + " |")
     return "\n".join(lines)
 
 
@@ -158,7 +162,7 @@ def main() -> None:
         if row not in ROWS:
             raise SystemExit(f"unknown row '{row}'; rows: {', '.join(ROWS)}")
         t0 = time.perf_counter()
-        results[row] = {**ROWS[row](args), "bench_wall_s": round(time.perf_counter() - t0, 1)}
+        results[row] = {**ROWS[row](args, results.get(row, {})), "bench_wall_s": round(time.perf_counter() - t0, 1)}
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text(json.dumps(results, indent=1) + "\n")
         print(row, json.dumps(results[row], indent=1), flush=True)

@@ -7,8 +7,10 @@
     temporal_consistency  share of clips with a shape in every frame and the same shape and color in all
     prompt_accuracy       share of clips that are right in every frame and in direction
     motion_smoothness     spread (std over the clip) of the per-frame displacement of the shape's box
-                          centre, in px, averaged over clips with a shape in every frame (0 for real clips,
-                          which move exactly 1 px per frame); mean_speed is the mean displacement (real: 1)"""
+                          centre, in px, averaged over the temporally consistent clips (0 for real clips,
+                          which move exactly 1 px per frame); mean_speed is the mean displacement (real: 1).
+                          Both are None when no clip is consistent: a clip of noise, detected as one box
+                          filling the canvas, "moves" 0 px and would otherwise look perfectly smooth."""
 
 from __future__ import annotations
 
@@ -25,9 +27,8 @@ def clip_metrics(det: dict[str, torch.Tensor], requested: dict[str, torch.Tensor
     d = torch.stack([det["cx"].diff(dim=1), det["cy"].diff(dim=1)], -1).norm(dim=-1)   # (N, T-1)
     out = {"temporal_consistency": round(float(consistent.double().mean()), 4),
            "shape_found": round(float(found.double().mean()), 4)}
-    if all_found.any():
-        out["motion_smoothness"] = round(float(d[all_found].std(1).mean()), 4)
-        out["mean_speed"] = round(float(d[all_found].mean()), 4)
+    out["motion_smoothness"] = round(float(d[consistent].std(1).mean()), 4) if consistent.any() else None
+    out["mean_speed"] = round(float(d[consistent].mean()), 4) if consistent.any() else None
     if requested is None:
         return out
     ok_frames = torch.ones_like(found)

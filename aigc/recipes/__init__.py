@@ -19,13 +19,10 @@ FAMILIES = {"vae": "aigc.recipes.vae:VAERecipe", "gpt": "aigc.recipes.gpt:GPTRec
             "diffusion": "aigc.recipes.diffusion:DiffusionRecipe",
             "video-gan": "aigc.recipes.video:VideoGANRecipe",
             "video-diffusion": "aigc.recipes.video:VideoDiffusionRecipe"}
-PLANNED = ()                                  # in DESIGN.md, not built yet
 
 
 def recipe_class(family: str):
     if family not in FAMILIES:
-        if family in PLANNED:
-            raise AigcError(f"family '{family}' is planned but not implemented yet; available: {', '.join(FAMILIES)}")
         raise AigcError(f"unknown family '{family}'{did_you_mean(family, FAMILIES)}")
     module, cls = FAMILIES[family].split(":")
     return getattr(importlib.import_module(module), cls)
