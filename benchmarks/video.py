@@ -6,6 +6,7 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
   real            the real evaluation clips through the same detector (the metrics' ceiling)
   gan             video-gan, preset configs/video-gan-moving-shapes.toml (with the frame-difference discriminator)
   gan-nodiff      the same with model.frame_diff=0 (no frame-difference discriminator): the ablation
+  gan-diff0.3     the same with model.frame_diff=0.3 (a weaker frame-difference term)
   diffusion       video-diffusion, preset configs/video-diffusion-moving-shapes.toml (DDIM-25, guidance 2),
                   also scored at guidance 1 and 3
 Each model row: training steps and clips/s, peak RSS of training, the metrics of metrics/video.py on --clips
@@ -33,6 +34,7 @@ OUT = ROOT / "benchmarks" / "results" / "video.json"
 TRAIN = {
     "gan": ("video-gan-20min", "video-gan", []),
     "gan-nodiff": ("video-gan-nodiff-20min", "video-gan", ["--set", "model.frame_diff=0"]),
+    "gan-diff0.3": ("video-gan-diff0.3-20min", "video-gan", ["--set", "model.frame_diff=0.3"]),
     "diffusion": ("video-diffusion-20min", "video-diffusion", []),
 }
 KEYS = ("frame_accuracy", "shape_frame_accuracy", "color_frame_accuracy", "direction_accuracy",
@@ -113,9 +115,11 @@ def real_row(args) -> dict:
 
 
 ROWS = {"real": lambda a, _: real_row(a), "gan": lambda a, b: model_row("gan", a, b),
-        "gan-nodiff": lambda a, b: model_row("gan-nodiff", a, b), "diffusion": lambda a, b: model_row("diffusion", a, b)}
+        "gan-nodiff": lambda a, b: model_row("gan-nodiff", a, b),
+        "gan-diff0.3": lambda a, b: model_row("gan-diff0.3", a, b), "diffusion": lambda a, b: model_row("diffusion", a, b)}
 NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-difference D",
-         "gan-nodiff": "video GAN, no frame-difference D", "diffusion": "video diffusion (DDIM-25, w=2)"}
+         "gan-nodiff": "video GAN, no frame-difference D", "gan-diff0.3": "video GAN, frame-difference D at weight 0.3",
+         "diffusion": "video diffusion (DDIM-25, w=2)"}
 
 
 def markdown(results: dict) -> str:
@@ -124,7 +128,7 @@ def markdown(results: dict) -> str:
              "temporal consistency | prompt acc | motion smoothness (px) | mean speed (px/frame) | 16 clips | "
              "`aigc sample --num 16` wall / peak RSS |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in ("real", "gan", "gan-nodiff", "diffusion"):
+    for row in ("real", "gan", "gan-diff0.3", "gan-nodiff", "diffusion"):
         r = results.get(row)
         if not r:
             continue
