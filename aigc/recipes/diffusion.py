@@ -72,16 +72,20 @@ class DiffusionRecipe(ImageRecipe):
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
         data = ImageRecipe.load_data(cfg, run_dir)
-        m = cfg.model
-        size = cfg.data.image_size
+        DiffusionRecipe.check_unet_size(cfg, "image")
+        ImageRecipe.set_condition(cfg, data)
+        return data
+
+    @staticmethod
+    def check_unet_size(cfg, what: str) -> None:
+        """A clear error when the U-Net cannot take the data's `what` (image / frame) size."""
+        m, size = cfg.model, cfg.data.image_size
         try:
             if size % m.patch:
-                raise ValueError(f"model.patch = {m.patch} does not divide the image size {size}")
+                raise ValueError(f"model.patch = {m.patch} does not divide the {what} size {size}")
             check_size(size // m.patch, len(m.mults))
         except ValueError as e:
             raise AigcError(str(e)) from None
-        ImageRecipe.set_condition(cfg, data)
-        return data
 
     # ---------------------------------------------------------------- conditions
     def _condition(self, batch: dict, drop: float = 0.0, generator=None):

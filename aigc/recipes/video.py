@@ -13,7 +13,7 @@ import torch
 from aigc.config import RunConfig
 from aigc.errors import AigcError
 from aigc.models.text_encoder import WordVocab
-from aigc.models.unet import DiffusionConfig, UNet, check_size
+from aigc.models.unet import DiffusionConfig, UNet
 from aigc.models.video import VideoDiscriminator, VideoGANConfig, VideoGenerator, spatial_doublings
 from aigc.recipes.base import VideoRecipe
 from aigc.recipes.diffusion import DiffusionRecipe
@@ -164,13 +164,7 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
         data = VideoRecipe.load_data(cfg, run_dir)
-        m, size = cfg.model, cfg.data.image_size
-        try:
-            if size % m.patch:
-                raise ValueError(f"model.patch = {m.patch} does not divide the frame size {size}")
-            check_size(size // m.patch, len(m.mults))
-        except ValueError as e:
-            raise AigcError(str(e)) from None
+        DiffusionRecipe.check_unet_size(cfg, "frame")
         VideoRecipe.set_condition(cfg, data)
         return data
 
