@@ -142,16 +142,22 @@ def digit_clip_report(data, videos: torch.Tensor) -> dict:
 def load_videos_npz(path: Path) -> dict:
     """Validate a DESIGN.md video sample file: videos uint8 [N,T,H,W,C], prompts str [N]?"""
     arrays = _read_npz(path)
-    if "videos" not in arrays:
-        raise AigcError(f"{path} has no 'videos' array (keys: {', '.join(arrays) or 'none'}); "
-                        "expected videos uint8 [N,T,H,W,C] and optional prompts [N]")
-    v = arrays["videos"]
-    if v.dtype != np.uint8 or v.ndim != 5 or v.shape[-1] not in (1, 3):
-        raise AigcError(f"{path}: 'videos' must be uint8 [N,T,H,W,C] with C = 1 or 3, got {v.dtype} {list(v.shape)}")
-    out = {"videos": torch.from_numpy(np.ascontiguousarray(v.transpose(0, 4, 1, 2, 3)))}
+    out = {"videos": _sample_array(path, arrays, "videos", "N,T,H,W,C", " and optional prompts [N]")}
     if "prompts" in arrays:
-        out["prompts"] = _prompts(path, arrays["prompts"], len(v))
+        out["prompts"] = _prompts(path, arrays["prompts"], len(out["videos"]))
     return out
+
+
+def _sample_array(path, arrays: dict, key: str, layout: str, extras: str) -> torch.Tensor:
+    """arrays[key] checked as uint8 [layout] with C = 1 or 3 last, returned channels-first (N, C, ...)."""
+    if key not in arrays:
+        raise AigcError(f"{path} has no '{key}' array (keys: {', '.join(arrays) or 'none'}); "
+                        f"expected {key} uint8 [{layout}]{extras}")
+    a = arrays[key]
+    ndim = layout.count(",") + 1
+    if a.dtype != np.uint8 or a.ndim != ndim or a.shape[-1] not in (1, 3):
+        raise AigcError(f"{path}: '{key}' must be uint8 [{layout}] with C = 1 or 3, got {a.dtype} {list(a.shape)}")
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1)))
 
 
 def _read_npz(path: Path) -> dict:
@@ -174,13 +180,8 @@ def _prompts(path, pr: np.ndarray, n: int) -> list[str]:
 def load_samples_npz(path: Path) -> dict:
     """Validate a DESIGN.md image sample file: images uint8 [N,H,W,C], labels int [N]?, prompts str [N]?"""
     arrays = _read_npz(path)
-    if "images" not in arrays:
-        raise AigcError(f"{path} has no 'images' array (keys: {', '.join(arrays) or 'none'}); "
-                        "expected images uint8 [N,H,W,C], optional labels [N] and prompts [N]")
-    im = arrays["images"]
-    if im.dtype != np.uint8 or im.ndim != 4 or im.shape[-1] not in (1, 3):
-        raise AigcError(f"{path}: 'images' must be uint8 [N,H,W,C] with C = 1 or 3, got {im.dtype} {list(im.shape)}")
-    out = {"images": torch.from_numpy(np.ascontiguousarray(im.transpose(0, 3, 1, 2)))}
+    im = _sample_array(path, arrays, "images", "N,H,W,C", ", optional labels [N] and prompts [N]")
+    out = {"images": im}
     if "labels" in arrays:
         lab = arrays["labels"]
         if lab.ndim != 1 or len(lab) != len(im) or not np.issubdtype(lab.dtype, np.integer):
