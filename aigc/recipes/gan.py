@@ -82,6 +82,28 @@ class Adversarial:
     def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
         return g_loss(self.cfg.model.loss, fake)
 
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        return d_loss(self.cfg.model.loss, real, fake)
+
+    def r1_logits(self, real: torch.Tensor) -> torch.Tensor:
+        """What the R1 penalty differentiates with respect to the real inputs."""
+        return real
+
+    def d_update(self, x: torch.Tensor, fake: torch.Tensor, y, opt):
+        """One discriminator update on real inputs x against generated ones (no grad to G), with the lazy
+        R1 penalty when due. Returns (loss, R1 penalty or None, D's logits on x, on fake)."""
+        m = self.cfg.model
+        use_r1 = m.r1 > 0 and self._step % m.r1_every == 0
+        real_in = x.detach().requires_grad_(use_r1)
+        r, f = self.D(real_in, y), self.D(fake, y)
+        loss = self.discriminator_loss(r, f)
+        pen = None
+        if use_r1:
+            pen = r1_penalty(self.r1_logits(r), real_in)
+            loss = loss + 0.5 * m.r1 * m.r1_every * pen
+        opt.update("D", loss)
+        return loss, pen, r, f
+
     def _watch(self, d_real: float, d_fake: float) -> None:
         """Warn once when D wins completely for many steps: G then learns nothing (a collapsed run)."""
         self._wins = self._wins + 1 if (d_real > 0.99 and d_fake < 0.01) else 0
@@ -165,20 +187,13 @@ class GANRecipe(Adversarial, ImageRecipe):
     def d_step(self, x: torch.Tensor, y, opt) -> dict[str, torch.Tensor]:
         """One discriminator update on real images x (in [-1, 1]) against fresh samples; G's weights are
         untouched (its BatchNorm statistics, buffers not weights, follow the batch as in any forward)."""
-        m = self.cfg.model
         with torch.no_grad():
             fake = self.G(self._z(len(x)), y)
-        use_r1 = m.r1 > 0 and self._step % m.r1_every == 0
-        real_in = x.detach().requires_grad_(use_r1)
-        r, f = self.D(real_in, y), self.D(fake, y)
-        loss = d_loss(m.loss, r, f)
-        out = {}
-        if use_r1:
-            pen = r1_penalty(r, real_in)
-            loss = loss + 0.5 * m.r1 * m.r1_every * pen
+        loss, pen, r, f = self.d_update(x, fake, y, opt)
+        out = self.d_stats(loss, r, f)
+        if pen is not None:
             out["r1"] = pen.detach()
-        opt.update("D", loss)
-        return {**self.d_stats(loss, r, f), **out}
+        return out
 
     def g_step(self, n: int, y, opt) -> torch.Tensor:
         """One generator update on n fresh samples with conditions y (see `g_update`)."""

@@ -17,7 +17,7 @@ from aigc.models.unet import DiffusionConfig, UNet
 from aigc.models.video import VideoDiscriminator, VideoGANConfig, VideoGenerator, spatial_doublings
 from aigc.recipes.base import VideoRecipe
 from aigc.recipes.diffusion import DiffusionRecipe
-from aigc.recipes.gan import LOSSES, Adversarial, d_loss, g_loss, r1_penalty
+from aigc.recipes.gan import LOSSES, Adversarial, d_loss, g_loss
 
 SAMPLE_CLIPS = 16                        # clips in the training-time sample GIF
 
@@ -67,6 +67,12 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
     def generator_loss(self, fake: dict) -> torch.Tensor:
         return self._total(lambda f: g_loss(self.cfg.model.loss, f), fake)
 
+    def discriminator_loss(self, real: dict, fake: dict) -> torch.Tensor:
+        return self._total(lambda a, b: d_loss(self.cfg.model.loss, a, b), real, fake)
+
+    def r1_logits(self, real: dict) -> torch.Tensor:
+        return self._total(lambda a: a, real)
+
     # ---------------------------------------------------------------- trainer hooks
     def _y(self, captions):
         return self.vocab.encode(captions).to(self.device_of()) if self.vocab is not None else None
@@ -82,17 +88,10 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
         for _ in range(m.d_steps):
             with torch.no_grad():
                 fake = self.G(self._z(len(x)), y)
-            use_r1 = m.r1 > 0 and self._step % m.r1_every == 0
-            real_in = x.detach().requires_grad_(use_r1)
-            r, f = self.D(real_in, y), self.D(fake, y)
-            loss = self._total(lambda a, b: d_loss(m.loss, a, b), r, f)
-            out = {}
-            if use_r1:
-                pen = r1_penalty(self._total(lambda a: a, r), real_in)
-                loss = loss + 0.5 * m.r1 * m.r1_every * pen
+            loss, pen, r, f = self.d_update(x, fake, y, opt)
+            out = self.d_stats(loss, r["clip"], f["clip"])
+            if pen is not None:
                 out["r1"] = pen.detach()
-            opt.update("D", loss)
-            out.update(self.d_stats(loss, r["clip"], f["clip"]))
             if "diff" in r:
                 out["d_diff_real"] = torch.sigmoid(r["diff"].detach()).mean()
                 out["d_diff_fake"] = torch.sigmoid(f["diff"].detach()).mean()
