@@ -17,7 +17,6 @@ FID = FID[mnist-clf-v1 features, N samples vs the 10k test images]. Results: ben
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -27,8 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from aigc.config import read_toml  # noqa: E402
-from benchmarks.run import machine, run  # noqa: E402
+from benchmarks.run import rows_main, train_run  # noqa: E402
 
 RUNS = ROOT / "bench_runs"
 OUT = ROOT / "benchmarks" / "results" / "diffusion.json"
@@ -47,24 +45,10 @@ TRAIN = {
 def train(row: str, minutes: float, data_dir: str) -> tuple[Path, dict]:
     name, args = TRAIN[row]
     out = RUNS / name
-    info = {}
-    if not (out / "checkpoint").is_dir():
-        where = ["--data-dir", data_dir] if "mnist" in args else []
-        cmd = [sys.executable, "-m", "aigc", "train", "diffusion", *args, *where,
-               "--minutes", str(minutes), "--out", str(out), "--quiet"]
-        print("$", " ".join(cmd), flush=True)
-        proc, wall, rss = run(cmd)
-        if proc.returncode:
-            raise SystemExit(f"training failed:\n{proc.stderr[-3000:]}")
-        info = {"train_wall_s": round(wall, 1), "train_peak_rss_mb": round(rss)}
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in rows if r.get("kind") == "train"][-1]
-    ev = [r for r in rows if r.get("kind") == "eval"]
-    batch = read_toml(out / "config.toml")["data"]["batch_size"]
-    info.update({"run": str(out.relative_to(ROOT)), "steps": last["step"], "train_s": last["elapsed_s"],
-                 "train_img_per_s": round(last["step"] * batch / last["elapsed_s"], 1),
-                 "eval_loss": ev[-1].get("eval_loss") if ev else None})
-    return out, info
+    where = ["--data-dir", data_dir] if "mnist" in args else []
+    info = train_run(out, ["diffusion", *args, *where], minutes, "img")
+    ev = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    return out, {**info, "eval_loss": ev[-1].get("eval_loss") if ev else None}
 
 
 def open_recipe(run_dir: Path):
@@ -247,27 +231,11 @@ ROWS = {"mnist": row_mnist, "mnist-ddpm": row_mnist_ddpm, "mnist-steps": row_mni
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
-    ap.add_argument("--minutes", type=float, default=20.0)
-    ap.add_argument("--data-dir", default=MNIST)
-    ap.add_argument("--ddpm-num", type=int, default=500)
-    ap.add_argument("--table", action="store_true", help="only print the markdown tables of the saved results")
-    args = ap.parse_args()
-    if args.table:
-        print(markdown(json.loads(OUT.read_text())))
-        return
-    torch.set_num_threads(2)
-    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    results["machine"] = machine()
-    for row in args.only.split(","):
-        if row not in ROWS:
-            raise SystemExit(f"unknown row '{row}'; rows: {', '.join(ROWS)}")
-        t0 = time.perf_counter()
-        results[row] = {**ROWS[row](args), "bench_wall_s": round(time.perf_counter() - t0, 1)}
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(results, indent=1) + "\n")
-        print(row, json.dumps(results[row], indent=1), flush=True)
+    def add_args(ap):
+        ap.add_argument("--data-dir", default=MNIST)
+        ap.add_argument("--ddpm-num", type=int, default=500)
+
+    rows_main(__doc__, ROWS, OUT, markdown, add_args)
 
 
 if __name__ == "__main__":

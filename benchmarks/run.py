@@ -114,6 +114,65 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
 
 
+TRAIN_COST = ("train_wall_s", "train_peak_rss_mb")     # known only to the process that trained the run
+
+
+def train_run(out: Path, train_args: list[str], minutes: float, unit: str) -> dict:
+    """`aigc train TRAIN_ARGS --minutes M --out OUT` unless OUT already holds a checkpoint; then only what the
+    run's metrics say. Returns run, steps, train_s, train_{unit}_per_s (from the batch size), and the
+    TRAIN_COST figures when it trained."""
+    info = {}
+    if not (out / "checkpoint").is_dir():
+        cmd = [sys.executable, "-m", "aigc", "train", *train_args, "--minutes", str(minutes), "--out", str(out),
+               "--quiet", "--overwrite"]
+        print("$", " ".join(cmd), flush=True)
+        proc, wall, rss = run(cmd)
+        if proc.returncode:
+            raise SystemExit(f"training failed:\n{proc.stderr[-3000:]}")
+        info = {"train_wall_s": round(wall, 1), "train_peak_rss_mb": round(rss)}
+    from aigc.config import read_toml
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if r.get("kind") == "train"][-1]
+    batch = read_toml(out / "config.toml")["data"]["batch_size"]
+    return {**info, "run": str(out.relative_to(ROOT)), "steps": last["step"], "train_s": last["elapsed_s"],
+            f"train_{unit}_per_s": round(last["step"] * batch / last["elapsed_s"], 1)}
+
+
+def rows_main(doc: str, rows: dict, out: Path, markdown, add_args=None) -> None:
+    """The command line of a benchmark script: --only ROW,ROW (default all), --minutes, --table (print
+    `markdown(results)` of the saved JSON), plus `add_args(parser)`. Each row is `rows[name](args) -> dict`,
+    written to `out` as soon as it is done. A row whose run already existed keeps the TRAIN_COST figures
+    of the earlier result for the same run and step count."""
+    import torch
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default=",".join(rows), help="comma-separated rows: " + ", ".join(rows))
+    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--table", action="store_true", help="only print the markdown tables of the saved results")
+    if add_args:
+        add_args(ap)
+    args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(out.read_text())))
+        return
+    torch.set_num_threads(2)
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    results["machine"] = machine()
+    for row in args.only.split(","):
+        if row not in rows:
+            raise SystemExit(f"unknown row '{row}'; rows: {', '.join(rows)}")
+        t0 = time.perf_counter()
+        new = rows[row](args)
+        before = results.get(row, {})
+        if all(new.get(k) == before.get(k) for k in ("run", "steps")) and "run" in new:
+            new = {**{k: before[k] for k in TRAIN_COST if k in before}, **new}
+        results[row] = {**new, "bench_wall_s": round(time.perf_counter() - t0, 1)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        print(row, json.dumps(results[row], indent=1), flush=True)
+
+
 def run_bench(b: Bench, runs: Path, data_dir: str) -> dict:
     aigc = [sys.executable, "-m", "aigc"]
     run_dir = runs / b.name

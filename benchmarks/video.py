@@ -16,8 +16,6 @@ Results: benchmarks/results/video.json; runs in bench_runs/ (not in git)."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,8 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from aigc.config import read_toml  # noqa: E402
-from benchmarks.run import machine, run  # noqa: E402
+from benchmarks.run import rows_main, run, train_run  # noqa: E402
 
 RUNS = ROOT / "bench_runs"
 OUT = ROOT / "benchmarks" / "results" / "video.json"
@@ -41,26 +38,10 @@ KEYS = ("frame_accuracy", "shape_frame_accuracy", "color_frame_accuracy", "direc
         "temporal_consistency", "prompt_accuracy", "motion_smoothness", "mean_speed")
 
 
-def train(row: str, minutes: float, before: dict) -> tuple[Path, dict]:
-    """Train unless the run exists (then the training wall time and RSS of the run that made it are kept
-    from `before`, the row's previous results)."""
+def train(row: str, minutes: float) -> tuple[Path, dict]:
     name, family, args = TRAIN[row]
     out = RUNS / name
-    info = {k: before[k] for k in ("train_wall_s", "train_peak_rss_mb") if k in before}
-    if not (out / "checkpoint").is_dir():
-        cmd = [sys.executable, "-m", "aigc", "train", family, "--data", "moving-shapes", *args,
-               "--minutes", str(minutes), "--out", str(out), "--quiet", "--overwrite"]
-        print("$", " ".join(cmd), flush=True)
-        proc, wall, rss = run(cmd)
-        if proc.returncode:
-            raise SystemExit(f"training failed:\n{proc.stderr[-3000:]}")
-        info = {"train_wall_s": round(wall, 1), "train_peak_rss_mb": round(rss)}
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in rows if r.get("kind") == "train"][-1]
-    batch = read_toml(out / "config.toml")["data"]["batch_size"]
-    info.update({"run": str(out.relative_to(ROOT)), "steps": last["step"], "train_s": last["elapsed_s"],
-                 "train_clips_per_s": round(last["step"] * batch / last["elapsed_s"], 1)})
-    return out, info
+    return out, train_run(out, [family, "--data", "moving-shapes", *args], minutes, "clips")
 
 
 def scored(recipe, data, num: int, **kw) -> dict:
@@ -76,10 +57,10 @@ def scored(recipe, data, num: int, **kw) -> dict:
     return {**{k: q.get(k) for k in KEYS}, "num_clips": num, "sampling_s": round(secs, 1)}
 
 
-def model_row(row: str, args, before: dict) -> dict:
+def model_row(row: str, args) -> dict:
     from aigc.recipes import open_run
 
-    run_dir, info = train(row, args.minutes, before)
+    run_dir, info = train(row, args.minutes)
     cfg, recipe = open_run(run_dir, torch.device("cpu"))
     data = recipe.load_data(cfg, run_dir)
     out = {**info, **scored(recipe, data, args.clips)}
@@ -114,9 +95,7 @@ def real_row(args) -> dict:
     return {**{k: q.get(k) for k in KEYS}, "num_clips": args.clips}
 
 
-ROWS = {"real": lambda a, _: real_row(a), "gan": lambda a, b: model_row("gan", a, b),
-        "gan-nodiff": lambda a, b: model_row("gan-nodiff", a, b),
-        "gan-diff0.3": lambda a, b: model_row("gan-diff0.3", a, b), "diffusion": lambda a, b: model_row("diffusion", a, b)}
+ROWS = {"real": real_row, **{row: (lambda r: lambda a: model_row(r, a))(row) for row in TRAIN}}
 NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-difference D",
          "gan-nodiff": "video GAN, no frame-difference D", "gan-diff0.3": "video GAN, frame-difference D at weight 0.3",
          "diffusion": "video diffusion (DDIM-25, w=2)"}
@@ -150,26 +129,8 @@ def markdown(results: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
-    ap.add_argument("--minutes", type=float, default=20.0)
-    ap.add_argument("--clips", type=int, default=256, help="generated clips scored per model")
-    ap.add_argument("--table", action="store_true", help="only print the markdown tables of the saved results")
-    args = ap.parse_args()
-    if args.table:
-        print(markdown(json.loads(OUT.read_text())))
-        return
-    torch.set_num_threads(2)
-    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    results["machine"] = machine()
-    for row in args.only.split(","):
-        if row not in ROWS:
-            raise SystemExit(f"unknown row '{row}'; rows: {', '.join(ROWS)}")
-        t0 = time.perf_counter()
-        results[row] = {**ROWS[row](args, results.get(row, {})), "bench_wall_s": round(time.perf_counter() - t0, 1)}
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(results, indent=1) + "\n")
-        print(row, json.dumps(results[row], indent=1), flush=True)
+    rows_main(__doc__, ROWS, OUT, markdown,
+              lambda ap: ap.add_argument("--clips", type=int, default=256, help="generated clips scored per model"))
 
 
 if __name__ == "__main__":
