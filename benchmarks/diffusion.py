@@ -8,11 +8,14 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
   mnist-ddpm   the same run: DDIM-25 vs 1000-step DDPM FID on the same number of samples (--ddpm-num, 500
                by default: 1000 steps x 10k samples would take ~3 hours here)
   mnist-steps  the same run: FID of DDIM with 25, 50, 100 steps and respaced DDPM with 100 (--ddpm-num samples)
+  mnist-v      the mnist preset with v-prediction (--set model.prediction="v"): FID with DDIM-25 on 10k samples,
+               and DDIM-25 vs respaced DDPM-100 on --ddpm-num samples
   mnist-class  class-conditional MNIST (--set model.cond=class): FID and class accuracy at guidance 1, 2, 3, 5
                (2000 samples each) as a table and benchmarks/results/diffusion_guidance.png
   shapes       text-to-image shapes (preset configs/diffusion-shapes.toml) trained with the (color, shape)
                pairs "green triangle" and "yellow circle" held out: prompt accuracy and per-attribute accuracy
                on 1000 eval captions of seen pairs and 500 captions of held-out pairs, at guidance 1, 2, 3, 5
+               (the results also keep two earlier preset versions as ablations, shapes-eps and shapes-nocoords)
 FID = FID[mnist-clf-v1 features, N samples vs the 10k test images]. Results: benchmarks/results/diffusion.json."""
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ HOLDOUT = ["green triangle", "yellow circle"]
 
 TRAIN = {
     "mnist": ("diffusion-mnist-20min", ["--data", "mnist"]),
+    "mnist-v": ("diffusion-mnist-v-20min", ["--data", "mnist", "--set", 'model.prediction="v"']),
     "mnist-class": ("diffusion-mnist-class-20min", ["--data", "mnist", "--set", "model.cond=class"]),
     "shapes": ("diffusion-shapes-holdout-20min", ["--data", "shapes", "--set", f"data.holdout={json.dumps(HOLDOUT)}"]),
 }
@@ -107,6 +111,19 @@ def row_mnist_steps(args) -> dict:
     for name, kw in (("ddim25", dict(sampler="ddim", steps=25)), ("ddim50", dict(sampler="ddim", steps=50)),
                      ("ddim100", dict(sampler="ddim", steps=100)), ("ddpm100", dict(sampler="ddpm", steps=100))):
         info[name] = scored(recipe, data, n, **kw)
+        print(name, info[name], flush=True)
+    return info
+
+
+def row_mnist_v(args) -> dict:
+    """The MNIST preset with v-prediction: FID with DDIM-25 on 10k samples, and DDIM-25 vs respaced DDPM-100
+    on --ddpm-num samples (the eps model's gap between them is in the mnist-steps row)."""
+    run_dir, info = train("mnist-v", args.minutes, args.data_dir)
+    _, recipe, data = open_recipe(run_dir)
+    info["ddim25_10k"] = scored(recipe, data, 10000, sampler="ddim", steps=25)
+    print("ddim25_10k", info["ddim25_10k"], flush=True)
+    for name, kw in (("ddim25", dict(sampler="ddim", steps=25)), ("ddpm100", dict(sampler="ddpm", steps=100))):
+        info[name] = scored(recipe, data, args.ddpm_num, **kw)
         print(name, info[name], flush=True)
     return info
 
@@ -201,6 +218,17 @@ def markdown(results: dict) -> str:
         out += [f"| {k} | {r[k]['fid']} | {r[k]['precision']} | {r[k]['recall']} | {r[k]['sampling_s']} |"
                 for k in ("ddim25", "ddim50", "ddim100", "ddpm100") if k in r]
         out.append("")
+    if "mnist-v" in results:
+        r = results["mnist-v"]
+        q = r["ddim25_10k"]
+        out += [f"The same MNIST preset with v-prediction ({r['steps']} steps, {r['train_img_per_s']} img/s):", "",
+                "| v-prediction | samples | FID | precision | recall | class entropy | sampling s |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+                f"| DDIM, 25 steps | {q['num_samples']} | {q['fid']} | {q['precision']} | {q['recall']} | {q['class_entropy']} | {q['sampling_s']} |"]
+        out += [f"| {label} | {r[k]['num_samples']} | {r[k]['fid']} | {r[k]['precision']} | {r[k]['recall']} | "
+                f"{r[k]['class_entropy']} | {r[k]['sampling_s']} |"
+                for k, label in (("ddim25", "DDIM, 25 steps"), ("ddpm100", "respaced DDPM, 100 steps")) if k in r]
+        out.append("")
     if "mnist-class" in results:
         r = results["mnist-class"]
         out += [f"Class-conditional MNIST ({r['steps']} steps, {r['train_img_per_s']} img/s; 2000 samples per row):", "",
@@ -208,11 +236,13 @@ def markdown(results: dict) -> str:
         out += [f"| {float(w):g} | {q['fid']} | {q['precision']} | {q['recall']} | {q['class_accuracy']} | {q['class_entropy']} |"
                 for w, q in r["guidance"].items()]
         out.append("")
-    for key in ("shapes", "shapes-nocoords"):
+    shapes_rows = {"shapes": "preset: v-prediction, caption map and coordinate channels",
+                   "shapes-eps": "ablation: eps-prediction, coordinate channels, no caption map",
+                   "shapes-nocoords": "ablation: eps-prediction, no coordinate channels, no caption map"}
+    for key, what in shapes_rows.items():
         if key not in results:
             continue
         r = results[key]
-        what = "U-Net with coordinate channels (preset)" if key == "shapes" else "ablation: no coordinate channels"
         out += [f"Text-to-image shapes, {what}; held out: {', '.join(HOLDOUT)} ({r['steps']} steps, "
                 f"{r['train_img_per_s']} img/s; 1000 seen-pair prompts, 500 held-out-pair prompts):", "",
                 "| guidance w | prompt acc (seen) | shape | color | size | position | prompt acc (held out) | shape | color | size | position |",
@@ -227,7 +257,8 @@ def markdown(results: dict) -> str:
     return "\n".join(out)
 
 
-ROWS = {"mnist": row_mnist, "mnist-ddpm": row_mnist_ddpm, "mnist-steps": row_mnist_steps, "mnist-class": row_mnist_class, "shapes": row_shapes}
+ROWS = {"mnist": row_mnist, "mnist-ddpm": row_mnist_ddpm, "mnist-steps": row_mnist_steps, "mnist-v": row_mnist_v,
+        "mnist-class": row_mnist_class, "shapes": row_shapes}
 
 
 def main() -> None:

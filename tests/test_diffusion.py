@@ -117,12 +117,13 @@ def test_guidance_formula():
 
 
 # ---------------------------------------------------------------- U-Net and recipe
-@pytest.mark.parametrize("size,channels,patch,coords", [(28, 1, 1, False), (32, 3, 2, True), (64, 3, 2, False)])
-def test_unet_shapes(size, channels, patch, coords):
+@pytest.mark.parametrize("size,channels,patch,coords,cond_map", [(28, 1, 1, False, 0), (32, 3, 2, True, 4),
+                                                                  (64, 3, 2, False, 2)])
+def test_unet_shapes(size, channels, patch, coords, cond_map):
     cfg = DiffusionConfig(width=8, groups=4, heads=2, mults=[1, 2, 2], patch=patch, cond="class", num_classes=3,
-                          coords=coords)
+                          coords=coords, cond_map=cond_map)
     net = UNet(cfg, (channels, size, size))
-    assert net.inp.in_channels == channels * patch ** 2 + 2 * coords
+    assert net.inp.in_channels == channels * patch ** 2 + 2 * coords + cond_map
     x = torch.randn(2, channels, size, size)
     out = net(x, torch.tensor([0, 999]), torch.tensor([0, 3]))
     assert out.shape == x.shape
@@ -146,6 +147,27 @@ def test_coordinate_channels_break_translation_equivariance():
         with torch.no_grad():
             outs[coords] = (net(x, t).roll(4, -1) - net(x.roll(4, -1), t)).abs().max().item()
     assert outs[False] < 1e-4 and outs[True] > 1e-2
+
+
+def test_condition_map_gives_the_condition_a_spatial_path():
+    """A translation-equivariant net fed a constant image returns a constant image whatever the condition
+    (a pooled condition only scales and shifts whole channels: it cannot say where). With the condition
+    projected to a map, the output varies over the pixels, differently for each condition."""
+    torch.manual_seed(0)
+    spread = {}
+    for cond_map in (0, 2):
+        net = UNet(DiffusionConfig(width=8, groups=4, heads=2, mults=[1], attn_levels=0, cond="class", num_classes=3,
+                                   cond_map=cond_map), (1, 16, 16))
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.padding_mode = "circular"
+                torch.nn.init.normal_(m.weight, std=0.3)
+        x = torch.zeros(2, 1, 16, 16)
+        with torch.no_grad():
+            out = net(x, torch.tensor([900, 900]), torch.tensor([0, 1]))
+        spread[cond_map] = (out.amax((2, 3)) - out.amin((2, 3))).max().item(), (out[0] - out[1]).std().item()
+    assert spread[0][0] < 1e-4 and spread[0][1] < 1e-4
+    assert spread[2][0] > 1e-2 and spread[2][1] > 1e-3
 
 
 def tiny_recipe(cond="none"):
