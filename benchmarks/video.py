@@ -9,6 +9,7 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
   gan-diff0.3     the same with model.frame_diff=0.3 (a weaker frame-difference term)
   diffusion       video-diffusion, preset configs/video-diffusion-moving-shapes.toml (DDIM-25, guidance 2),
                   also scored at guidance 1 and 3
+  diffusion-eps   the same with the earlier preset's eps-prediction, no caption map, no coordinate channels
 Each model row: training steps and clips/s, peak RSS of training, the metrics of metrics/video.py on --clips
 clips whose prompts are the evaluation captions in turn, the time to generate 16 clips in-process (clips/s),
 and the wall time and peak RSS of `aigc sample RUN --num 16` as a user runs it.
@@ -33,6 +34,8 @@ TRAIN = {
     "gan-nodiff": ("video-gan-nodiff-20min", "video-gan", ["--set", "model.frame_diff=0"]),
     "gan-diff0.3": ("video-gan-diff0.3-20min", "video-gan", ["--set", "model.frame_diff=0.3"]),
     "diffusion": ("video-diffusion-20min", "video-diffusion", []),
+    "diffusion-eps": ("video-diffusion-eps-20min", "video-diffusion",
+                      ["--set", 'model.prediction="eps"', "--set", "model.cond_map=0", "--set", "model.coords=false"]),
 }
 KEYS = ("frame_accuracy", "shape_frame_accuracy", "color_frame_accuracy", "direction_accuracy",
         "temporal_consistency", "prompt_accuracy", "motion_smoothness", "mean_speed")
@@ -64,7 +67,7 @@ def model_row(row: str, args) -> dict:
     cfg, recipe = open_run(run_dir, torch.device("cpu"))
     data = recipe.load_data(cfg, run_dir)
     out = {**info, **scored(recipe, data, args.clips)}
-    if row == "diffusion":
+    if row.startswith("diffusion"):
         out["by_guidance"] = {str(w): scored(recipe, data, args.clips, guidance=w) for w in (1.0, 3.0)}
         out["by_guidance"][str(cfg.model.guidance)] = {k: out[k] for k in (*KEYS, "num_clips", "sampling_s")}
     prompts = recipe.random_prompts(16, torch.Generator().manual_seed(0))
@@ -98,7 +101,8 @@ def real_row(args) -> dict:
 ROWS = {"real": real_row, **{row: (lambda r: lambda a: model_row(r, a))(row) for row in TRAIN}}
 NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-difference D",
          "gan-nodiff": "video GAN, no frame-difference D", "gan-diff0.3": "video GAN, frame-difference D at weight 0.3",
-         "diffusion": "video diffusion (DDIM-25, w=2)"}
+         "diffusion": "video diffusion, v-prediction (DDIM-25, w=2)",
+         "diffusion-eps": "video diffusion, eps-prediction, no caption map or coordinates (DDIM-25, w=2)"}
 
 
 def markdown(results: dict) -> str:
@@ -107,7 +111,7 @@ def markdown(results: dict) -> str:
              "temporal consistency | prompt acc | motion smoothness (px) | mean speed (px/frame) | 16 clips | "
              "`aigc sample --num 16` wall / peak RSS |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in ("real", "gan", "gan-diff0.3", "gan-nodiff", "diffusion"):
+    for row in ("real", "gan", "gan-diff0.3", "gan-nodiff", "diffusion", "diffusion-eps"):
         r = results.get(row)
         if not r:
             continue
@@ -116,10 +120,12 @@ def markdown(results: dict) -> str:
         lines.append(f"| {NAMES[row]} | {f(r.get('steps'))} | {f(r.get('train_clips_per_s'))} | "
                      f"{f(r.get('train_peak_rss_mb'))} | "
                      + " | ".join(str(f(r.get(k))) for k in KEYS) + f" | {gen} | {cli} |")
-    d = results.get("diffusion", {}).get("by_guidance")
-    if d:
-        lines += ["", "| video diffusion, guidance w | frame acc | direction acc | temporal consistency | prompt acc | "
-                  "motion smoothness |", "|---:|---:|---:|---:|---:|---:|"]
+    for row in ("diffusion", "diffusion-eps"):
+        d = results.get(row, {}).get("by_guidance")
+        if not d:
+            continue
+        lines += ["", f"| {NAMES[row].split(' (')[0]}, guidance w | frame acc | direction acc | temporal consistency | "
+                  "prompt acc | motion smoothness |", "|---:|---:|---:|---:|---:|---:|"]
         for w in sorted(d, key=float):
             r = d[w]
             lines.append(f"| {w} | " + " | ".join(str(f(r.get(k))) for k in
