@@ -6,8 +6,8 @@ For 500 evaluation images, at several noise levels t, the model's x_0 estimate f
 true image (mean squared error, x_0 in [-1, 1]) when it is given the image's own full caption, and when the
 caption names a different position, color, shape or size (everything else the same). The ratio
 MSE(wrong caption) / MSE(true caption) says how much the model relies on that attribute at that t: 1.00 means
-it ignores it. The README's eps vs v finding comes from this script (the v model was checked at 4 minutes
-of training, the eps model after 20; both with --raw, the weights before EMA)."""
+it ignores it. The README's eps vs v figures come from this script: both 20-minute shapes runs of
+benchmarks/diffusion.py, --raw (the weights before EMA), --num 300."""
 
 from __future__ import annotations
 

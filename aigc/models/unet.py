@@ -20,12 +20,13 @@ improved versions (Nichol & Dhariwal 2021), sized for 28/32/64 px images on a CP
 
 Where a caption must decide the layout (shapes positions, video directions), use v-prediction
 (`prediction = "v"`, Salimans & Ho 2022). Measured on shapes: with eps-prediction the trained model did
-not use the position words at all (a wrong position raised its x_0 error by 0.1%, a wrong color by 80%;
+not use the position words at all (a wrong position raised its x_0 error by 0.2%, a wrong color by 67%;
 position accuracy stayed at chance, 0.11 for 9 positions). Layout is only undecided at the highest noise
 levels, where x_t shows nothing, and there the eps loss hardly depends on x_0 (its x_0 error is weighted
 by abar_t / (1 - abar_t), near 0), so nothing teaches the net to read the layout from the caption; its x_0
-estimate at t = 999 was worse than predicting zeros (MSE 1.84). The v loss weights the x_0 error by
-1 / (1 - abar_t) >= 1: after 4 minutes of training a wrong position raised the x_0 error 4x at t >= 900.
+estimate at t = 999 was worse than predicting zeros (MSE 1.6). The v loss weights the x_0 error by
+1 / (1 - abar_t) >= 1: trained as long, a wrong position raises the x_0 error 7 to 9x at t >= 900
+(benchmarks/condition_use.py).
 
 Video (`frames` > 0, the video-diffusion family): the same U-Net runs on every frame as a batch of images
 (B*T, C, H, W), and each block adds the temporal half of a factorised (2+1)D layer (Tran et al. 2018, as in
