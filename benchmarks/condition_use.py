@@ -45,9 +45,10 @@ def main() -> None:
         x0 = data.eval.batch(torch.arange(n))["image"] * 2 - 1
         g = torch.Generator().manual_seed(0)
         true = {k: ev[k][:n] for k in ATTRS}
-        captions = {"true": true}
+        variants = {"true": true}
         for k, m in ATTRS.items():              # the same attributes with `k` moved to another value
-            captions[k] = {**true, k: (true[k] + torch.randint(1, m, (n,), generator=g)) % m}
+            variants[k] = {**true, k: (true[k] + torch.randint(1, m, (n,), generator=g)) % m}
+        ids = {name: recipe.vocab.encode(shapes.captions(a, torch.arange(n))) for name, a in variants.items()}
         print(f"{run} ({'raw' if args.raw else 'EMA'} weights, {n} images): x_0 MSE with the true caption, "
               "and the ratio when one attribute is wrong")
         print("| t | MSE (true caption) | " + " | ".join(f"wrong {k}" for k in ATTRS) + " |")
@@ -58,9 +59,8 @@ def main() -> None:
                 noise = torch.randn(x0.shape, generator=g)
                 x_t = recipe.schedule.q_sample(x0, tt, noise)
                 mse = {}
-                for name, a in captions.items():
-                    text = [shapes.caption(*v) for v in zip(*(a[k].tolist() for k in ("color", "shape", "size", "position")))]
-                    out = recipe.net(x_t, tt, recipe.vocab.encode(text))
+                for name, c in ids.items():
+                    out = recipe.net(x_t, tt, c)
                     mse[name] = F.mse_loss(recipe.schedule.split(out, x_t, tt)[0].clamp(-1, 1), x0).item()
                 print(f"| {t} | {mse['true']:.4f} | " + " | ".join(f"{mse[k] / mse['true']:.3f}x" for k in ATTRS) + " |")
         print()

@@ -95,12 +95,22 @@ def row_mnist(args) -> dict:
     return info
 
 
+SAMPLER_SETTINGS = {"ddim25": dict(sampler="ddim", steps=25), "ddim50": dict(sampler="ddim", steps=50),
+                    "ddim100": dict(sampler="ddim", steps=100), "ddpm100": dict(sampler="ddpm", steps=100),
+                    "ddpm1000": dict(sampler="ddpm", steps=1000)}
+
+
+def score_samplers(info: dict, recipe, data, num: int, names: tuple[str, ...]) -> None:
+    """info[name] = the scores of `num` samples drawn with each SAMPLER_SETTINGS[name] from the same model."""
+    for name in names:
+        info[name] = scored(recipe, data, num, **SAMPLER_SETTINGS[name])
+        print(name, info[name], flush=True)
+
+
 def row_mnist_ddpm(args) -> dict:
     run_dir, info = train("mnist", args.minutes, args.data_dir)
     _, recipe, data = open_recipe(run_dir)
-    n = args.ddpm_num
-    info["ddim25"] = scored(recipe, data, n, sampler="ddim", steps=25)
-    info["ddpm1000"] = scored(recipe, data, n, sampler="ddpm", steps=1000)
+    score_samplers(info, recipe, data, args.ddpm_num, ("ddim25", "ddpm1000"))
     info["ddim_vs_ddpm_fid_ratio"] = round(info["ddim25"]["fid"] / info["ddpm1000"]["fid"], 3)
     return info
 
@@ -109,11 +119,7 @@ def row_mnist_steps(args) -> dict:
     """The same model, --ddpm-num samples per sampler setting: how FID moves with the number of steps."""
     run_dir, info = train("mnist", args.minutes, args.data_dir)
     _, recipe, data = open_recipe(run_dir)
-    n = args.ddpm_num
-    for name, kw in (("ddim25", dict(sampler="ddim", steps=25)), ("ddim50", dict(sampler="ddim", steps=50)),
-                     ("ddim100", dict(sampler="ddim", steps=100)), ("ddpm100", dict(sampler="ddpm", steps=100))):
-        info[name] = scored(recipe, data, n, **kw)
-        print(name, info[name], flush=True)
+    score_samplers(info, recipe, data, args.ddpm_num, ("ddim25", "ddim50", "ddim100", "ddpm100"))
     return info
 
 
@@ -124,9 +130,7 @@ def row_mnist_v(args) -> dict:
     _, recipe, data = open_recipe(run_dir)
     info["ddim25_10k"] = scored(recipe, data, 10000, sampler="ddim", steps=25)
     print("ddim25_10k", info["ddim25_10k"], flush=True)
-    for name, kw in (("ddim25", dict(sampler="ddim", steps=25)), ("ddpm100", dict(sampler="ddpm", steps=100))):
-        info[name] = scored(recipe, data, args.ddpm_num, **kw)
-        print(name, info[name], flush=True)
+    score_samplers(info, recipe, data, args.ddpm_num, ("ddim25", "ddpm100"))
     return info
 
 
@@ -226,11 +230,11 @@ def markdown(results: dict) -> str:
         out += [f"The MNIST preset with v-prediction, as it is now ({r['steps']} steps, {r['train_img_per_s']} img/s; "
                 f"FID <= 5 in 20 minutes: {'met' if q['fid'] <= 5 else '**NOT met**'}):", "",
                 "| v-prediction | samples | FID | precision | recall | class entropy | sampling s |",
-                "|---|---:|---:|---:|---:|---:|---:|",
-                f"| DDIM, 25 steps | {q['num_samples']} | {q['fid']} | {q['precision']} | {q['recall']} | {q['class_entropy']} | {q['sampling_s']} |"]
+                "|---|---:|---:|---:|---:|---:|---:|"]
         out += [f"| {label} | {r[k]['num_samples']} | {r[k]['fid']} | {r[k]['precision']} | {r[k]['recall']} | "
                 f"{r[k]['class_entropy']} | {r[k]['sampling_s']} |"
-                for k, label in (("ddim25", "DDIM, 25 steps"), ("ddpm100", "respaced DDPM, 100 steps")) if k in r]
+                for k, label in (("ddim25_10k", "DDIM, 25 steps"), ("ddim25", "DDIM, 25 steps"),
+                                 ("ddpm100", "respaced DDPM, 100 steps")) if k in r]
         out.append("")
     if "mnist-class" in results:
         r = results["mnist-class"]

@@ -131,6 +131,15 @@ def test_unet_shapes(size, channels, patch, coords, cond_map):
         UNet(DiffusionConfig(width=8, groups=4, heads=2, mults=[1, 2, 2, 2]), (1, 28, 28))
 
 
+def equivariant(net):
+    """Circular padding (so shifts wrap around exactly) and random, non-zero conv weights (the zero-initialised
+    output layers would hide everything)."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.padding_mode = "circular"
+            torch.nn.init.normal_(m.weight, std=0.3)
+
+
 def test_coordinate_channels_break_translation_equivariance():
     """Without coordinates a (circular-padded) conv net maps a shifted input to the shifted output, so it
     cannot place a shape where a caption says; with them the response depends on where the input is."""
@@ -138,10 +147,7 @@ def test_coordinate_channels_break_translation_equivariance():
     outs = {}
     for coords in (False, True):
         net = UNet(DiffusionConfig(width=8, groups=4, heads=2, mults=[1], attn_levels=0, coords=coords), (1, 16, 16))
-        for m in net.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                m.padding_mode = "circular"
-                torch.nn.init.normal_(m.weight, std=0.3)
+        equivariant(net)
         x = torch.randn(1, 1, 16, 16)
         t = torch.tensor([500])
         with torch.no_grad():
@@ -158,10 +164,7 @@ def test_condition_map_gives_the_condition_a_spatial_path():
     for cond_map in (0, 2):
         net = UNet(DiffusionConfig(width=8, groups=4, heads=2, mults=[1], attn_levels=0, cond="class", num_classes=3,
                                    cond_map=cond_map), (1, 16, 16))
-        for m in net.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                m.padding_mode = "circular"
-                torch.nn.init.normal_(m.weight, std=0.3)
+        equivariant(net)
         x = torch.zeros(2, 1, 16, 16)
         with torch.no_grad():
             out = net(x, torch.tensor([900, 900]), torch.tensor([0, 1]))

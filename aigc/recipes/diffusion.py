@@ -59,6 +59,8 @@ class DiffusionRecipe(ImageRecipe):
             raise AigcError(f"model.cond must be 'none', 'class' or 'text', got '{m.cond}'")
         if m.T < 2 or not 1 <= m.sample_steps <= m.T:
             raise AigcError(f"model.T must be >= 2 and model.sample_steps in 1..T ({m.T})")
+        if m.cond_map < 0:
+            raise AigcError(f"model.cond_map must be >= 0 (channels of the condition map), got {m.cond_map}")
         if m.width < 1 or m.blocks < 1 or not m.mults or min(m.mults) < 1 or m.patch < 1:
             raise AigcError("model.width, blocks, patch and every entry of model.mults must be positive")
         if m.width % m.heads or m.width % m.groups:
