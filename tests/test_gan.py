@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 from aigc.config import DataConfig, RunConfig, TrainConfig
 from aigc.models.gan import Discriminator, GANConfig, Generator
@@ -93,13 +94,42 @@ def test_d_step_leaves_g_and_g_step_leaves_d(arch):
     assert not all(torch.equal(a, b) for a, b in zip(g0, snap(r.G)))
 
 
-@pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 3), (64, 1)])
-def test_dcgan_shapes(size, channels):
-    cfg = GANConfig(arch="dcgan", g_width=8, d_width=8)
+@pytest.mark.parametrize("size,channels,convs", [(28, 1, 0), (32, 3, 0), (64, 3, 0), (64, 1, 0), (28, 1, 2), (32, 3, 1)])
+def test_dcgan_shapes(size, channels, convs):
+    cfg = GANConfig(arch="dcgan", g_width=8, d_width=8, g_convs=convs, d_convs=convs)
     g, d = Generator(cfg, (channels, size, size)), Discriminator(cfg, (channels, size, size))
     x = g(torch.randn(3, cfg.z_dim))
     assert x.shape == (3, channels, size, size) and x.min() >= -1 and x.max() <= 1
     assert d(x).shape == (3,)
+    n_res = {28: 2, 32: 3, 64: 4}[size]           # G's hidden resolutions; D's downsamplings
+    for net in (g, d):
+        assert sum(isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) for m in net.modules()) == convs * n_res
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.0])
+def test_mode_seeking_term_alone_spreads_the_generator(lam):
+    # D's weights are zero, so the hinge loss gives G no gradient: only the mode-seeking term can move G,
+    # and it must make samples from different z (same label) further apart
+    torch.manual_seed(0)
+    r = GANRecipe(_cfg(arch="mlp", hidden=32, loss="hinge", cond="class", num_classes=10, mode_seeking=lam))
+    with torch.no_grad():
+        for p in r.D.parameters():
+            p.zero_()
+    opt = Optimizers(r.param_groups(), r.cfg.train, torch.device("cpu"))
+    z, y = torch.randn(64, r.cfg.model.z_dim), torch.full((64,), 4)
+
+    def spread():
+        with torch.no_grad():
+            x = r.G(z, y)
+        return ((x[:32] - x[32:]).abs().mean() / (z[:32] - z[32:]).abs().mean()).item()
+
+    g0, before = [p.detach().clone() for p in r.G.parameters()], spread()
+    for _ in range(5):
+        r.g_step(32, torch.randint(0, 10, (32,)), opt)
+    if lam == 0:
+        assert all(torch.equal(a, b) for a, b in zip(g0, r.G.parameters()))
+    else:
+        assert spread() > before * 1.05
 
 
 def test_class_conditional_sampling_passes_label_through():

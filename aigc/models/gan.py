@@ -8,6 +8,10 @@ Architectures (the losses live in recipes/gan.py):
 - `dcgan` (Radford et al. 2015): G projects z to a small feature map (7x7 for 28 px, 4x4 for 32/64 px)
   and doubles it with stride-2 transposed convolutions, BatchNorm + ReLU, Tanh output; D mirrors it with
   stride-2 convolutions and LeakyReLU(0.2). Works for 28, 32 and 64 px, 1 or 3 channels.
+  `g_convs` / `d_convs` add 3x3 stride-1 convolutions at each resolution (as in the "standard CNN" of
+  the SNGAN paper, Miyato et al. 2018, table 3). Radford et al.'s D has one convolution per resolution;
+  at 32 channels on MNIST that D is too weak to tell well-formed digits from scribbles, and it is what
+  held the 5-minute FID at about 60 (with d_convs = 1: about 16 after 3000 steps; benchmarks/run.py).
 Both output images in [-1, 1]; D outputs a logit (no sigmoid, for numerically stable losses).
 
 Conditioning (`cond = class | text`): G gets the condition embedding concatenated to z; D is a
@@ -40,6 +44,8 @@ class GANConfig:
     layers: int = 1              # mlp: hidden layers in G and in D
     g_width: int = 64            # dcgan: channels of G's last hidden layer (doubled towards the input)
     d_width: int = 64            # dcgan: channels of D's first layer (doubled at each downsampling)
+    g_convs: int = 0             # dcgan: extra 3x3 stride-1 convolutions at each hidden resolution of G
+    d_convs: int = 0             # dcgan: extra 3x3 stride-1 convolutions after each downsampling of D
     loss: str = "ns"             # ns (non-saturating, default) | minimax (saturating) | hinge
     spectral_norm: bool = False  # spectral normalisation of D's weights (then D has no BatchNorm)
     d_batchnorm: bool = True     # dcgan: BatchNorm in D's hidden layers when not spectrally normalised
@@ -48,6 +54,7 @@ class GANConfig:
     lr_g: float = 0.0            # TTUR: G's learning rate (0 = train.lr)
     lr_d: float = 0.0            # TTUR: D's learning rate (0 = train.lr)
     d_steps: int = 1             # D updates per G update
+    mode_seeking: float = 0.0    # weight of the mode-seeking term (Mao et al. 2019) in G's loss (0 = off)
     cond: str = "none"           # none | class | text
     cond_dim: int = 64           # size of the class / text embedding
     text_layers: int = 1         # Transformer layers of the text encoder
@@ -99,8 +106,12 @@ class Generator(nn.Module):
             self.fc = nn.Sequential(nn.Linear(zin, chans[0] * b * b, bias=False))
             self.fc_norm = nn.Sequential(nn.BatchNorm2d(chans[0]), nn.ReLU(True))
             mods = []
-            for a, o in zip(chans, chans[1:]):
-                mods += [nn.ConvTranspose2d(a, o, 4, 2, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(True)]
+            for i, a in enumerate(chans):
+                mods += [m for _ in range(cfg.g_convs)
+                         for m in (nn.Conv2d(a, a, 3, 1, 1, bias=False), nn.BatchNorm2d(a), nn.ReLU(True))]
+                if i + 1 < len(chans):
+                    o = chans[i + 1]
+                    mods += [nn.ConvTranspose2d(a, o, 4, 2, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(True)]
             mods += [nn.ConvTranspose2d(chans[-1], c, 4, 2, 1), nn.Tanh()]
             self.net = nn.Sequential(*mods)
             self.base, self.c0 = b, chans[0]
@@ -131,12 +142,17 @@ class Discriminator(nn.Module):
             b = base_size(h)
             n_down = int(round(math.log2(h // b)))
             chans = [c] + [cfg.d_width * 2 ** i for i in range(n_down)]
+            bn = cfg.d_batchnorm and not cfg.spectral_norm
+
+            def layer(a, o, k, stride, norm):
+                return [sn(nn.Conv2d(a, o, k, stride, k // 2 if stride == 1 else 1, bias=not norm)),
+                        *([nn.BatchNorm2d(o)] if norm else []), nn.LeakyReLU(0.2, True)]
+
             mods = []
             for i, (a, o) in enumerate(zip(chans, chans[1:])):
-                mods.append(sn(nn.Conv2d(a, o, 4, 2, 1, bias=i == 0 or cfg.spectral_norm or not cfg.d_batchnorm)))
-                if i > 0 and cfg.d_batchnorm and not cfg.spectral_norm:
-                    mods.append(nn.BatchNorm2d(o))
-                mods.append(nn.LeakyReLU(0.2, True))
+                mods += layer(a, o, 4, 2, i > 0 and bn)
+                for _ in range(cfg.d_convs):
+                    mods += layer(o, o, 3, 1, bn)
             mods.append(nn.Flatten())
             feat = chans[-1] * b * b
         self.features = nn.Sequential(*mods)

@@ -12,7 +12,8 @@ Losses on D's logits r = D(x), f = D(G(z)) (softplus(t) = log(1 + e^t), so log s
 Stabilisers, each a config switch: spectral normalisation of D (Miyato et al. 2018), the R1 penalty
 (gamma/2) E||grad_x D(x)||^2 on real data (Mescheder et al. 2018), optionally lazy (every N steps, scaled
 by N; Karras et al. 2020), an EMA of G's weights for sampling (Yazici et al. 2019), and separate learning
-rates for G and D (TTUR, Heusel et al. 2017)."""
+rates for G and D (TTUR, Heusel et al. 2017). For conditional GANs, the mode-seeking term (Mao et al. 2019)
+adds lambda / (|G(z1, y) - G(z2, y)| / |z1 - z2|) to G's loss, penalising a G that ignores z."""
 
 from __future__ import annotations
 
@@ -114,13 +115,13 @@ class Adversarial:
                   f"Try model.loss=\"ns\" or \"hinge\", model.spectral_norm=true, model.r1=1, or a lower "
                   f"model.lr_d.", file=sys.stderr)
 
-    def g_update(self, fake_logits, opt) -> torch.Tensor:
+    def g_update(self, fake_logits, opt, extra=None) -> torch.Tensor:
         """One generator update on `fake_logits()` (D's logits for fresh samples) through a frozen D:
-        D gets no gradients and keeps its weights."""
+        D gets no gradients and keeps its weights. `extra`: a regulariser added to the loss (not reported)."""
         self.D.requires_grad_(False)
         try:
             loss = self.generator_loss(fake_logits())
-            opt.update("G", loss)
+            opt.update("G", loss if extra is None else loss + extra)
         finally:
             self.D.requires_grad_(True)
         return loss.detach()
@@ -149,6 +150,8 @@ class GANRecipe(Adversarial, ImageRecipe):
             raise AigcError("model.z_dim, hidden, layers, g_width, d_width and cond_dim must be positive")
         if m.r1 < 0 or m.r1_every < 1 or m.d_steps < 1 or m.lr_g < 0 or m.lr_d < 0:
             raise AigcError("model.r1 and lr_g/lr_d must be >= 0, r1_every and d_steps >= 1")
+        if m.g_convs < 0 or m.d_convs < 0 or m.mode_seeking < 0:
+            raise AigcError("model.g_convs, d_convs and mode_seeking must be >= 0")
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
@@ -197,7 +200,17 @@ class GANRecipe(Adversarial, ImageRecipe):
 
     def g_step(self, n: int, y, opt) -> torch.Tensor:
         """One generator update on n fresh samples with conditions y (see `g_update`)."""
-        return self.g_update(lambda: self.D(self.G(self._z(n), y), y), opt)
+        lam = self.cfg.model.mode_seeking
+        if lam <= 0 or n < 2:
+            return self.g_update(lambda: self.D(self.G(self._z(n), y), y), opt)
+        # mode seeking: the two halves of the batch share their conditions, so their distance in image space
+        # per unit of distance in z is how much G uses z; its inverse is added to G's loss
+        k = n // 2
+        y = None if y is None else torch.cat([y[:k], y[:k], y[2 * k:]])
+        z = self._z(n)
+        fake = self.G(z, y)
+        ratio = (fake[:k] - fake[k:2 * k]).abs().mean() / (z[:k] - z[k:2 * k]).abs().mean()
+        return self.g_update(lambda: self.D(fake, y), opt, extra=lam / (ratio + 1e-5))
 
     def evaluate(self, data, max_batches=None) -> dict[str, float]:
         """D's mean output on held-out real images and on fresh samples (a cheap health check; the
