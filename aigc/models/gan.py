@@ -11,7 +11,8 @@ Architectures (the losses live in recipes/gan.py):
   `g_convs` / `d_convs` add 3x3 stride-1 convolutions at each resolution (as in the "standard CNN" of
   the SNGAN paper, Miyato et al. 2018, table 3). Radford et al.'s D has one convolution per resolution;
   at 32 channels on MNIST that D is too weak to tell well-formed digits from scribbles, and it is what
-  held the 5-minute FID at about 60 (with d_convs = 1: about 16 after 3000 steps; benchmarks/run.py).
+  held the 5-minute FID at about 60 (64 for the plain nets vs 8 with g_convs = d_convs = 1 in the
+  preset: benchmarks/run.py, rows gan-mnist-5min-*).
 Both output images in [-1, 1]; D outputs a logit (no sigmoid, for numerically stable losses).
 
 Conditioning (`cond = class | text`): G gets the condition embedding concatenated to z; D is a
@@ -105,14 +106,15 @@ class Generator(nn.Module):
             chans = [cfg.g_width * 2 ** (n_up - 1 - i) for i in range(n_up)]     # e.g. 128, 64 for 28 px
             self.fc = nn.Sequential(nn.Linear(zin, chans[0] * b * b, bias=False))
             self.fc_norm = nn.Sequential(nn.BatchNorm2d(chans[0]), nn.ReLU(True))
+
+            def extra(a):                                      # g_convs 3x3 convolutions at a resolution
+                return [m for _ in range(cfg.g_convs)
+                        for m in (nn.Conv2d(a, a, 3, 1, 1, bias=False), nn.BatchNorm2d(a), nn.ReLU(True))]
+
             mods = []
-            for i, a in enumerate(chans):
-                mods += [m for _ in range(cfg.g_convs)
-                         for m in (nn.Conv2d(a, a, 3, 1, 1, bias=False), nn.BatchNorm2d(a), nn.ReLU(True))]
-                if i + 1 < len(chans):
-                    o = chans[i + 1]
-                    mods += [nn.ConvTranspose2d(a, o, 4, 2, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(True)]
-            mods += [nn.ConvTranspose2d(chans[-1], c, 4, 2, 1), nn.Tanh()]
+            for a, o in zip(chans, chans[1:]):
+                mods += extra(a) + [nn.ConvTranspose2d(a, o, 4, 2, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(True)]
+            mods += extra(chans[-1]) + [nn.ConvTranspose2d(chans[-1], c, 4, 2, 1), nn.Tanh()]
             self.net = nn.Sequential(*mods)
             self.base, self.c0 = b, chans[0]
 
@@ -144,8 +146,8 @@ class Discriminator(nn.Module):
             chans = [c] + [cfg.d_width * 2 ** i for i in range(n_down)]
             bn = cfg.d_batchnorm and not cfg.spectral_norm
 
-            def layer(a, o, k, stride, norm):
-                return [sn(nn.Conv2d(a, o, k, stride, k // 2 if stride == 1 else 1, bias=not norm)),
+            def layer(a, o, k, stride, norm):                 # 4x4 stride 2 or 3x3 stride 1: padding 1 for both
+                return [sn(nn.Conv2d(a, o, k, stride, 1, bias=not norm)),
                         *([nn.BatchNorm2d(o)] if norm else []), nn.LeakyReLU(0.2, True)]
 
             mods = []
