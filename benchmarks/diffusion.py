@@ -3,16 +3,18 @@
   python benchmarks/diffusion.py [--only ROW,ROW] [--minutes 20] [--data-dir ../shared/data/mnist]
 
 Rows (each trains with `aigc train` in a subprocess unless its run exists, then measures in-process):
-  mnist        unconditional MNIST, preset configs/diffusion-mnist.toml with eps-prediction (the preset before
-               v-prediction): FID with DDIM-25 on 10k samples vs the test split, and the time to draw 64
-               samples with DDIM-25
+  mnist        ablation, the first MNIST preset (eps-prediction, width 48, plain loss, lr 1e-3): FID with DDIM-25
+               on 10k samples vs the test split, and the time to draw 64 samples with DDIM-25
   mnist-ddpm   the same run: DDIM-25 vs 1000-step DDPM FID on the same number of samples (--ddpm-num, 500
                by default: 1000 steps x 10k samples would take ~3 hours here)
   mnist-steps  the same run: FID of DDIM with 25, 50, 100 steps and respaced DDPM with 100 (--ddpm-num samples)
-  mnist-v      the mnist preset as it is now (v-prediction): FID with DDIM-25 on 10k samples, and DDIM-25 vs
-               respaced DDPM-100 on --ddpm-num samples
-  mnist-class  class-conditional MNIST (--set model.cond=class, eps-prediction): FID and class accuracy at guidance 1, 2, 3, 5
-               (2000 samples each) as a table and benchmarks/results/diffusion_guidance.png
+  mnist-v      the mnist preset as it is now (v-prediction, min-SNR-5 loss weighting): FID with DDIM-25 on 10k
+               samples, the time to draw 64 samples with DDIM-25, and DDIM-25 vs respaced DDPM-100 vs DDPM-1000
+               on --ddpm-num samples
+  mnist-v-plain  ablation, the preset before this one (v-prediction, width 48, plain loss, lr 1e-3): FID with
+               DDIM-25 on 10k samples, and DDIM-25 vs respaced DDPM-100 on --ddpm-num samples
+  mnist-class  class-conditional MNIST with the first preset (eps-prediction, width 48, plain loss, lr 1e-3):
+               FID and class accuracy at guidance 1, 2, 3, 5 (2000 samples each) as a table and benchmarks/results/diffusion_guidance.png
   shapes       text-to-image shapes (preset configs/diffusion-shapes.toml) trained with the (color, shape)
                pairs "green triangle" and "yellow circle" held out: prompt accuracy and per-attribute accuracy
                on 1000 eval captions of seen pairs and 500 captions of held-out pairs, at guidance 1, 2, 3, 5
@@ -39,11 +41,14 @@ MNIST = str(ROOT.parent / "shared" / "data" / "mnist")
 GUIDANCE = (1.0, 2.0, 3.0, 5.0)
 HOLDOUT = ["green triangle", "yellow circle"]
 
+# the settings of the preset before this one (width 48, plain loss, lr 1e-3): the ablation rows keep them
+EARLIER = ["--set", "model.width=48", "--set", "model.min_snr=0", "--set", "train.lr=1e-3"]
 TRAIN = {
-    "mnist": ("diffusion-mnist-20min", ["--data", "mnist", "--set", 'model.prediction="eps"']),
-    "mnist-v": ("diffusion-mnist-v-20min", ["--data", "mnist", "--set", 'model.prediction="v"']),
+    "mnist": ("diffusion-mnist-20min", ["--data", "mnist", "--set", 'model.prediction="eps"', *EARLIER]),
+    "mnist-v": ("diffusion-mnist-v-minsnr-20min", ["--data", "mnist"]),
+    "mnist-v-plain": ("diffusion-mnist-v-20min", ["--data", "mnist", "--set", 'model.prediction="v"', *EARLIER]),
     "mnist-class": ("diffusion-mnist-class-20min", ["--data", "mnist", "--set", "model.cond=class",
-                                                    "--set", 'model.prediction="eps"']),
+                                                    "--set", 'model.prediction="eps"', *EARLIER]),
     "shapes": ("diffusion-shapes-holdout-20min", ["--data", "shapes", "--set", f"data.holdout={json.dumps(HOLDOUT)}"]),
 }
 
@@ -80,18 +85,22 @@ def scored(recipe, data, num, seed=0, **kw) -> dict:
     return {**{k: q[k] for k in keep if k in q}, "sampling_s": round(secs, 1)}
 
 
-def row_mnist(args) -> dict:
-    run_dir, info = train("mnist", args.minutes, args.data_dir)
-    _, recipe, data = open_recipe(run_dir)
-    info["ddim25_10k"] = scored(recipe, data, 10000, sampler="ddim", steps=25)
+def sampling_time_64(recipe) -> tuple[float, list[float]]:
+    """The best of 3 wall times of drawing 64 samples with DDIM-25, and all 3."""
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
         with torch.no_grad():
             recipe.generate(64, sampler="ddim", steps=25)
         times.append(time.perf_counter() - t0)
-    info["ddim25_64_samples_s"] = round(min(times), 2)
-    info["ddim25_64_samples_s_all"] = [round(t, 2) for t in times]
+    return round(min(times), 2), [round(t, 2) for t in times]
+
+
+def row_mnist(args) -> dict:
+    run_dir, info = train("mnist", args.minutes, args.data_dir)
+    _, recipe, data = open_recipe(run_dir)
+    info["ddim25_10k"] = scored(recipe, data, 10000, sampler="ddim", steps=25)
+    info["ddim25_64_samples_s"], info["ddim25_64_samples_s_all"] = sampling_time_64(recipe)
     return info
 
 
@@ -124,12 +133,24 @@ def row_mnist_steps(args) -> dict:
 
 
 def row_mnist_v(args) -> dict:
-    """The MNIST preset (v-prediction): FID with DDIM-25 on 10k samples, and DDIM-25 vs respaced DDPM-100
-    on --ddpm-num samples (the eps model's gap between them is in the mnist-steps row)."""
+    """The MNIST preset as it is now: FID with DDIM-25 on 10k samples, the 64-sample time, and DDIM-25 vs
+    respaced DDPM-100 vs DDPM-1000 on --ddpm-num samples from the same model."""
     run_dir, info = train("mnist-v", args.minutes, args.data_dir)
     _, recipe, data = open_recipe(run_dir)
     info["ddim25_10k"] = scored(recipe, data, 10000, sampler="ddim", steps=25)
     print("ddim25_10k", info["ddim25_10k"], flush=True)
+    info["ddim25_64_samples_s"], info["ddim25_64_samples_s_all"] = sampling_time_64(recipe)
+    score_samplers(info, recipe, data, args.ddpm_num, ("ddim25", "ddpm100", "ddpm1000"))
+    info["ddim_vs_ddpm_fid_ratio"] = round(info["ddim25"]["fid"] / info["ddpm1000"]["fid"], 3)
+    return info
+
+
+def row_mnist_v_plain(args) -> dict:
+    """The preset before min-SNR weighting: FID with DDIM-25 on 10k samples, DDIM-25 vs respaced DDPM-100 on
+    --ddpm-num samples."""
+    run_dir, info = train("mnist-v-plain", args.minutes, args.data_dir)
+    _, recipe, data = open_recipe(run_dir)
+    info["ddim25_10k"] = scored(recipe, data, 10000, sampler="ddim", steps=25)
     score_samplers(info, recipe, data, args.ddpm_num, ("ddim25", "ddpm100"))
     return info
 
@@ -202,39 +223,39 @@ def plot_guidance(table: dict) -> None:
 def markdown(results: dict) -> str:
     """The README / closing-note tables from diffusion.json."""
     out = []
-    if "mnist" in results:
-        r = results["mnist"]
-        q = r["ddim25_10k"]
-        out += ["| model | steps (20 min) | train img/s | FID (10k, DDIM-25) | precision | recall | class entropy | "
-                "64 samples DDIM-25 | goal |", "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-                f"| MNIST unconditional, eps-prediction (the earlier preset) | {r['steps']} | {r['train_img_per_s']} | {q['fid']} | {q['precision']} | "
-                f"{q['recall']} | {q['class_entropy']} | {r['ddim25_64_samples_s']} s | FID <= 5: "
-                f"{'met' if q['fid'] <= 5 else '**NOT met**'}; <= 5 s: {'met' if r['ddim25_64_samples_s'] <= 5 else '**NOT met**'} |", ""]
-    if "mnist-ddpm" in results:
-        r = results["mnist-ddpm"]
-        a, b = r["ddim25"], r["ddpm1000"]
-        out += ["| sampler (same model) | samples | FID | precision | recall | sampling s |", "|---|---:|---:|---:|---:|---:|",
-                f"| DDIM, 25 steps | {a['num_samples']} | {a['fid']} | {a['precision']} | {a['recall']} | {a['sampling_s']} |",
-                f"| DDPM, 1000 steps | {b['num_samples']} | {b['fid']} | {b['precision']} | {b['recall']} | {b['sampling_s']} |",
-                f"\nDDIM-25 / DDPM-1000 FID = {r['ddim_vs_ddpm_fid_ratio']} (goal: within 15%, i.e. <= 1.15: "
-                f"{'met' if r['ddim_vs_ddpm_fid_ratio'] <= 1.15 else '**NOT met**'})", ""]
-    if "mnist-steps" in results:
-        r = results["mnist-steps"]
-        out += ["| sampler and steps (same model) | FID | precision | recall | sampling s |", "|---|---:|---:|---:|---:|"]
-        out += [f"| {k} | {r[k]['fid']} | {r[k]['precision']} | {r[k]['recall']} | {r[k]['sampling_s']} |"
-                for k in ("ddim25", "ddim50", "ddim100", "ddpm100") if k in r]
+    models = (("mnist-v", "the preset: v-prediction, width 32, min-SNR-5 loss weighting, lr 2e-3"),
+              ("mnist-v-plain", "ablation: v-prediction, width 48, plain loss, lr 1e-3 (the previous preset)"),
+              ("mnist", "ablation: eps-prediction, width 48, plain loss, lr 1e-3 (the first preset)"))
+    if any(k in results for k, _ in models):
+        out += ["MNIST unconditional, 20-minute budget:", "",
+                "| model | steps | train img/s | FID (10k, DDIM-25) | precision | recall | class entropy | "
+                "64 samples DDIM-25 | goal |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for key, what in models:
+            if key not in results:
+                continue
+            r = results[key]
+            q, t64 = r["ddim25_10k"], r.get("ddim25_64_samples_s")
+            goal = f"FID <= 5: {'met' if q['fid'] <= 5 else '**NOT met**'}"
+            if t64 is not None:
+                goal += f"; <= 5 s: {'met' if t64 <= 5 else '**NOT met**'}"
+            out.append(f"| {what} | {r['steps']} | {r['train_img_per_s']} | {q['fid']} | {q['precision']} | "
+                       f"{q['recall']} | {q['class_entropy']} | {f'{t64} s' if t64 is not None else '-'} | {goal} |")
         out.append("")
-    if "mnist-v" in results:
-        r = results["mnist-v"]
-        q = r["ddim25_10k"]
-        out += [f"The MNIST preset with v-prediction, as it is now ({r['steps']} steps, {r['train_img_per_s']} img/s; "
-                f"FID <= 5 in 20 minutes: {'met' if q['fid'] <= 5 else '**NOT met**'}):", "",
-                "| v-prediction | samples | FID | precision | recall | class entropy | sampling s |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
-        out += [f"| {label} | {r[k]['num_samples']} | {r[k]['fid']} | {r[k]['precision']} | {r[k]['recall']} | "
-                f"{r[k]['class_entropy']} | {r[k]['sampling_s']} |"
-                for k, label in (("ddim25_10k", "DDIM, 25 steps"), ("ddim25", "DDIM, 25 steps"),
-                                 ("ddpm100", "respaced DDPM, 100 steps")) if k in r]
+    names = {"ddim25": "DDIM, 25 steps", "ddim50": "DDIM, 50 steps", "ddim100": "DDIM, 100 steps",
+             "ddpm100": "respaced DDPM, 100 steps", "ddpm1000": "DDPM, 1000 steps"}
+    for key, what in (("mnist-v", "the preset"), ("mnist-v-plain", "previous preset"),
+                      ("mnist-ddpm", "eps-prediction"), ("mnist-steps", "eps-prediction")):
+        if key not in results:
+            continue
+        r = results[key]
+        out += [f"| sampler ({what}, same model) | samples | FID | precision | recall | sampling s |",
+                "|---|---:|---:|---:|---:|---:|"]
+        out += [f"| {names[k]} | {r[k]['num_samples']} | {r[k]['fid']} | {r[k]['precision']} | {r[k]['recall']} | "
+                f"{r[k]['sampling_s']} |" for k in names if k in r]
+        if "ddim_vs_ddpm_fid_ratio" in r:
+            ratio = r["ddim_vs_ddpm_fid_ratio"]
+            out.append(f"\nDDIM-25 / DDPM-1000 FID = {ratio} (goal: within 15%, i.e. <= 1.15: "
+                       f"{'met' if ratio <= 1.15 else '**NOT met**'})")
         out.append("")
     if "mnist-class" in results:
         r = results["mnist-class"]
@@ -265,6 +286,7 @@ def markdown(results: dict) -> str:
 
 
 ROWS = {"mnist": row_mnist, "mnist-ddpm": row_mnist_ddpm, "mnist-steps": row_mnist_steps, "mnist-v": row_mnist_v,
+        "mnist-v-plain": row_mnist_v_plain,
         "mnist-class": row_mnist_class, "shapes": row_shapes}
 
 

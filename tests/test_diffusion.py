@@ -38,6 +38,26 @@ def test_q_sample_matches_the_closed_form_statistically():
         assert xt.var().item() == pytest.approx(1 - ab, abs=0.01 + 0.01 * (1 - ab))
 
 
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_min_snr_weight_weights_the_x0_error_by_min_snr_gamma(prediction):
+    """The weighted loss on either parameterisation equals min(SNR_t, gamma) |x_0 estimate - x_0|^2."""
+    s = Schedule("cosine", 1000, prediction)
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor([0, 50, 300, 600, 900, 999])
+    x0, noise = torch.rand(6, 1, 4, 4, generator=g) * 2 - 1, torch.randn(6, 1, 4, 4, generator=g)
+    xt = s.q_sample(x0, t, noise)
+    out = s.target(x0, t, noise) + 0.1 * torch.randn(6, 1, 4, 4, generator=g)     # an imperfect prediction
+    w = s.min_snr_weight(t, 5.0, out).flatten()
+    loss = (out - s.target(x0, t, noise)).pow(2).flatten(1).mean(1) * w
+    x0_hat, _ = s.split(out, xt, t)
+    expect = s.snr(t, out).flatten().clamp(max=5.0) * (x0_hat - x0).pow(2).flatten(1).mean(1)
+    assert torch.allclose(loss.double(), expect.double(), rtol=1e-3, atol=1e-9)
+    if prediction == "v":             # v: both ends weigh less (SNR huge at t = 0, near 0 at t = 999)
+        assert w[0] < 1e-3 and w[-1] < 1e-3
+    else:                             # eps: unchanged where SNR < gamma, down-weighted near t = 0
+        assert w[-1] == pytest.approx(1.0) and w[0] < 1e-3
+
+
 def gaussian_oracle(s: Schedule, mu: float, std: float):
     """The exact denoiser for data x0 ~ N(mu, std^2): E[eps | x_t] (or the matching v)."""
 

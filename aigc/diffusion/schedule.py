@@ -63,6 +63,20 @@ class Schedule:
         a = self.abar(t, x0)
         return a.sqrt() * noise - (1 - a).sqrt() * x0
 
+    def snr(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Signal-to-noise ratio abar_t / (1 - abar_t), shaped like `abar`."""
+        a = self.abar(t, like)
+        return a / (1 - a)
+
+    def min_snr_weight(self, t: torch.Tensor, gamma: float, like: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-gamma loss weight (Hang et al. 2023) for this schedule's prediction: the squared error of
+        the x_0 estimate is weighted by min(SNR_t, gamma), so the low-noise steps, whose tiny x_0 errors
+        would otherwise dominate, stop pulling the shared weights away from the rest. The eps loss already
+        weights the x_0 error by SNR_t and the v loss by SNR_t + 1 (see `split`), so the factor applied to
+        them is min(SNR_t, gamma) / SNR_t or / (SNR_t + 1)."""
+        snr = self.snr(t, like)
+        return snr.clamp(max=gamma) / (snr if self.prediction == "eps" else snr + 1)
+
     def split(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip: bool = False):
         """Model output at (x_t, t) -> (x_0 estimate, eps estimate). With `clip`, x_0 is clamped to the
         data range [-1, 1] and eps recomputed from it so the two stay consistent."""

@@ -64,6 +64,7 @@ class DiffusionConfig:
     schedule: str = "cosine"         # linear (DDPM) | cosine (improved DDPM)
     T: int = 1000
     prediction: str = "eps"          # eps | v
+    min_snr: float = 0.0             # > 0: min-SNR-gamma loss weighting with this gamma (Hang et al. 2023; 5 is usual)
     # conditioning
     cond: str = "none"               # none | class | text
     cond_dim: int = 64               # caption encoder width

@@ -3,7 +3,8 @@ DDPM or DDIM samplers of aigc/diffusion, with classifier-free guidance for class
 
 Training step (DDPM, Algorithm 1): x_0 from the data scaled to [-1, 1], t ~ U{0..T-1}, eps ~ N(0, I),
 x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (eq. 4), loss = ||target - net(x_t, t, c)||^2 (eq. 14's
-simple loss; target eps or v). With probability `p_uncond` the condition c is replaced by the learned
+simple loss; target eps or v), optionally weighted per timestep by min-SNR-gamma (`model.min_snr`, see
+Schedule.min_snr_weight). With probability `p_uncond` the condition c is replaced by the learned
 empty condition, so the same network also learns the unconditional model guidance needs."""
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class DiffusionRecipe(ImageRecipe):
                             f"model.groups ({m.groups})")
         if not 0 <= m.attn_levels <= len(m.mults):
             raise AigcError(f"model.attn_levels must be in 0..{len(m.mults)}")
+        if m.min_snr < 0:
+            raise AigcError(f"model.min_snr must be >= 0 (0 = the plain loss, else the min-SNR gamma), got {m.min_snr}")
         if not 0 <= m.p_uncond <= 1 or m.guidance < 0 or m.eta < 0:
             raise AigcError("model.p_uncond must be in [0, 1], model.guidance and model.eta >= 0")
 
@@ -110,18 +113,23 @@ class DiffusionRecipe(ImageRecipe):
     def ema_modules(self):
         return self.modules
 
-    def _loss(self, x0: torch.Tensor, c, generator=None) -> torch.Tensor:
-        """The simple DDPM loss on a batch in [-1, 1] at random timesteps (per-sample mean squared error)."""
+    def _loss(self, x0: torch.Tensor, c, generator=None, weighted: bool = False) -> torch.Tensor:
+        """The simple DDPM loss on a batch in [-1, 1] at random timesteps (per-sample mean squared error);
+        `weighted` applies the min-SNR weight when model.min_snr > 0 (training only, so eval losses of runs
+        with and without it stay comparable)."""
         t = torch.randint(self.schedule.T, (len(x0),), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         x_t = self.schedule.q_sample(x0, t, noise)
         out = self.net(x_t, t, c)
-        return F.mse_loss(out.float(), self.schedule.target(x0, t, noise), reduction="none").flatten(1).mean(1)
+        loss = F.mse_loss(out.float(), self.schedule.target(x0, t, noise), reduction="none").flatten(1).mean(1)
+        if weighted and self.cfg.model.min_snr > 0:
+            loss = loss * self.schedule.min_snr_weight(t, self.cfg.model.min_snr, loss)
+        return loss
 
     def train_step(self, batch, opt):
         x0 = batch[self.data_key].to(self.device_of()) * 2 - 1
         c = self._condition(batch, self.cfg.model.p_uncond)
-        loss = self._loss(x0, c).mean()
+        loss = self._loss(x0, c, weighted=True).mean()
         opt.update("unet", loss)
         return {"loss": loss.detach()}
 
