@@ -50,10 +50,11 @@ DEMOS = [
               eval_args={"num": 100, "sample_num": 64},
               image_prompts=["a red circle moving right", "a blue square moving down"],
               blurb="The image U-Net run on every frame, with a temporal convolution after each block and attention "
-                    "across frames, denoises whole clips; the caption enters through a small Transformer text encoder "
-                    "and samples use classifier-free guidance. A few minutes on a CPU is far too short for clean "
-                    "motion (see benchmarks/video.py for 20-minute figures); the metrics read shape, color and "
-                    "direction back off the pixels of every frame."),
+                    "across frames, denoises clips; it trains on random 8-frame windows of the clips (each frame told "
+                    "its index in the clip) and samples whole 16-frame clips. The caption enters through a small "
+                    "Transformer text encoder and samples use classifier-free guidance. A few minutes on a CPU is too "
+                    "short for clean motion (see benchmarks/video.py for 20-minute figures); the metrics read shape, "
+                    "color and direction back off the pixels of every frame."),
     DemoEntry("gan-shapes", "Text-to-image GAN on shapes (32x32 RGB)", "gan", "shapes", 0.15,
               sets=["eval_every=0", "sample_every=0", "ckpt_every=1000"],
               eval_args={"num": 2000, "sample_num": 2000},

@@ -7,12 +7,16 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
   gan             video-gan, preset configs/video-gan-moving-shapes.toml (with the frame-difference discriminator)
   gan-nodiff      the same with model.frame_diff=0 (no frame-difference discriminator): the ablation
   gan-diff0.3     the same with model.frame_diff=0.3 (a weaker frame-difference term)
-  diffusion       video-diffusion, preset configs/video-diffusion-moving-shapes.toml (DDIM-25, guidance 2),
-                  also scored at guidance 1 and 3
-  diffusion-eps   the same with the earlier preset's eps-prediction, no caption map, no coordinate channels
-Each model row: training steps and clips/s, peak RSS of training, the metrics of metrics/video.py on --clips
-clips whose prompts are the evaluation captions in turn, the time to generate 16 clips in-process (clips/s),
-and the wall time and peak RSS of `aigc sample RUN --num 16` as a user runs it.
+  diffusion       video-diffusion, preset configs/video-diffusion-moving-shapes.toml: 8 clips per step, each
+                  trained as a random 8-frame window (DDIM-25, guidance 2), also scored at guidance 1 and 3
+  diffusion-b8    the same on whole 16-frame clips (model.train_frames=0): twice the frames per step
+  diffusion-b16   whole clips, 16 per step: the previous preset
+  diffusion-joint whole clips with joint image-video training: of 64 clips per step, 56 are cut to one frame
+  diffusion-eps   the previous preset with eps-prediction, no caption map, no coordinate channels
+Each model row: training steps, clips/s and frames/s (the frames the network trains on), peak RSS of training,
+the metrics of metrics/video.py on --clips clips whose prompts are the evaluation captions in turn, the time to
+generate 16 clips in-process (clips/s), and the wall time and peak RSS of `aigc sample RUN --num 16` as a user
+runs it.
 Results: benchmarks/results/video.json; runs in bench_runs/ (not in git)."""
 
 from __future__ import annotations
@@ -28,14 +32,19 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.run import rows_main, run, train_run  # noqa: E402
 
 RUNS = ROOT / "bench_runs"
+WHOLE16 = ["--set", "model.train_frames=0", "--set", "data.batch_size=16"]     # the previous preset: whole clips
 OUT = ROOT / "benchmarks" / "results" / "video.json"
 TRAIN = {
     "gan": ("video-gan-20min", "video-gan", []),
     "gan-nodiff": ("video-gan-nodiff-20min", "video-gan", ["--set", "model.frame_diff=0"]),
     "gan-diff0.3": ("video-gan-diff0.3-20min", "video-gan", ["--set", "model.frame_diff=0.3"]),
-    "diffusion": ("video-diffusion-20min", "video-diffusion", []),
+    "diffusion": ("video-diffusion-w8-20min", "video-diffusion", []),
+    "diffusion-b8": ("video-diffusion-b8-20min", "video-diffusion", ["--set", "model.train_frames=0"]),
+    "diffusion-b16": ("video-diffusion-20min", "video-diffusion", [*WHOLE16]),
+    "diffusion-joint": ("video-diffusion-joint-20min", "video-diffusion",
+                        ["--set", "model.train_frames=0", "--set", "data.batch_size=64", "--set", "model.joint_images=56"]),
     "diffusion-eps": ("video-diffusion-eps-20min", "video-diffusion",
-                      ["--set", 'model.prediction="eps"', "--set", "model.cond_map=0", "--set", "model.coords=false"]),
+                      [*WHOLE16, "--set", 'model.prediction="eps"', "--set", "model.cond_map=0", "--set", "model.coords=false"]),
 }
 KEYS = ("frame_accuracy", "shape_frame_accuracy", "color_frame_accuracy", "direction_accuracy",
         "temporal_consistency", "prompt_accuracy", "motion_smoothness", "mean_speed")
@@ -60,13 +69,22 @@ def scored(recipe, data, num: int, **kw) -> dict:
     return {**{k: q.get(k) for k in KEYS}, "num_clips": num, "sampling_s": round(secs, 1)}
 
 
+def frames_per_s(cfg, info: dict) -> float:
+    """Frames the generator / U-Net trained on per second: whole clips, windows of model.train_frames, and
+    the single frames of joint image-video training."""
+    m, b, t = cfg.model, cfg.data.batch_size, cfg.data.frames
+    joint = getattr(m, "joint_images", 0)
+    per_step = (b - joint) * (getattr(m, "train_frames", 0) or t) + joint
+    return round(info["steps"] * per_step / info["train_s"], 1)
+
+
 def model_row(row: str, args) -> dict:
     from aigc.recipes import open_run
 
     run_dir, info = train(row, args.minutes)
     cfg, recipe = open_run(run_dir, torch.device("cpu"))
     data = recipe.load_data(cfg, run_dir)
-    out = {**info, **scored(recipe, data, args.clips)}
+    out = {**info, "train_frames_per_s": frames_per_s(cfg, info), **scored(recipe, data, args.clips)}
     if row.startswith("diffusion"):
         out["by_guidance"] = {str(w): scored(recipe, data, args.clips, guidance=w) for w in (1.0, 3.0)}
         out["by_guidance"][str(cfg.model.guidance)] = {k: out[k] for k in (*KEYS, "num_clips", "sampling_s")}
@@ -100,37 +118,37 @@ def real_row(args) -> dict:
 
 ROWS = {"real": real_row, **{row: (lambda r: lambda a: model_row(r, a))(row) for row in TRAIN}}
 NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-difference D",
-         "gan-nodiff": "video GAN, no frame-difference D", "gan-diff0.3": "video GAN, frame-difference D at weight 0.3",
-         "diffusion": "video diffusion, v-prediction (DDIM-25, w=2)",
-         "diffusion-eps": "video diffusion, eps-prediction, no caption map or coordinates (DDIM-25, w=2)"}
+         "gan-diff0.3": "video GAN, frame-difference D at weight 0.3", "gan-nodiff": "video GAN, no frame-difference D",
+         "diffusion": "video diffusion (preset): 8 clips per step as 8-frame windows (DDIM-25, w=2)",
+         "diffusion-b8": "video diffusion, 8 whole 16-frame clips per step",
+         "diffusion-b16": "video diffusion, 16 whole clips per step (the previous preset)",
+         "diffusion-joint": "video diffusion, joint image-video: 8 whole clips + 56 single frames per step",
+         "diffusion-eps": "video diffusion, 16 whole clips per step, eps-prediction, no caption map or coordinates"}
 
 
 def markdown(results: dict) -> str:
     f = lambda v: "-" if v is None else v                              # noqa: E731
-    lines = ["| model | steps (20 min) | train clips/s | train peak RSS MB | frame acc (shape+color) | shape | color | direction acc | "
+    lines = ["| model | steps (20 min) | train clips/s / frames/s | train peak RSS MB | frame acc (shape+color) | shape | color | direction acc | "
              "temporal consistency | prompt acc | motion smoothness (px) | mean speed (px/frame) | 16 clips | "
              "`aigc sample --num 16` wall / peak RSS |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in ("real", "gan", "gan-diff0.3", "gan-nodiff", "diffusion", "diffusion-eps"):
+    for row in NAMES:
         r = results.get(row)
         if not r:
             continue
         gen = f"{r['gen16_s']} s ({r['gen_clips_per_s']} clips/s)" if "gen16_s" in r else ""
         cli = f"{r['cli_sample16_wall_s']} s / {r['cli_sample16_peak_rss_mb']} MB" if "cli_sample16_wall_s" in r else ""
-        lines.append(f"| {NAMES[row]} | {f(r.get('steps'))} | {f(r.get('train_clips_per_s'))} | "
+        lines.append(f"| {NAMES[row]} | {f(r.get('steps'))} | {f(r.get('train_clips_per_s'))} / {f(r.get('train_frames_per_s'))} | "
                      f"{f(r.get('train_peak_rss_mb'))} | "
                      + " | ".join(str(f(r.get(k))) for k in KEYS) + f" | {gen} | {cli} |")
-    for row in ("diffusion", "diffusion-eps"):
-        d = results.get(row, {}).get("by_guidance")
-        if not d:
-            continue
-        lines += ["", f"| {NAMES[row].split(' (')[0]}, guidance w | frame acc | direction acc | temporal consistency | "
-                  "prompt acc | motion smoothness |", "|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| video diffusion model | guidance w | frame acc | direction acc | temporal consistency | prompt acc | "
+              "motion smoothness |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in NAMES:
+        d = results.get(row, {}).get("by_guidance", {})
         for w in sorted(d, key=float):
-            r = d[w]
-            lines.append(f"| {w} | " + " | ".join(str(f(r.get(k))) for k in
-                                                   ("frame_accuracy", "direction_accuracy", "temporal_consistency",
-                                                    "prompt_accuracy", "motion_smoothness")) + " |")
+            lines.append(f"| {NAMES[row].split(' (DDIM')[0]} | {w} | " + " | ".join(
+                str(f(d[w].get(k))) for k in ("frame_accuracy", "direction_accuracy", "temporal_consistency",
+                                              "prompt_accuracy", "motion_smoothness")) + " |")
     return "\n".join(lines)
 
 

@@ -171,6 +171,75 @@ def test_video_diffusion_uses_the_image_samplers(monkeypatch):
     assert calls == [("ddim", (3, 3, 4, 32, 32))]
 
 
+def test_joint_image_video_training_cuts_frames_and_checks_its_setting(monkeypatch):
+    """joint_images = k: the net sees the first B - k clips whole and one frame of each other clip as a
+    1-frame clip; the loss weights every frame alike; and the setting is checked."""
+    from aigc.errors import AigcError
+    from aigc.recipes import build_config, recipe_class
+
+    args = ["num_eval=4", "frames=4", "width=16", "groups=4", "heads=2", "batch_size=5", "joint_images=3"]
+    cfg = build_config("video-diffusion", "moving-shapes", None, args, {})
+    cls = recipe_class("video-diffusion")
+    cls.check_config(cfg)
+    data = cls.load_data(cfg)
+    recipe = cls(cfg)
+    batch = next(cls.make_batcher(data, cfg))
+    shapes_seen = []
+    net_forward = recipe.net.forward
+    monkeypatch.setattr(recipe.net, "forward", lambda x, *a: shapes_seen.append(tuple(x.shape)) or net_forward(x, *a))
+
+    class Opt:
+        def update(self, name, loss):
+            self.loss = loss
+
+    out = recipe.train_step(batch, Opt())
+    assert shapes_seen == [(2, 3, 4, 32, 32), (3, 3, 1, 32, 32)]
+    want = (out["clip_loss"] * 2 * 4 + out["image_loss"] * 3) / (2 * 4 + 3)
+    assert out["loss"].item() == pytest.approx(want.item(), rel=1e-5)
+    for bad, words in [(["joint_images=5"], ["joint_images", "batch_size - 1 (4)"]), (["joint_images=-1"], ["joint_images"]),
+                       (["train_frames=-1"], ["train_frames", ">= 0"])]:
+        with pytest.raises(AigcError) as e:
+            cls.check_config(build_config("video-diffusion", "moving-shapes", None, args + bad, {}))
+        assert all(w in str(e.value) for w in words), str(e.value)
+    with pytest.raises(AigcError, match="video-diffusion"):
+        recipe_class("diffusion").check_config(build_config("diffusion", "shapes", None, ["joint_images=2"], {}))
+
+
+def test_training_on_windows_passes_each_frames_index_in_the_clip(monkeypatch):
+    """train_frames = k: every clip trains as k consecutive frames of it, with their indices in the whole
+    clip; and frame_index 0..T-1 is what the net uses by default."""
+    from aigc.recipes import build_config, recipe_class
+
+    cfg = build_config("video-diffusion", "moving-shapes", None,
+                       ["num_eval=4", "frames=6", "width=16", "groups=4", "heads=2", "batch_size=3", "train_frames=2"], {})
+    cls = recipe_class("video-diffusion")
+    data = cls.load_data(cfg)
+    recipe = cls(cfg)
+    batch = next(cls.make_batcher(data, cfg))
+    seen = []
+    loss = recipe._loss
+
+    def spy(x0, c, generator=None, weighted=False, frame_index=None):
+        seen.append((x0, frame_index))
+        return loss(x0, c, generator, weighted, frame_index)
+
+    monkeypatch.setattr(recipe, "_loss", spy)
+    recipe.train_step(batch, type("Opt", (), {"update": lambda self, name, loss: None})())
+    (x0, index), = seen
+    assert x0.shape == (3, 3, 2, 32, 32) and index.shape == (3, 2)
+    clips = batch["video"] * 2 - 1
+    for i in range(3):
+        assert torch.equal(x0[i], clips[i][:, index[i]]) and index[i, 1] == index[i, 0] + 1
+    net = recipe.net
+    for p in net.parameters():                     # leave the zero-initialised start (output and frame embedding 0)
+        torch.nn.init.normal_(p, std=0.05)
+    x = torch.randn(2, 3, 6, 32, 32)
+    t = torch.tensor([5, 700])
+    c = recipe.vocab.encode(["a red circle moving up"] * 2)
+    assert torch.allclose(net(x, t, c), net(x, t, c, torch.arange(6).expand(2, 6)))
+    assert not torch.allclose(net(x[:, :, 2:4], t, c, torch.tensor([[2, 3], [2, 3]])), net(x[:, :, 2:4], t, c))
+
+
 # ---------------------------------------------------------------- CLI
 TINY_GAN = ["--set", "num_eval=32", "--set", "frames=8", "--set", "batch_size=4", "--set", "g_width=8",
             "--set", "d_width=8", "--set", "z_dim=16"]

@@ -80,6 +80,10 @@ class DiffusionConfig:
     clip: bool = True                # clamp the x_0 estimate to [-1, 1] while sampling
     # video (video-diffusion)
     temporal_attention: bool = True  # attention across frames in the blocks that have spatial attention
+    joint_images: int = 0            # of each batch of clips, how many are cut to one random frame each and
+                                     # trained as 1-frame clips: joint image-video training (recipes/video.py)
+    train_frames: int = 0            # train on random windows of this many consecutive frames of each clip (0 or
+                                     # >= the clip length = whole clips); sampling makes whole clips (recipes/video.py)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -263,8 +267,10 @@ class UNet(nn.Module):
             return self.text_proj(self.text(c))
         return None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, C, H, W), or (B, C, T, H, W) clips for a video U-Net; t (B,); c the condition or None."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None,
+                frame_index: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W), or (B, C, T, H, W) clips for a video U-Net; t (B,); c the condition or None;
+        frame_index (B, T): each frame's index in its clip, for windows cut from longer clips (default 0..T-1)."""
         emb = self.time(timestep_embedding(t, self.cfg.width))
         cmap = None
         if self.cfg.cond != "none":
@@ -276,8 +282,9 @@ class UNet(nn.Module):
         if self.frames:
             B, _, frames = x.shape[:3]
             x = x.transpose(1, 2).flatten(0, 1)                        # every frame an image: (B*T, C, H, W)
-            pos = self.frame_emb(timestep_embedding(torch.arange(frames, device=x.device), self.cfg.width))
-            emb = (emb[:, None] + pos[None]).flatten(0, 1)
+            idx = torch.arange(frames, device=x.device) if frame_index is None else frame_index.to(x.device)
+            pos = self.frame_emb(timestep_embedding(idx.flatten(), self.cfg.width)).view(*idx.shape, -1)
+            emb = (emb[:, None] + pos).flatten(0, 1)                   # pos (T, E) or (B, T, E)
             if cmap is not None:
                 cmap = cmap.repeat_interleave(frames, 0)
         x = x.contiguous(memory_format=torch.channels_last)

@@ -71,6 +71,8 @@ class DiffusionRecipe(ImageRecipe):
             raise AigcError(f"model.attn_levels must be in 0..{len(m.mults)}")
         if m.min_snr < 0:
             raise AigcError(f"model.min_snr must be >= 0 (0 = the plain loss, else the min-SNR gamma), got {m.min_snr}")
+        if (m.joint_images or m.train_frames) and cfg.family != "video-diffusion":
+            raise AigcError("model.joint_images and model.train_frames are options of video-diffusion")
         if not 0 <= m.p_uncond <= 1 or m.guidance < 0 or m.eta < 0:
             raise AigcError("model.p_uncond must be in [0, 1], model.guidance and model.eta >= 0")
 
@@ -113,14 +115,14 @@ class DiffusionRecipe(ImageRecipe):
     def ema_modules(self):
         return self.modules
 
-    def _loss(self, x0: torch.Tensor, c, generator=None, weighted: bool = False) -> torch.Tensor:
+    def _loss(self, x0: torch.Tensor, c, generator=None, weighted: bool = False, frame_index=None) -> torch.Tensor:
         """The simple DDPM loss on a batch in [-1, 1] at random timesteps (per-sample mean squared error);
         `weighted` applies the min-SNR weight when model.min_snr > 0 (training only, so eval losses of runs
         with and without it stay comparable)."""
         t = torch.randint(self.schedule.T, (len(x0),), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         x_t = self.schedule.q_sample(x0, t, noise)
-        out = self.net(x_t, t, c)
+        out = self.net(x_t, t, c, frame_index)
         loss = F.mse_loss(out.float(), self.schedule.target(x0, t, noise), reduction="none").flatten(1).mean(1)
         if weighted and self.cfg.model.min_snr > 0:
             loss = loss * self.schedule.min_snr_weight(t, self.cfg.model.min_snr, loss)

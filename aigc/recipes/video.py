@@ -145,7 +145,18 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
 
 
 class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
-    """DDPM on clips: the diffusion recipe with a space-time U-Net (models/unet.py, frames > 0)."""
+    """DDPM on clips: the diffusion recipe with a space-time U-Net (models/unet.py, frames > 0).
+
+    Joint image-video training (`model.joint_images` = k, Ho et al. 2022, sec. 3): of each batch of clips, k
+    are cut to one random frame each and trained as 1-frame clips, on which the temporal layers see no other
+    frame (temporal attention attends to the frame itself, the temporal convolution sees zero padding, as at
+    a clip's ends). Consecutive frames of a clip are near copies, so the spatial layers learn from few
+    distinct images per step; the cut frames give them k more at 1/T of a clip's cost. The loss is the mean
+    over all frames of the batch, clip frames and cut frames alike.
+
+    Windows (`model.train_frames` = k): each clip trains as a random window of k consecutive frames (the whole
+    clip when it is not longer), and the frame-index embedding gets the frames' indices in the whole clip, so
+    every index is seen in training and sampling still makes whole clips. Per step, B clips of k frames cost as much as B k / T whole clips."""
     family = "video-diffusion"
     ModelConfig = DiffusionConfig
     sample_batch = 32
@@ -159,6 +170,12 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
     def check_config(cfg: RunConfig) -> None:
         DiffusionRecipe.check_config(cfg)
         _check_cond(cfg.model.cond)
+        if cfg.model.train_frames < 0:
+            raise AigcError(f"model.train_frames must be >= 0: the length of the windows cut from each clip "
+                            f"(0 = whole clips); got {cfg.model.train_frames}")
+        if not 0 <= cfg.model.joint_images < cfg.data.batch_size:
+            raise AigcError(f"model.joint_images must be in 0..data.batch_size - 1 ({cfg.data.batch_size - 1}): "
+                            f"at least one clip of each batch trains as a clip; got {cfg.model.joint_images}")
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
@@ -166,6 +183,30 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
         DiffusionRecipe.check_unet_size(cfg, "frame")
         VideoRecipe.set_condition(cfg, data)
         return data
+
+    def train_step(self, batch, opt):
+        m = self.cfg.model
+        if not (m.joint_images or m.train_frames):
+            return DiffusionRecipe.train_step(self, batch, opt)
+        x0 = batch["video"].to(self.device_of()) * 2 - 1
+        c = self._condition(batch, m.p_uncond)
+        part = lambda a, b: c[a:b] if c is not None else None                     # noqa: E731
+        T, n = x0.shape[2], len(x0) - m.joint_images
+        k = min(m.train_frames, T) if m.train_frames else T
+        first = torch.randint(T - k + 1, (n,))                                     # windows of k frames
+        index = first[:, None] + torch.arange(k)
+        clips = torch.stack([x0[i, :, f:f + k] for i, f in enumerate(first.tolist())])
+        clip_loss = self._loss(clips, part(0, n), weighted=True, frame_index=index)
+        out, loss = {"clip_loss": clip_loss.mean().detach()}, clip_loss.sum() * k
+        if m.joint_images:                                                        # one frame of each other clip
+            pick = torch.randint(T, (m.joint_images,))
+            frames = x0[n:][torch.arange(m.joint_images), :, pick].unsqueeze(2)   # (j, C, 1, H, W)
+            image_loss = self._loss(frames, part(n, None), weighted=True)
+            out["image_loss"] = image_loss.mean().detach()
+            loss = loss + image_loss.sum()
+        loss = loss / (n * k + m.joint_images)
+        opt.update("unet", loss)
+        return {"loss": loss.detach(), **out}
 
     def save_samples(self, path: Path) -> None:
         g = torch.Generator().manual_seed(1234)
