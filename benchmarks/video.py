@@ -69,13 +69,9 @@ def scored(recipe, data, num: int, **kw) -> dict:
     return {**{k: q.get(k) for k in KEYS}, "num_clips": num, "sampling_s": round(secs, 1)}
 
 
-def frames_per_s(cfg, info: dict) -> float:
-    """Frames the generator / U-Net trained on per second: whole clips, windows of model.train_frames, and
-    the single frames of joint image-video training."""
-    m, b, t = cfg.model, cfg.data.batch_size, cfg.data.frames
-    joint = getattr(m, "joint_images", 0)
-    per_step = (b - joint) * (getattr(m, "train_frames", 0) or t) + joint
-    return round(info["steps"] * per_step / info["train_s"], 1)
+def frames_per_s(recipe, cfg, info: dict) -> float:
+    """Frames the generator / U-Net trained on per second (whole clips, windows, single frames)."""
+    return round(info["steps"] * recipe.frames_per_step(cfg) / info["train_s"], 1)
 
 
 def model_row(row: str, args) -> dict:
@@ -84,7 +80,7 @@ def model_row(row: str, args) -> dict:
     run_dir, info = train(row, args.minutes)
     cfg, recipe = open_run(run_dir, torch.device("cpu"))
     data = recipe.load_data(cfg, run_dir)
-    out = {**info, "train_frames_per_s": frames_per_s(cfg, info), **scored(recipe, data, args.clips)}
+    out = {**info, "train_frames_per_s": frames_per_s(recipe, cfg, info), **scored(recipe, data, args.clips)}
     if row.startswith("diffusion"):
         out["by_guidance"] = {str(w): scored(recipe, data, args.clips, guidance=w) for w in (1.0, 3.0)}
         out["by_guidance"][str(cfg.model.guidance)] = {k: out[k] for k in (*KEYS, "num_clips", "sampling_s")}

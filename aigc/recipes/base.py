@@ -127,6 +127,11 @@ class VideoRecipe(ImageRecipe):
     EVAL_CLIPS = 500                     # default number of generated clips that `aigc eval` scores
 
     @staticmethod
+    def frames_per_step(cfg) -> int:
+        """Frames the network trains on per step (benchmarks report frames/s): whole clips by default."""
+        return cfg.data.batch_size * cfg.data.frames
+
+    @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
         from aigc.data import VIDEO_DATASETS, load_dataset
         from aigc.errors import AigcError

@@ -156,7 +156,8 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
 
     Windows (`model.train_frames` = k): each clip trains as a random window of k consecutive frames (the whole
     clip when it is not longer), and the frame-index embedding gets the frames' indices in the whole clip, so
-    every index is seen in training and sampling still makes whole clips. Per step, B clips of k frames cost as much as B k / T whole clips."""
+    every index is seen in training and sampling still makes whole clips. Per step, B clips of k frames cost
+    as much as B k / T whole clips."""
     family = "video-diffusion"
     ModelConfig = DiffusionConfig
     sample_batch = 32
@@ -184,6 +185,17 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
         VideoRecipe.set_condition(cfg, data)
         return data
 
+    @staticmethod
+    def window(cfg) -> int:
+        """The frames each clip trains on: model.train_frames, or the whole clip (0, or not shorter)."""
+        k, t = cfg.model.train_frames, cfg.data.frames
+        return min(k, t) if k else t
+
+    @staticmethod
+    def frames_per_step(cfg) -> int:
+        j = cfg.model.joint_images
+        return (cfg.data.batch_size - j) * VideoDiffusionRecipe.window(cfg) + j
+
     def train_step(self, batch, opt):
         m = self.cfg.model
         if not (m.joint_images or m.train_frames):
@@ -191,8 +203,7 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
         x0 = batch["video"].to(self.device_of()) * 2 - 1
         c = self._condition(batch, m.p_uncond)
         part = lambda a, b: c[a:b] if c is not None else None                     # noqa: E731
-        T, n = x0.shape[2], len(x0) - m.joint_images
-        k = min(m.train_frames, T) if m.train_frames else T
+        T, n, k = x0.shape[2], len(x0) - m.joint_images, self.window(self.cfg)
         first = torch.randint(T - k + 1, (n,))                                     # windows of k frames
         index = first[:, None] + torch.arange(k)
         clips = torch.stack([x0[i, :, f:f + k] for i, f in enumerate(first.tolist())])
