@@ -43,6 +43,8 @@ TRAIN = {
     "diffusion-b16": ("video-diffusion-20min", "video-diffusion", [*WHOLE16]),
     "diffusion-joint": ("video-diffusion-joint-20min", "video-diffusion",
                         ["--set", "model.train_frames=0", "--set", "data.batch_size=64", "--set", "model.joint_images=56"]),
+    "diffusion-corr0.9": ("video-diffusion-corr0.9-20min", "video-diffusion", ["--set", "model.noise_corr=0.9"]),
+    "diffusion-shift3": ("video-diffusion-shift3-20min", "video-diffusion", ["--set", "model.schedule_shift=3"]),
     "diffusion-eps": ("video-diffusion-eps-20min", "video-diffusion",
                       [*WHOLE16, "--set", 'model.prediction="eps"', "--set", "model.cond_map=0", "--set", "model.coords=false"]),
 }

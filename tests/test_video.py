@@ -197,12 +197,15 @@ def test_joint_image_video_training_cuts_frames_and_checks_its_setting(monkeypat
     want = (out["clip_loss"] * 2 * 4 + out["image_loss"] * 3) / (2 * 4 + 3)
     assert out["loss"].item() == pytest.approx(want.item(), rel=1e-5)
     for bad, words in [(["joint_images=5"], ["joint_images", "batch_size - 1 (4)"]), (["joint_images=-1"], ["joint_images"]),
-                       (["train_frames=-1"], ["train_frames", ">= 0"])]:
+                       (["train_frames=-1"], ["train_frames", ">= 0"]),
+                       (["noise_corr=1"], ["noise_corr", "[0, 1)"]), (["schedule_shift=0"], ["schedule_shift", "> 0"])]:
         with pytest.raises(AigcError) as e:
             cls.check_config(build_config("video-diffusion", "moving-shapes", None, args + bad, {}))
         assert all(w in str(e.value) for w in words), str(e.value)
     with pytest.raises(AigcError, match="video-diffusion"):
         recipe_class("diffusion").check_config(build_config("diffusion", "shapes", None, ["joint_images=2"], {}))
+    with pytest.raises(AigcError, match="video-diffusion"):
+        recipe_class("diffusion").check_config(build_config("diffusion", "shapes", None, ["noise_corr=0.5"], {}))
 
 
 def test_training_on_windows_passes_each_frames_index_in_the_clip(monkeypatch):

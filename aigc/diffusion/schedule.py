@@ -7,6 +7,10 @@ abar_t = prod_{s<=t} alpha_s. Timesteps are 0-based here (t = 0 .. T-1 stands fo
 - cosine: abar_t = f(t)/f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2), s = 0.008, betas clipped at 0.999
   (Nichol & Dhariwal 2021, eq. 17): less noise early on, which helps low-resolution images and
   few-step sampling.
+- `shift` s > 1 divides the signal-to-noise ratio at every step by s^2, abar' = abar / (abar + s^2 (1 - abar))
+  (the shifted schedules of "simple diffusion", Hoogeboom et al. 2023, and of Stable Diffusion 3): where many
+  pixels carry the same information (a high resolution, or the frames of a clip) a given noise level hides
+  less of it, so training and sampling spend too few steps where the layout is still undecided.
 Forward process in closed form (DDPM eq. 4): q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), so
 x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
 The network predicts eps (DDPM eq. 14's loss ||eps - eps_theta(x_t, t)||^2) or, as an option, the velocity
@@ -38,12 +42,18 @@ def betas_for(kind: str, T: int) -> torch.Tensor:
 class Schedule:
     """The per-step constants of a T-step schedule (float64 for accuracy, cast when used)."""
 
-    def __init__(self, kind: str = "linear", T: int = 1000, prediction: str = "eps"):
+    def __init__(self, kind: str = "linear", T: int = 1000, prediction: str = "eps", shift: float = 1.0):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction '{prediction}'; valid: {', '.join(PREDICTIONS)}")
-        self.kind, self.T, self.prediction = kind, T, prediction
+        if shift <= 0:
+            raise ValueError(f"shift must be > 0, got {shift}")
+        self.kind, self.T, self.prediction, self.shift = kind, T, prediction, shift
         self.betas = betas_for(kind, T)
         self.alphas_cumprod = torch.cumprod(1 - self.betas, 0)
+        if shift != 1:
+            a = self.alphas_cumprod
+            self.alphas_cumprod = a / (a + shift ** 2 * (1 - a))
+            self.betas = 1 - self.alphas_cumprod / torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
         self._abar = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])   # index t + 1
 
     def abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

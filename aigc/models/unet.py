@@ -63,6 +63,7 @@ class DiffusionConfig:
     # noise schedule and objective
     schedule: str = "cosine"         # linear (DDPM) | cosine (improved DDPM)
     T: int = 1000
+    schedule_shift: float = 1.0      # > 1 divides every step's SNR by its square (diffusion/schedule.py)
     prediction: str = "eps"          # eps | v
     min_snr: float = 0.0             # > 0: min-SNR-gamma loss weighting with this gamma (Hang et al. 2023; 5 is usual)
     # conditioning
@@ -73,8 +74,8 @@ class DiffusionConfig:
     num_classes: int = 0             # set from the data
     text_vocab: list = field(default_factory=list)   # set from the data
     # sampling defaults (aigc sample / eval / training grids)
-    sampler: str = "ddim"            # ddim | ddpm
-    sample_steps: int = 50           # ddim steps (ddpm uses T unless --steps)
+    sampler: str = "ddim"            # ddim | dpm++2m | ddpm
+    sample_steps: int = 50           # ddim / dpm++2m steps (ddpm uses T unless --steps)
     eta: float = 0.0                 # ddim noise (0 = deterministic)
     guidance: float = 1.0            # classifier-free guidance scale (1 = plain conditional)
     clip: bool = True                # clamp the x_0 estimate to [-1, 1] while sampling
@@ -84,6 +85,8 @@ class DiffusionConfig:
                                      # trained as 1-frame clips: joint image-video training (recipes/video.py)
     train_frames: int = 0            # train on random windows of this many consecutive frames of each clip (0 or
                                      # >= the clip length = whole clips); sampling makes whole clips (recipes/video.py)
+    noise_corr: float = 0.0          # correlation of the noise between a clip's frames, in training and sampling
+                                     # (0 = i.i.d.; diffusion/samplers.py frame_noise)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from aigc.config import RunConfig
 from aigc.diffusion import Schedule, guided
 from aigc.diffusion import sample as run_sampler
-from aigc.diffusion.samplers import SAMPLERS
+from aigc.diffusion.samplers import FEW_STEP, SAMPLERS, frame_noise
 from aigc.diffusion.schedule import PREDICTIONS, SCHEDULES
 from aigc.errors import AigcError
 from aigc.io.images import save_grid
@@ -37,7 +37,8 @@ class DiffusionRecipe(ImageRecipe):
         self.shape, self.net = self.build_net(cfg)
         self.net = self.net.to(memory_format=torch.channels_last)
         self.modules = {"unet": self.net}
-        self.schedule = Schedule(m.schedule, m.T, m.prediction)
+        self.schedule = Schedule(m.schedule, m.T, m.prediction, m.schedule_shift)
+        self.noise = frame_noise(m.noise_corr)
         self.vocab = WordVocab(m.text_vocab) if m.cond == "text" else None
         self.device = torch.device("cpu")
 
@@ -69,10 +70,14 @@ class DiffusionRecipe(ImageRecipe):
                             f"model.groups ({m.groups})")
         if not 0 <= m.attn_levels <= len(m.mults):
             raise AigcError(f"model.attn_levels must be in 0..{len(m.mults)}")
+        if m.schedule_shift <= 0:
+            raise AigcError(f"model.schedule_shift must be > 0 (1 = the schedule as it is), got {m.schedule_shift}")
         if m.min_snr < 0:
             raise AigcError(f"model.min_snr must be >= 0 (0 = the plain loss, else the min-SNR gamma), got {m.min_snr}")
-        if (m.joint_images or m.train_frames) and cfg.family != "video-diffusion":
-            raise AigcError("model.joint_images and model.train_frames are options of video-diffusion")
+        if (m.joint_images or m.train_frames or m.noise_corr) and cfg.family != "video-diffusion":
+            raise AigcError("model.joint_images, train_frames and noise_corr are options of video-diffusion")
+        if not 0 <= m.noise_corr < 1:
+            raise AigcError(f"model.noise_corr must be in [0, 1) (the noise correlation between frames), got {m.noise_corr}")
         if not 0 <= m.p_uncond <= 1 or m.guidance < 0 or m.eta < 0:
             raise AigcError("model.p_uncond must be in [0, 1], model.guidance and model.eta >= 0")
 
@@ -120,7 +125,7 @@ class DiffusionRecipe(ImageRecipe):
         `weighted` applies the min-SNR weight when model.min_snr > 0 (training only, so eval losses of runs
         with and without it stay comparable)."""
         t = torch.randint(self.schedule.T, (len(x0),), generator=generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        noise = self.noise(x0.shape, generator, x0.device, torch.float32)
         x_t = self.schedule.q_sample(x0, t, noise)
         out = self.net(x_t, t, c, frame_index)
         loss = F.mse_loss(out.float(), self.schedule.target(x0, t, noise), reduction="none").flatten(1).mean(1)
@@ -182,10 +187,11 @@ class DiffusionRecipe(ImageRecipe):
         """n images in [0, 1] (or (images, frames) with record > 0)."""
         m = self.cfg.model
         sampler = sampler or m.sampler
-        steps = steps or (m.sample_steps if sampler == "ddim" else None)
+        steps = steps or (m.sample_steps if sampler in FEW_STEP else None)
         w = m.guidance if guidance is None else guidance
         out = run_sampler(sampler, self._denoiser(c, w), self.schedule, (n, *self.shape), steps, eta=m.eta,
-                          generator=generator, device=self.device_of(), clip=m.clip, record=record, progress=progress)
+                          generator=generator, device=self.device_of(), clip=m.clip, record=record, progress=progress,
+                          noise=self.noise)
         if record:
             x, frames = out
             return (x + 1) / 2, [(f.clamp(-1, 1) + 1) / 2 for f in frames]
@@ -243,6 +249,6 @@ class DiffusionRecipe(ImageRecipe):
         """The denoising loss on the eval split (fixed timesteps and noise); sample quality follows."""
         m = self.cfg.model
         out = self.evaluate(data, num=num)
-        steps = m.sample_steps if m.sampler == "ddim" else m.T
+        steps = m.sample_steps if m.sampler in FEW_STEP else m.T
         return {**out, "sampler": m.sampler, "sampler_steps": steps, "guidance": m.guidance if m.cond != "none" else None,
                 "note": "eval_loss = the DDPM simple loss on the eval split; sample_quality uses the sampler above"}
