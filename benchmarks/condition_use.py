@@ -1,4 +1,4 @@
-"""Does a text-to-image shapes diffusion model read each attribute of its caption?
+"""Does a text-to-image shapes (or text-to-video moving-shapes) diffusion model read each attribute of its caption?
 
   python benchmarks/condition_use.py RUN [RUN ...] [--raw] [--num 500]
 
@@ -7,7 +7,9 @@ true image (mean squared error, x_0 in [-1, 1]) when it is given the image's own
 caption names a different position, color, shape or size (everything else the same). The ratio
 MSE(wrong caption) / MSE(true caption) says how much the model relies on that attribute at that t: 1.00 means
 it ignores it. The README's eps vs v figures come from this script: both 20-minute shapes runs of
-benchmarks/diffusion.py, --raw (the weights before EMA), --num 300."""
+benchmarks/diffusion.py, --raw (the weights before EMA), --num 300.
+For a moving-shapes video run the attributes are direction, color and shape, on evaluation clips (x_0 error over all
+frames); the issue-7 figures come from the 20-minute runs of benchmarks/video.py with --num 128."""
 
 from __future__ import annotations
 
@@ -23,10 +25,37 @@ sys.path.insert(0, str(ROOT))
 
 TIMES = (500, 900, 970, 999)
 ATTRS = {"position": 9, "color": 6, "shape": 3, "size": 2}      # attribute -> number of values
+CLIP_TIMES = (300, 600, 800, 900, 950, 980, 999)
+CLIP_ATTRS = {"direction": 4, "color": 6, "shape": 3}
+
+
+def shapes_variants(data, n: int, g: torch.Generator):
+    """x_0 (n images in [-1, 1]), the attribute counts, and the caption ids of each variant."""
+    from aigc.data import shapes
+
+    ev = data.eval.attrs
+    x0 = data.eval.batch(torch.arange(n))["image"] * 2 - 1
+    true = {k: ev[k][:n] for k in ATTRS}
+    variants = {"true": true}
+    for k, m in ATTRS.items():                  # the same attributes with `k` moved to another value
+        variants[k] = {**true, k: (true[k] + torch.randint(1, m, (n,), generator=g)) % m}
+    return x0, ATTRS, TIMES, {name: shapes.captions(a, torch.arange(n)) for name, a in variants.items()}
+
+
+def clip_variants(data, n: int, g: torch.Generator):
+    """The same for moving-shapes clips (n, C, T, H, W): direction, color and shape."""
+    from aigc.data.video import shape_clip_captions
+
+    ev = data.eval["attrs"]
+    x0 = data.eval["video"][:n].float() / 255 * 2 - 1
+    true = {k: ev[k][:n] for k in CLIP_ATTRS}
+    variants = {"true": true}
+    for k, m in CLIP_ATTRS.items():
+        variants[k] = {**true, k: (true[k] + torch.randint(1, m, (n,), generator=g)) % m}
+    return x0, CLIP_ATTRS, CLIP_TIMES, {name: shape_clip_captions(a) for name, a in variants.items()}
 
 
 def main() -> None:
-    from aigc.data import shapes
     from aigc.recipes import open_run
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,32 +66,32 @@ def main() -> None:
     torch.set_num_threads(2)
     for run in args.runs:
         cfg, recipe = open_run(run, torch.device("cpu"), ema=not args.raw)
-        if cfg.model.cond != "text" or cfg.data.name != "shapes":
-            raise SystemExit(f"{run}: not a text-conditioned shapes diffusion run")
+        if cfg.model.cond != "text" or cfg.data.name not in ("shapes", "moving-shapes"):
+            raise SystemExit(f"{run}: not a text-conditioned shapes or moving-shapes diffusion run")
         data = recipe.load_data(cfg, run)
-        ev = data.eval.attrs
-        n = min(args.num, len(ev["color"]))
-        x0 = data.eval.batch(torch.arange(n))["image"] * 2 - 1
         g = torch.Generator().manual_seed(0)
-        true = {k: ev[k][:n] for k in ATTRS}
-        variants = {"true": true}
-        for k, m in ATTRS.items():              # the same attributes with `k` moved to another value
-            variants[k] = {**true, k: (true[k] + torch.randint(1, m, (n,), generator=g)) % m}
-        ids = {name: recipe.vocab.encode(shapes.captions(a, torch.arange(n))) for name, a in variants.items()}
-        print(f"{run} ({'raw' if args.raw else 'EMA'} weights, {n} images): x_0 MSE with the true caption, "
+        make = shapes_variants if cfg.data.name == "shapes" else clip_variants
+        num = min(args.num, len(data.eval["video"]) if cfg.data.name != "shapes" else len(data.eval.attrs["color"]))
+        x0, attrs, times, captions = make(data, num, g)
+        ids = {name: recipe.vocab.encode(c) for name, c in captions.items()}
+        what = "images" if x0.dim() == 4 else "clips"
+        print(f"{run} ({'raw' if args.raw else 'EMA'} weights, {num} {what}): x_0 MSE with the true caption, "
               "and the ratio when one attribute is wrong")
-        print("| t | MSE (true caption) | " + " | ".join(f"wrong {k}" for k in ATTRS) + " |")
-        print("|---:|---:|" + "---:|" * len(ATTRS))
+        print("| t | MSE (true caption) | " + " | ".join(f"wrong {k}" for k in attrs) + " |")
+        print("|---:|---:|" + "---:|" * len(attrs))
         with torch.no_grad():
-            for t in TIMES:
-                tt = torch.full((n,), t)
-                noise = torch.randn(x0.shape, generator=g)
-                x_t = recipe.schedule.q_sample(x0, tt, noise)
+            for t in times:
+                tt = torch.full((num,), t)
+                x_t = recipe.schedule.q_sample(x0, tt, recipe.noise(x0.shape, g, "cpu", torch.float32))
                 mse = {}
                 for name, c in ids.items():
-                    out = recipe.net(x_t, tt, c)
-                    mse[name] = F.mse_loss(recipe.schedule.split(out, x_t, tt)[0].clamp(-1, 1), x0).item()
-                print(f"| {t} | {mse['true']:.4f} | " + " | ".join(f"{mse[k] / mse['true']:.3f}x" for k in ATTRS) + " |")
+                    err = 0.0
+                    for i in range(0, num, 50):             # clips in chunks: 16 frames each
+                        out = recipe.net(x_t[i:i + 50], tt[i:i + 50], c[i:i + 50])
+                        x0_hat = recipe.schedule.split(out, x_t[i:i + 50], tt[i:i + 50])[0].clamp(-1, 1)
+                        err += F.mse_loss(x0_hat, x0[i:i + 50], reduction="sum").item()
+                    mse[name] = err / x0.numel()
+                print(f"| {t} | {mse['true']:.4f} | " + " | ".join(f"{mse[k] / mse['true']:.3f}x" for k in attrs) + " |")
         print()
 
 

@@ -12,6 +12,9 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
   diffusion-b8    the same on whole 16-frame clips (model.train_frames=0): twice the frames per step
   diffusion-b16   whole clips, 16 per step: the previous preset
   diffusion-joint whole clips with joint image-video training: of 64 clips per step, 56 are cut to one frame
+  diffusion-corr0.9  the preset with noise correlated 0.9 between frames (model.noise_corr, PYoCo's mixed prior)
+  diffusion-shift3   the preset with the noise schedule's SNR divided by 9 (model.schedule_shift = 3)
+  diffusion-shift6   the same with the SNR divided by 36 (model.schedule_shift = 6)
   diffusion-eps   the previous preset with eps-prediction, no caption map, no coordinate channels
 Each model row: training steps, clips/s and frames/s (the frames the network trains on), peak RSS of training,
 the metrics of metrics/video.py on --clips clips whose prompts are the evaluation captions in turn, the time to
@@ -45,6 +48,7 @@ TRAIN = {
                         ["--set", "model.train_frames=0", "--set", "data.batch_size=64", "--set", "model.joint_images=56"]),
     "diffusion-corr0.9": ("video-diffusion-corr0.9-20min", "video-diffusion", ["--set", "model.noise_corr=0.9"]),
     "diffusion-shift3": ("video-diffusion-shift3-20min", "video-diffusion", ["--set", "model.schedule_shift=3"]),
+    "diffusion-shift6": ("video-diffusion-shift6-20min", "video-diffusion", ["--set", "model.schedule_shift=6"]),
     "diffusion-eps": ("video-diffusion-eps-20min", "video-diffusion",
                       [*WHOLE16, "--set", 'model.prediction="eps"', "--set", "model.cond_map=0", "--set", "model.coords=false"]),
 }
@@ -121,6 +125,9 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-b8": "video diffusion, 8 whole 16-frame clips per step",
          "diffusion-b16": "video diffusion, 16 whole clips per step (the previous preset)",
          "diffusion-joint": "video diffusion, joint image-video: 8 whole clips + 56 single frames per step",
+         "diffusion-corr0.9": "video diffusion, the preset with frame-correlated noise (model.noise_corr = 0.9)",
+         "diffusion-shift3": "video diffusion, the preset with the noise schedule shifted (model.schedule_shift = 3)",
+         "diffusion-shift6": "video diffusion, the preset with the noise schedule shifted more (model.schedule_shift = 6)",
          "diffusion-eps": "video diffusion, 16 whole clips per step, eps-prediction, no caption map or coordinates"}
 
 
