@@ -30,7 +30,8 @@ def test_shifted_schedule_divides_the_snr_by_the_shift_squared():
     still samples the right distribution on it."""
     base, shifted = Schedule("cosine", 1000), Schedule("cosine", 1000, "v", shift=3.0)
     t = torch.arange(1000)
-    ratio = shifted.snr(t, torch.zeros(1000)) / base.snr(t, torch.zeros(1000))
+    like = torch.zeros(1000, dtype=torch.float64)
+    ratio = shifted.snr(t, like) / base.snr(t, like)
     assert torch.allclose(ratio, torch.full_like(ratio, 1 / 9), rtol=1e-4)
     assert torch.allclose(torch.cumprod(1 - shifted.betas, 0), shifted.alphas_cumprod, rtol=1e-9)
     assert (shifted.betas > 0).all() and (shifted.betas < 1).all()
