@@ -19,10 +19,10 @@ schedule's parameterisation (eps or v); the samplers convert it with `Schedule.s
   onto t = 0 is first order again ("lower order final" of the paper): with evenly spaced timesteps it is
   far longer in lambda than the one before (h 2.5 vs 0.6 at 25 cosine steps), and extrapolating x_0 that far
   over-disperses (std 0.53 for 0.5 on a Gaussian). The last step, to the clean image (sigma = 0, h
-  infinite), returns x0_t as DDIM does. Same cost per step as DDIM,
-  and a smaller discretisation error at 10 to 25 steps.
+  infinite), returns x0_t as DDIM does. Same cost per step as DDIM, and a smaller discretisation error at
+  10 to 25 steps.
 
-Both draw their Gaussian noise (x_T and the fresh noise of each stochastic step) from `noise(shape,
+All three draw their Gaussian noise (x_T and the fresh noise of each stochastic step) from `noise(shape,
 generator, device, dtype)`, i.i.d. N(0, I) by default. A model trained with correlated noise N(0, S)
 (`frame_noise`) is sampled with the same: the whole process is then the i.i.d. one in the coordinates
 S^(-1/2) x, and the updates above are linear in x_0, eps and z, so they hold unchanged."""
