@@ -29,29 +29,32 @@ CLIP_TIMES = (300, 600, 800, 900, 950, 980, 999)
 CLIP_ATTRS = {"direction": 4, "color": 6, "shape": 3}
 
 
-def shapes_variants(data, n: int, g: torch.Generator):
-    """x_0 (n images in [-1, 1]), the attribute counts, and the caption ids of each variant."""
+def with_one_wrong(true: dict, attrs: dict, g: torch.Generator) -> dict:
+    """{"true": the attributes, k: the same attributes with `k` moved to another of its values} for every k."""
+    n = len(next(iter(true.values())))
+    return {"true": true, **{k: {**true, k: (true[k] + torch.randint(1, m, (n,), generator=g)) % m}
+                             for k, m in attrs.items()}}
+
+
+def shapes_variants(data, num: int, g: torch.Generator):
+    """x_0 (up to `num` images in [-1, 1]), the attribute counts, the noise levels, and each variant's captions."""
     from aigc.data import shapes
 
     ev = data.eval.attrs
+    n = min(num, len(ev["color"]))
     x0 = data.eval.batch(torch.arange(n))["image"] * 2 - 1
-    true = {k: ev[k][:n] for k in ATTRS}
-    variants = {"true": true}
-    for k, m in ATTRS.items():                  # the same attributes with `k` moved to another value
-        variants[k] = {**true, k: (true[k] + torch.randint(1, m, (n,), generator=g)) % m}
+    variants = with_one_wrong({k: ev[k][:n] for k in ATTRS}, ATTRS, g)
     return x0, ATTRS, TIMES, {name: shapes.captions(a, torch.arange(n)) for name, a in variants.items()}
 
 
-def clip_variants(data, n: int, g: torch.Generator):
+def clip_variants(data, num: int, g: torch.Generator):
     """The same for moving-shapes clips (n, C, T, H, W): direction, color and shape."""
     from aigc.data.video import shape_clip_captions
 
     ev = data.eval["attrs"]
+    n = min(num, len(ev["color"]))
     x0 = data.eval["video"][:n].float() / 255 * 2 - 1
-    true = {k: ev[k][:n] for k in CLIP_ATTRS}
-    variants = {"true": true}
-    for k, m in CLIP_ATTRS.items():
-        variants[k] = {**true, k: (true[k] + torch.randint(1, m, (n,), generator=g)) % m}
+    variants = with_one_wrong({k: ev[k][:n] for k in CLIP_ATTRS}, CLIP_ATTRS, g)
     return x0, CLIP_ATTRS, CLIP_TIMES, {name: shape_clip_captions(a) for name, a in variants.items()}
 
 
@@ -71,8 +74,8 @@ def main() -> None:
         data = recipe.load_data(cfg, run)
         g = torch.Generator().manual_seed(0)
         make = shapes_variants if cfg.data.name == "shapes" else clip_variants
-        num = min(args.num, len(data.eval["video"]) if cfg.data.name != "shapes" else len(data.eval.attrs["color"]))
-        x0, attrs, times, captions = make(data, num, g)
+        x0, attrs, times, captions = make(data, args.num, g)
+        num = len(x0)
         ids = {name: recipe.vocab.encode(c) for name, c in captions.items()}
         what = "images" if x0.dim() == 4 else "clips"
         print(f"{run} ({'raw' if args.raw else 'EMA'} weights, {num} {what}): x_0 MSE with the true caption, "
@@ -86,10 +89,11 @@ def main() -> None:
                 mse = {}
                 for name, c in ids.items():
                     err = 0.0
-                    for i in range(0, num, 50):             # clips in chunks: 16 frames each
-                        out = recipe.net(x_t[i:i + 50], tt[i:i + 50], c[i:i + 50])
-                        x0_hat = recipe.schedule.split(out, x_t[i:i + 50], tt[i:i + 50])[0].clamp(-1, 1)
-                        err += F.mse_loss(x0_hat, x0[i:i + 50], reduction="sum").item()
+                    for i in range(0, num, 50):             # in chunks: a clip is 16 images
+                        part = slice(i, i + 50)
+                        out = recipe.net(x_t[part], tt[part], c[part])
+                        x0_hat = recipe.schedule.split(out, x_t[part], tt[part])[0].clamp(-1, 1)
+                        err += F.mse_loss(x0_hat, x0[part], reduction="sum").item()
                     mse[name] = err / x0.numel()
                 print(f"| {t} | {mse['true']:.4f} | " + " | ".join(f"{mse[k] / mse['true']:.3f}x" for k in attrs) + " |")
         print()

@@ -127,7 +127,7 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-joint": "video diffusion, joint image-video: 8 whole clips + 56 single frames per step",
          "diffusion-corr0.9": "video diffusion, the preset with frame-correlated noise (model.noise_corr = 0.9)",
          "diffusion-shift3": "video diffusion, the preset with the noise schedule shifted (model.schedule_shift = 3)",
-         "diffusion-shift6": "video diffusion, the preset with the noise schedule shifted more (model.schedule_shift = 6)",
+         "diffusion-shift6": "video diffusion, the preset with the noise schedule shifted more (model.schedule_shift = 6; 128 clips)",
          "diffusion-eps": "video diffusion, 16 whole clips per step, eps-prediction, no caption map or coordinates"}
 
 

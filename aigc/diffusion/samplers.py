@@ -82,7 +82,7 @@ def _run(step: Callable, fn, schedule: Schedule, shape, steps, generator, device
         x0, eps = schedule.split(fn(x, tt), x, tt, clip)
         a_t = schedule.abar(tt, x)
         a_prev = schedule.abar(torch.full_like(tt, prev), x)
-        x = step(x, x0, eps, a_t, a_prev, last=prev < 0)
+        x = step(x, x0, eps, a_t, a_prev, prev)                     # prev = -1: the step to the clean image
         if i in keep:
             frames.append(x.clone())
         if progress:
@@ -96,10 +96,10 @@ def ddpm_sample(fn, schedule: Schedule, shape, steps: int | None = None, generat
     """Ancestral sampling (DDPM eq. 11 / 7). Returns x_0, or (x_0, frames) with `record` + 1 snapshots of
     x_t from x_T to x_0 when record > 0."""
 
-    def step(x, x0, eps, a_t, a_prev, last):
+    def step(x, x0, eps, a_t, a_prev, prev):
         beta = 1 - a_t / a_prev
         mean = a_prev.sqrt() * beta / (1 - a_t) * x0 + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * x
-        if last:
+        if prev < 0:
             return mean
         var = (1 - a_prev) / (1 - a_t) * beta
         return mean + var.sqrt() * noise(x.shape, generator, x.device, x.dtype)
@@ -112,10 +112,10 @@ def ddim_sample(fn, schedule: Schedule, shape, steps: int = 50, eta: float = 0.0
                 dtype=torch.float32, x_T=None, clip: bool = True, record: int = 0, progress=None, noise=_noise):
     """DDIM (eq. 12 with sigma of eq. 16); eta = 0 deterministic given x_T (or the generator's seed)."""
 
-    def step(x, x0, eps, a_t, a_prev, last):
+    def step(x, x0, eps, a_t, a_prev, prev):
         sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
         x = a_prev.sqrt() * x0 + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps
-        if eta > 0 and not last:
+        if eta > 0 and prev >= 0:
             x = x + sigma * noise(x.shape, generator, x.device, x.dtype)
         return x
 
@@ -129,16 +129,14 @@ def dpm_solver_sample(fn, schedule: Schedule, shape, steps: int = 25, generator=
     """DPM-Solver++(2M): the multistep second-order solver of the probability-flow ODE in its data-prediction
     form (see the module docstring); deterministic given x_T (or the generator's seed)."""
     before: dict[str, torch.Tensor] = {}
-    updates = len(timesteps(schedule.T, steps)) - 1          # steps between timesteps; then one to x_0
 
-    def step(x, x0, eps, a_t, a_prev, last):
-        if last:
+    def step(x, x0, eps, a_t, a_prev, prev):
+        if prev < 0:
             return x0
         lam = lambda a: 0.5 * (a.log() - (1 - a).log())                     # noqa: E731  log(alpha / sigma)
         h = lam(a_prev) - lam(a_t)
         d = x0
-        before["n"] = before.get("n", 0) + 1
-        if "x0" in before and before["n"] < updates:        # the step onto t = 0 is first order (see above)
+        if before and prev > 0:                             # the step onto t = 0 is first order (see above)
             r = before["h"] / h
             d = (1 + 0.5 / r) * x0 - 0.5 / r * before["x0"]
         before.update(x0=x0, h=h)

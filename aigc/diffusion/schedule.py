@@ -49,12 +49,13 @@ class Schedule:
             raise ValueError(f"shift must be > 0, got {shift}")
         self.kind, self.T, self.prediction, self.shift = kind, T, prediction, shift
         self.betas = betas_for(kind, T)
-        self.alphas_cumprod = torch.cumprod(1 - self.betas, 0)
+        a = torch.cumprod(1 - self.betas, 0)
         if shift != 1:
-            a = self.alphas_cumprod
-            self.alphas_cumprod = a / (a + shift ** 2 * (1 - a))
-            self.betas = 1 - self.alphas_cumprod / torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
-        self._abar = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])   # index t + 1
+            a = a / (a + shift ** 2 * (1 - a))
+        self.alphas_cumprod = a
+        self._abar = torch.cat([torch.ones(1, dtype=torch.float64), a])   # index t + 1
+        if shift != 1:
+            self.betas = 1 - self._abar[1:] / self._abar[:-1]
 
     def abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """abar_t for a batch of timesteps, shaped to broadcast against `like` (B, ...); t = -1 gives 1."""
