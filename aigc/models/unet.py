@@ -81,6 +81,7 @@ class DiffusionConfig:
     clip: bool = True                # clamp the x_0 estimate to [-1, 1] while sampling
     # video (video-diffusion)
     temporal_attention: bool = True  # attention across frames in the blocks that have spatial attention
+    temporal_conv: str = "1d"        # 1d: over the frames at each pixel | separated: depthwise 3x3x3 + 1x1x1
     joint_images: int = 0            # of each batch of clips, how many are cut to one random frame each and
                                      # trained as 1-frame clips: joint image-video training (recipes/video.py)
     train_frames: int = 0            # train on random windows of this many consecutive frames of each clip (0 or
@@ -135,18 +136,31 @@ class Attention(nn.Module):
 
 
 class TemporalConv(nn.Module):
-    """Residual 1D convolution (kernel 3) over the frames at every pixel of (B*T, C, H, W) features."""
+    """Residual 1D convolution (kernel 3) over the frames at every pixel of (B*T, C, H, W) features; or, with
+    `separated`, a channel-separated 3D convolution (Tran et al. 2019): a depthwise 3x3x3 convolution over
+    (frames, height, width), then a 1x1x1 one mixing the channels. The per-pixel kernel cannot tilt in space:
+    "the same thing one pixel further right in the next frame" needs several layers; each depthwise channel
+    can be such a tilted (moving) filter, at less cost than the per-pixel kernel."""
 
-    def __init__(self, ch: int, groups: int):
+    def __init__(self, ch: int, groups: int, separated: bool = False):
         super().__init__()
         self.norm = nn.GroupNorm(min(groups, ch), ch)
-        self.conv = nn.Conv1d(ch, ch, 3, padding=1)
+        self.separated = separated
+        if separated:
+            self.depthwise = nn.Conv3d(ch, ch, 3, padding=1, groups=ch)
+            self.conv = nn.Conv3d(ch, ch, 1)
+        else:
+            self.conv = nn.Conv1d(ch, ch, 3, padding=1)
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         BT, C, H, W = x.shape
         B = BT // frames
+        if self.separated:
+            h = F.silu(self.norm(x)).view(B, frames, C, H, W).transpose(1, 2)
+            h = self.conv(self.depthwise(h)).transpose(1, 2).reshape(BT, C, H, W)
+            return x + h
         h = F.silu(self.norm(x)).view(B, frames, C, H, W).permute(0, 3, 4, 2, 1).reshape(B * H * W, C, frames)
         h = self.conv(h).view(B, H, W, C, frames).permute(0, 4, 3, 1, 2).reshape(BT, C, H, W)
         return x + h
@@ -182,7 +196,7 @@ class Block(nn.Module):
         super().__init__()
         self.res = ResBlock(cin, cout, emb, cfg.groups, cfg.dropout)
         self.attn = Attention(cout, cfg.heads, cfg.groups) if attn else None
-        self.tconv = TemporalConv(cout, cfg.groups) if video else None
+        self.tconv = TemporalConv(cout, cfg.groups, cfg.temporal_conv == "separated") if video else None
         self.tattn = TemporalAttention(cout, cfg.heads, cfg.groups) if video and attn and cfg.temporal_attention \
             else None
 

@@ -177,6 +177,8 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
         if not 0 <= cfg.model.joint_images < cfg.data.batch_size:
             raise AigcError(f"model.joint_images must be in 0..data.batch_size - 1 ({cfg.data.batch_size - 1}): "
                             f"at least one clip of each batch trains as a clip; got {cfg.model.joint_images}")
+        if cfg.model.temporal_conv not in ("1d", "separated"):
+            raise AigcError(f"model.temporal_conv must be '1d' or 'separated', got '{cfg.model.temporal_conv}'")
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
