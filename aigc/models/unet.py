@@ -60,6 +60,8 @@ class DiffusionConfig:
     heads: int = 4
     groups: int = 8                  # GroupNorm groups
     dropout: float = 0.0
+    emb_act: bool = False            # SiLU on the embedding before each block's scale/shift Linear (as in ADM): the
+                                     # time, condition and frame embeddings then interact instead of adding up
     # noise schedule and objective
     schedule: str = "cosine"         # linear (DDPM) | cosine (improved DDPM)
     T: int = 1000
@@ -84,6 +86,7 @@ class DiffusionConfig:
     temporal_conv: str = "1d"        # 1d: over the frames at each pixel | separated: depthwise 3x3x3 + 1x1x1
     joint_images: int = 0            # of each batch of clips, how many are cut to one random frame each and
                                      # trained as 1-frame clips: joint image-video training (recipes/video.py)
+    window_start0: float = 0.0       # share of the training windows that start at frame 0 (the others start anywhere)
     train_frames: int = 0            # train on random windows of this many consecutive frames of each clip (0 or
                                      # >= the clip length = whole clips); sampling makes whole clips (recipes/video.py)
     noise_corr: float = 0.0          # correlation of the noise between a clip's frames, in training and sampling
@@ -99,8 +102,9 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, emb: int, groups: int, dropout: float):
+    def __init__(self, cin: int, cout: int, emb: int, groups: int, dropout: float, emb_act: bool = False):
         super().__init__()
+        self.emb_act = emb_act
         self.norm1 = nn.GroupNorm(min(groups, cin), cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb, 2 * cout)
@@ -113,7 +117,7 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, 1)
+        scale, shift = self.emb(F.silu(emb) if self.emb_act else emb)[:, :, None, None].chunk(2, 1)
         h = self.norm2(h) * (1 + scale) + shift
         return self.skip(x) + self.conv2(self.drop(F.silu(h)))
 
@@ -194,7 +198,7 @@ class Block(nn.Module):
 
     def __init__(self, cin, cout, emb, cfg: DiffusionConfig, attn: bool, video: bool = False):
         super().__init__()
-        self.res = ResBlock(cin, cout, emb, cfg.groups, cfg.dropout)
+        self.res = ResBlock(cin, cout, emb, cfg.groups, cfg.dropout, cfg.emb_act)
         self.attn = Attention(cout, cfg.heads, cfg.groups) if attn else None
         self.tconv = TemporalConv(cout, cfg.groups, cfg.temporal_conv == "separated") if video else None
         self.tattn = TemporalAttention(cout, cfg.heads, cfg.groups) if video and attn and cfg.temporal_attention \

@@ -207,6 +207,8 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
         part = lambda a, b: c[a:b] if c is not None else None                     # noqa: E731
         T, n, k = x0.shape[2], len(x0) - m.joint_images, self.window(self.cfg)
         first = torch.randint(T - k + 1, (n,))                                     # windows of k frames
+        if m.window_start0:
+            first = first.masked_fill(torch.rand(n) < m.window_start0, 0)
         index = first[:, None] + torch.arange(k)
         clips = torch.stack([x0[i, :, f:f + k] for i, f in enumerate(first.tolist())])
         clip_loss = self._loss(clips, part(0, n), weighted=True, frame_index=index)
