@@ -32,7 +32,13 @@ Video (`frames` > 0, the video-diffusion family): the same U-Net runs on every f
 (B*T, C, H, W), and each block adds the temporal half of a factorised (2+1)D layer (Tran et al. 2018, as in
 Video Diffusion Models, Ho et al. 2022): a residual 1D convolution over the frames at every pixel, and,
 where the block has spatial self-attention, attention across the frames at every pixel. A sinusoidal
-frame-index embedding is added to each frame's time embedding. Clips are (B, C, T, H, W)."""
+frame-index embedding is added to each frame's time embedding. Clips are (B, C, T, H, W).
+`temporal_conv = "separated"` makes the temporal convolution a channel-separated 3D one (Tran et al. 2019):
+a depthwise 3x3x3 kernel per channel, then a 1x1x1 mix; one such channel can be a filter tilted in space-time,
+"the same thing one pixel further in the next frame", which the per-pixel 1D kernel cannot be.
+`emb_act` puts a SiLU on the embedding before each block's scale/shift Linear, as ADM does: without it the
+scale and shift are a sum of separate functions of the time, the condition and the frame index, so no block
+can react to "frame 12 of a clip moving left" other than through the features."""
 
 from __future__ import annotations
 
