@@ -9,7 +9,7 @@ MSE(wrong caption) / MSE(true caption) says how much the model relies on that at
 it ignores it. The README's eps vs v figures come from this script: both 20-minute shapes runs of
 benchmarks/diffusion.py, --raw (the weights before EMA), --num 300.
 For a moving-shapes video run the attributes are direction, color and shape, on evaluation clips (x_0 error over all
-frames); the issue-7 figures come from the 20-minute runs of benchmarks/video.py with --num 128."""
+frames), plus the reversed direction alone (left <-> right, up <-> down: does the model read the sign of the motion?); the issue-7 figures come from the 20-minute runs of benchmarks/video.py with --num 128."""
 
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ def clip_variants(data, num: int, g: torch.Generator):
     n = min(num, len(ev["color"]))
     x0 = data.eval["video"][:n].float() / 255 * 2 - 1
     variants = with_one_wrong({k: ev[k][:n] for k in CLIP_ATTRS}, CLIP_ATTRS, g)
+    variants["reversed direction"] = {**variants["true"], "direction": ev["direction"][:n] ^ 1}   # left <-> right, up <-> down
     return x0, CLIP_ATTRS, CLIP_TIMES, {name: shape_clip_captions(a) for name, a in variants.items()}
 
 
@@ -80,8 +81,9 @@ def main() -> None:
         what = "images" if x0.dim() == 4 else "clips"
         print(f"{run} ({'raw' if args.raw else 'EMA'} weights, {num} {what}): x_0 MSE with the true caption, "
               "and the ratio when one attribute is wrong")
-        print("| t | MSE (true caption) | " + " | ".join(f"wrong {k}" for k in attrs) + " |")
-        print("|---:|---:|" + "---:|" * len(attrs))
+        cols = [k for k in captions if k != "true"]
+        print("| t | MSE (true caption) | " + " | ".join(f"wrong {k}" if k in attrs else k for k in cols) + " |")
+        print("|---:|---:|" + "---:|" * len(cols))
         with torch.no_grad():
             for t in times:
                 tt = torch.full((num,), t)
@@ -95,7 +97,7 @@ def main() -> None:
                         x0_hat = recipe.schedule.split(out, x_t[part], tt[part])[0].clamp(-1, 1)
                         err += F.mse_loss(x0_hat, x0[part], reduction="sum").item()
                     mse[name] = err / x0.numel()
-                print(f"| {t} | {mse['true']:.4f} | " + " | ".join(f"{mse[k] / mse['true']:.3f}x" for k in attrs) + " |")
+                print(f"| {t} | {mse['true']:.4f} | " + " | ".join(f"{mse[k] / mse['true']:.3f}x" for k in cols) + " |")
         print()
 
 

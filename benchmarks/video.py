@@ -15,6 +15,10 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
   diffusion-corr0.9  the preset with noise correlated 0.9 between frames (model.noise_corr, PYoCo's mixed prior)
   diffusion-shift3   the preset with the noise schedule's SNR divided by 9 (model.schedule_shift = 3)
   diffusion-shift6   the same with the SNR divided by 36 (model.schedule_shift = 6)
+  diffusion-dir   shift 3 plus three changes aimed at the direction's sign: channel-separated 3D temporal
+                  convolutions (model.temporal_conv), half the training windows starting at frame 0
+                  (model.window_start0), and a SiLU on the embedding before each block's scale/shift (model.emb_act)
+  diffusion-shift3-w0  shift 3 with half the training windows starting at frame 0 (model.window_start0 = 0.5)
   diffusion-eps   the previous preset with eps-prediction, no caption map, no coordinate channels
 Each model row: training steps, clips/s and frames/s (the frames the network trains on), peak RSS of training,
 the metrics of metrics/video.py on --clips clips whose prompts are the evaluation captions in turn, the time to
@@ -49,6 +53,11 @@ TRAIN = {
     "diffusion-corr0.9": ("video-diffusion-corr0.9-20min", "video-diffusion", ["--set", "model.noise_corr=0.9"]),
     "diffusion-shift3": ("video-diffusion-shift3-20min", "video-diffusion", ["--set", "model.schedule_shift=3"]),
     "diffusion-shift6": ("video-diffusion-shift6-20min", "video-diffusion", ["--set", "model.schedule_shift=6"]),
+    "diffusion-shift3-w0": ("video-diffusion-shift3-w0-20min", "video-diffusion",
+                            ["--set", "model.schedule_shift=3", "--set", "model.window_start0=0.5"]),
+    "diffusion-dir": ("video-diffusion-dir-20min", "video-diffusion",
+                      ["--set", "model.schedule_shift=3", "--set", 'model.temporal_conv="separated"',
+                       "--set", "model.window_start0=0.5", "--set", "model.emb_act=true"]),
     "diffusion-eps": ("video-diffusion-eps-20min", "video-diffusion",
                       [*WHOLE16, "--set", 'model.prediction="eps"', "--set", "model.cond_map=0", "--set", "model.coords=false"]),
 }
@@ -128,6 +137,9 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-corr0.9": "video diffusion, the preset with frame-correlated noise (model.noise_corr = 0.9)",
          "diffusion-shift3": "video diffusion, the preset with the noise schedule shifted (model.schedule_shift = 3)",
          "diffusion-shift6": "video diffusion, the preset with the noise schedule shifted more (model.schedule_shift = 6; 128 clips)",
+         "diffusion-shift3-w0": "video diffusion, shift 3 with half the training windows starting at frame 0",
+         "diffusion-dir": "video diffusion, shift 3 + 3D temporal convolutions + half the windows from frame 0 + "
+                          "SiLU on the embedding",
          "diffusion-eps": "video diffusion, 16 whole clips per step, eps-prediction, no caption map or coordinates"}
 
 

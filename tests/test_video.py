@@ -150,6 +150,24 @@ def test_video_unet_mixes_frames_and_keeps_shape():
     assert not torch.allclose(net(x2, t, c)[:, :, 5], out[:, :, 5])
 
 
+def test_separated_temporal_conv_reaches_the_next_frames_neighbours():
+    """temporal_conv = separated (a depthwise 3x3x3 kernel): what is at one pixel of frame 0 reaches the
+    neighbouring pixels of frame 1 in one layer; the 1D temporal convolution only reaches the same pixel."""
+    from aigc.models.unet import TemporalConv
+
+    for separated in (False, True):
+        layer = TemporalConv(4, 2, separated)
+        for p in layer.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+        layer.norm = torch.nn.Identity()              # its statistics would carry the change to every pixel
+        x = torch.randn(2 * 3, 4, 8, 8)               # B = 2 clips of 3 frames
+        x2 = x.clone()
+        x2[0, :, 4, 4] += 1                           # clip 0, frame 0, pixel (4, 4)
+        d = (layer(x2, 3) - layer(x, 3)).abs().sum(1)  # (B*T, H, W)
+        assert d[1, 4, 4] > 0 and d[3:].sum() == 0    # frame 1 of clip 0 sees it; clip 1 does not
+        assert (d[1, 4, 5] > 0) == separated and (d[1, 5, 5] > 0) == separated
+
+
 def test_video_diffusion_uses_the_image_samplers(monkeypatch):
     import aigc.recipes.diffusion as rd
     from aigc.recipes import build_config, recipe_class
@@ -241,6 +259,33 @@ def test_training_on_windows_passes_each_frames_index_in_the_clip(monkeypatch):
     c = recipe.vocab.encode(["a red circle moving up"] * 2)
     assert torch.allclose(net(x, t, c), net(x, t, c, torch.arange(6).expand(2, 6)))
     assert not torch.allclose(net(x[:, :, 2:4], t, c, torch.tensor([[2, 3], [2, 3]])), net(x[:, :, 2:4], t, c))
+
+
+def test_window_start0_and_3d_temporal_conv_train(monkeypatch):
+    """window_start0 = 1: every window starts at frame 0; a recipe with 3D (separated) temporal convolutions
+    and the embedding SiLU builds, trains a step and samples (the Conv3d weights stay contiguous)."""
+    from aigc.errors import AigcError
+    from aigc.recipes import build_config, recipe_class
+
+    args = ["num_eval=4", "frames=6", "width=16", "groups=4", "heads=2", "batch_size=3", "train_frames=2",
+            "window_start0=1", 'temporal_conv="separated"', "emb_act=true", "sample_steps=2"]
+    cfg = build_config("video-diffusion", "moving-shapes", None, args, {})
+    cls = recipe_class("video-diffusion")
+    cls.check_config(cfg)
+    data = cls.load_data(cfg)
+    recipe = cls(cfg)
+    seen = []
+    loss = recipe._loss
+    monkeypatch.setattr(recipe, "_loss", lambda x0, c, generator=None, weighted=False, frame_index=None:
+                        seen.append(frame_index) or loss(x0, c, generator, weighted, frame_index))
+    out = recipe.train_step(next(cls.make_batcher(data, cfg)), type("Opt", (), {"update": lambda s, n, l: None})())
+    assert torch.isfinite(out["loss"]) and torch.equal(seen[0], torch.tensor([[0, 1]] * 3))
+    assert recipe.generate(2, prompt="a red circle moving up")["videos"].shape == (2, 3, 6, 32, 32)
+    for bad, words in [(['temporal_conv="2d"'], ["temporal_conv", "separated"]),
+                       (["window_start0=1.5"], ["window_start0", "[0, 1]"])]:
+        with pytest.raises(AigcError) as e:
+            cls.check_config(build_config("video-diffusion", "moving-shapes", None, args + bad, {}))
+        assert all(w in str(e.value) for w in words), str(e.value)
 
 
 # ---------------------------------------------------------------- CLI

@@ -32,7 +32,13 @@ Video (`frames` > 0, the video-diffusion family): the same U-Net runs on every f
 (B*T, C, H, W), and each block adds the temporal half of a factorised (2+1)D layer (Tran et al. 2018, as in
 Video Diffusion Models, Ho et al. 2022): a residual 1D convolution over the frames at every pixel, and,
 where the block has spatial self-attention, attention across the frames at every pixel. A sinusoidal
-frame-index embedding is added to each frame's time embedding. Clips are (B, C, T, H, W)."""
+frame-index embedding is added to each frame's time embedding. Clips are (B, C, T, H, W).
+`temporal_conv = "separated"` makes the temporal convolution a channel-separated 3D one (Tran et al. 2019):
+a depthwise 3x3x3 kernel per channel, then a 1x1x1 mix; one such channel can be a filter tilted in space-time,
+"the same thing one pixel further in the next frame", which the per-pixel 1D kernel cannot be.
+`emb_act` puts a SiLU on the embedding before each block's scale/shift Linear, as ADM does: without it the
+scale and shift are a sum of separate functions of the time, the condition and the frame index, so no block
+can react to "frame 12 of a clip moving left" other than through the features."""
 
 from __future__ import annotations
 
@@ -60,6 +66,8 @@ class DiffusionConfig:
     heads: int = 4
     groups: int = 8                  # GroupNorm groups
     dropout: float = 0.0
+    emb_act: bool = False            # SiLU on the embedding before each block's scale/shift Linear (as in ADM): the
+                                     # time, condition and frame embeddings then interact instead of adding up
     # noise schedule and objective
     schedule: str = "cosine"         # linear (DDPM) | cosine (improved DDPM)
     T: int = 1000
@@ -81,8 +89,10 @@ class DiffusionConfig:
     clip: bool = True                # clamp the x_0 estimate to [-1, 1] while sampling
     # video (video-diffusion)
     temporal_attention: bool = True  # attention across frames in the blocks that have spatial attention
+    temporal_conv: str = "1d"        # 1d: over the frames at each pixel | separated: depthwise 3x3x3 + 1x1x1
     joint_images: int = 0            # of each batch of clips, how many are cut to one random frame each and
                                      # trained as 1-frame clips: joint image-video training (recipes/video.py)
+    window_start0: float = 0.0       # share of the training windows that start at frame 0 (the others start anywhere)
     train_frames: int = 0            # train on random windows of this many consecutive frames of each clip (0 or
                                      # >= the clip length = whole clips); sampling makes whole clips (recipes/video.py)
     noise_corr: float = 0.0          # correlation of the noise between a clip's frames, in training and sampling
@@ -98,8 +108,9 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, emb: int, groups: int, dropout: float):
+    def __init__(self, cin: int, cout: int, emb: int, groups: int, dropout: float, emb_act: bool = False):
         super().__init__()
+        self.emb_act = emb_act
         self.norm1 = nn.GroupNorm(min(groups, cin), cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb, 2 * cout)
@@ -112,7 +123,7 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, 1)
+        scale, shift = self.emb(F.silu(emb) if self.emb_act else emb)[:, :, None, None].chunk(2, 1)
         h = self.norm2(h) * (1 + scale) + shift
         return self.skip(x) + self.conv2(self.drop(F.silu(h)))
 
@@ -135,18 +146,31 @@ class Attention(nn.Module):
 
 
 class TemporalConv(nn.Module):
-    """Residual 1D convolution (kernel 3) over the frames at every pixel of (B*T, C, H, W) features."""
+    """Residual 1D convolution (kernel 3) over the frames at every pixel of (B*T, C, H, W) features; or, with
+    `separated`, a channel-separated 3D convolution (Tran et al. 2019): a depthwise 3x3x3 convolution over
+    (frames, height, width), then a 1x1x1 one mixing the channels. The per-pixel kernel cannot tilt in space:
+    "the same thing one pixel further right in the next frame" needs several layers; each depthwise channel
+    can be such a tilted (moving) filter, at less cost than the per-pixel kernel."""
 
-    def __init__(self, ch: int, groups: int):
+    def __init__(self, ch: int, groups: int, separated: bool = False):
         super().__init__()
         self.norm = nn.GroupNorm(min(groups, ch), ch)
-        self.conv = nn.Conv1d(ch, ch, 3, padding=1)
+        self.separated = separated
+        if separated:
+            self.depthwise = nn.Conv3d(ch, ch, 3, padding=1, groups=ch)
+            self.conv = nn.Conv3d(ch, ch, 1)
+        else:
+            self.conv = nn.Conv1d(ch, ch, 3, padding=1)
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         BT, C, H, W = x.shape
         B = BT // frames
+        if self.separated:
+            h = F.silu(self.norm(x)).view(B, frames, C, H, W).transpose(1, 2)
+            h = self.conv(self.depthwise(h)).transpose(1, 2).reshape(BT, C, H, W)
+            return x + h
         h = F.silu(self.norm(x)).view(B, frames, C, H, W).permute(0, 3, 4, 2, 1).reshape(B * H * W, C, frames)
         h = self.conv(h).view(B, H, W, C, frames).permute(0, 4, 3, 1, 2).reshape(BT, C, H, W)
         return x + h
@@ -180,9 +204,9 @@ class Block(nn.Module):
 
     def __init__(self, cin, cout, emb, cfg: DiffusionConfig, attn: bool, video: bool = False):
         super().__init__()
-        self.res = ResBlock(cin, cout, emb, cfg.groups, cfg.dropout)
+        self.res = ResBlock(cin, cout, emb, cfg.groups, cfg.dropout, cfg.emb_act)
         self.attn = Attention(cout, cfg.heads, cfg.groups) if attn else None
-        self.tconv = TemporalConv(cout, cfg.groups) if video else None
+        self.tconv = TemporalConv(cout, cfg.groups, cfg.temporal_conv == "separated") if video else None
         self.tattn = TemporalAttention(cout, cfg.heads, cfg.groups) if video and attn and cfg.temporal_attention \
             else None
 

@@ -35,7 +35,9 @@ class DiffusionRecipe(ImageRecipe):
         self.cfg = cfg
         m = cfg.model
         self.shape, self.net = self.build_net(cfg)
-        self.net = self.net.to(memory_format=torch.channels_last)
+        for layer in self.net.modules():                 # the 2D convolutions' weights (3D ones stay as they are)
+            if isinstance(layer, torch.nn.Conv2d):
+                layer.to(memory_format=torch.channels_last)
         self.modules = {"unet": self.net}
         self.schedule = Schedule(m.schedule, m.T, m.prediction, m.schedule_shift)
         self.noise = frame_noise(m.noise_corr)

@@ -157,7 +157,8 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
     Windows (`model.train_frames` = k): each clip trains as a random window of k consecutive frames (the whole
     clip when it is not longer), and the frame-index embedding gets the frames' indices in the whole clip, so
     every index is seen in training and sampling still makes whole clips. Per step, B clips of k frames cost
-    as much as B k / T whole clips."""
+    as much as B k / T whole clips. `model.window_start0` = p makes a share p of the windows start at frame 0:
+    only there does the caption's direction fix the sign of the motion (the shape has not bounced yet)."""
     family = "video-diffusion"
     ModelConfig = DiffusionConfig
     sample_batch = 32
@@ -177,6 +178,11 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
         if not 0 <= cfg.model.joint_images < cfg.data.batch_size:
             raise AigcError(f"model.joint_images must be in 0..data.batch_size - 1 ({cfg.data.batch_size - 1}): "
                             f"at least one clip of each batch trains as a clip; got {cfg.model.joint_images}")
+        if not 0 <= cfg.model.window_start0 <= 1:
+            raise AigcError(f"model.window_start0 is the share of training windows that start at frame 0, in [0, 1]; "
+                            f"got {cfg.model.window_start0}")
+        if cfg.model.temporal_conv not in ("1d", "separated"):
+            raise AigcError(f"model.temporal_conv must be '1d' or 'separated', got '{cfg.model.temporal_conv}'")
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
@@ -205,6 +211,8 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
         part = lambda a, b: c[a:b] if c is not None else None                     # noqa: E731
         T, n, k = x0.shape[2], len(x0) - m.joint_images, self.window(self.cfg)
         first = torch.randint(T - k + 1, (n,))                                     # windows of k frames
+        if m.window_start0:
+            first = first.masked_fill(torch.rand(n) < m.window_start0, 0)
         index = first[:, None] + torch.arange(k)
         clips = torch.stack([x0[i, :, f:f + k] for i, f in enumerate(first.tolist())])
         clip_loss = self._loss(clips, part(0, n), weighted=True, frame_index=index)
