@@ -70,6 +70,11 @@ def test_clip_metrics_catch_broken_clips():
     m = clip_metrics(det, req)
     assert det["direction"][1] == -1
     assert m["temporal_consistency"] <= 7 / 8 and m["direction_accuracy"] <= 7 / 8 and m["prompt_accuracy"] <= 6 / 8
+    assert m["axis_accuracy"] == m["direction_accuracy"]             # the frozen clip is on no axis
+    v[2] = v[2].flip(1).clone()                                     # clip 2 runs backwards: same axis
+    assert clip_metrics(vd.detect_shape_clips(v), req)["axis_accuracy"] == m["axis_accuracy"]
+    v[2] = v[2].transpose(-1, -2).clone()                           # and now mirrored: the other axis
+    assert clip_metrics(vd.detect_shape_clips(v), req)["axis_accuracy"] == m["axis_accuracy"] - 1 / 8
 
 
 def test_video_batcher_resumes_exactly():

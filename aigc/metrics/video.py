@@ -3,7 +3,9 @@
     frame_accuracy        share of frames whose detected shape and color match the prompt (over all
                           frames of all clips; attributes the prompt does not name always match)
     direction_accuracy    share of clips whose detected direction (where the shape first moves 1.5 px
-                          from its start) is the one the prompt names (clips whose prompt names one)
+                          from its start) is the one the prompt names (clips whose prompt names one);
+                          axis_accuracy counts a move on the named axis as right (left/right, up/down),
+                          so direction / axis accuracy is how often the sign is right along a right axis
     temporal_consistency  share of clips with a shape in every frame and the same shape and color in all
     prompt_accuracy       share of clips that are right in every frame and in direction
     motion_smoothness     spread (std over the clip) of the per-frame displacement of the shape's box
@@ -44,5 +46,7 @@ def clip_metrics(det: dict[str, torch.Tensor], requested: dict[str, torch.Tensor
     dir_ok = (det["direction"] == want) | (want < 0)
     if (want >= 0).any():
         out["direction_accuracy"] = round(float((det["direction"] == want)[want >= 0].double().mean()), 4)
+        on_axis = (det["direction"] >= 0) & (det["direction"] // 2 == want // 2)   # left/right = 0, 1; up/down = 2, 3
+        out["axis_accuracy"] = round(float(on_axis[want >= 0].double().mean()), 4)
     out["prompt_accuracy"] = round(float((ok_frames.all(1) & dir_ok).double().mean()), 4)
     return out
