@@ -1,4 +1,5 @@
-"""Does a text-to-image shapes (or text-to-video moving-shapes) diffusion model read each attribute of its caption?
+"""Does a text-to-image shapes (or text-to-video moving-shapes) diffusion model read each attribute of its
+caption?
 
   python benchmarks/condition_use.py RUN [RUN ...] [--raw] [--num 500]
 
@@ -8,8 +9,9 @@ caption names a different position, color, shape or size (everything else the sa
 MSE(wrong caption) / MSE(true caption) says how much the model relies on that attribute at that t: 1.00 means
 it ignores it. The README's eps vs v figures come from this script: both 20-minute shapes runs of
 benchmarks/diffusion.py, --raw (the weights before EMA), --num 300.
-For a moving-shapes video run the attributes are direction, color and shape, on evaluation clips (x_0 error over all
-frames), plus the reversed direction alone (left <-> right, up <-> down: does the model read the sign of the motion?); the issue-7 figures come from the 20-minute runs of benchmarks/video.py with --num 128."""
+For a moving-shapes video run the attributes are direction, color and shape, on evaluation clips (x_0 error
+over all frames), plus the reversed direction alone (left <-> right, up <-> down: does the model read the
+sign of the motion?); the issue-7 figures come from the 20-minute runs of benchmarks/video.py with --num 128."""
 
 from __future__ import annotations
 
@@ -55,7 +57,8 @@ def clip_variants(data, num: int, g: torch.Generator):
     n = min(num, len(ev["color"]))
     x0 = data.eval["video"][:n].float() / 255 * 2 - 1
     variants = with_one_wrong({k: ev[k][:n] for k in CLIP_ATTRS}, CLIP_ATTRS, g)
-    variants["reversed direction"] = {**variants["true"], "direction": ev["direction"][:n] ^ 1}   # left <-> right, up <-> down
+    reversed_ = ev["direction"][:n] ^ 1                           # left <-> right, up <-> down (DIRECTIONS order)
+    variants["reversed direction"] = {**variants["true"], "direction": reversed_}
     return x0, CLIP_ATTRS, CLIP_TIMES, {name: shape_clip_captions(a) for name, a in variants.items()}
 
 
