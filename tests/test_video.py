@@ -267,13 +267,14 @@ def test_training_on_windows_passes_each_frames_index_in_the_clip(monkeypatch):
 
 
 def test_window_start0_and_3d_temporal_conv_train(monkeypatch):
-    """window_start0 = 1: every window starts at frame 0; a recipe with 3D (separated) temporal convolutions
-    and the embedding SiLU builds, trains a step and samples (the Conv3d weights stay contiguous)."""
+    """window_start0 = 1: every window starts at frame 0; a recipe with 3D (separated) temporal convolutions,
+    the embedding SiLU and relative temporal positions builds, trains a step and samples (the Conv3d weights
+    stay contiguous)."""
     from aigc.errors import AigcError
     from aigc.recipes import build_config, recipe_class
 
     args = ["num_eval=4", "frames=6", "width=16", "groups=4", "heads=2", "batch_size=3", "train_frames=2",
-            "window_start0=1", 'temporal_conv="separated"', "emb_act=true", "sample_steps=2"]
+            "window_start0=1", 'temporal_conv="separated"', "emb_act=true", 'temporal_pos="relative"', "sample_steps=2"]
     cfg = build_config("video-diffusion", "moving-shapes", None, args, {})
     cls = recipe_class("video-diffusion")
     cls.check_config(cfg)
@@ -287,10 +288,74 @@ def test_window_start0_and_3d_temporal_conv_train(monkeypatch):
     assert torch.isfinite(out["loss"]) and torch.equal(seen[0], torch.tensor([[0, 1]] * 3))
     assert recipe.generate(2, prompt="a red circle moving up")["videos"].shape == (2, 3, 6, 32, 32)
     for bad, words in [(['temporal_conv="2d"'], ["temporal_conv", "separated"]),
-                       (["window_start0=1.5"], ["window_start0", "[0, 1]"])]:
+                       (["window_start0=1.5"], ["window_start0", "[0, 1]"]),
+                       (['temporal_pos="absolute"'], ["temporal_pos", "relative"])]:
         with pytest.raises(AigcError) as e:
             cls.check_config(build_config("video-diffusion", "moving-shapes", None, args + bad, {}))
         assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_temporal_attention_relative_positions_can_look_at_the_previous_frame():
+    """temporal_pos = relative: one learned bias per offset j - i; a bias on offset -1 alone makes every
+    frame but the first attend to the frame before it, which plain temporal attention cannot tell apart."""
+    from aigc.models.unet import TemporalAttention
+
+    att = TemporalAttention(8, 2, 4, max_frames=4)
+    assert att.rel.shape == (2, 7) and TemporalAttention(8, 2, 4).bias(4) is None
+    with torch.no_grad():
+        att.rel.copy_(torch.arange(14.0).view(2, 7))
+        assert torch.equal(att.bias(3)[1], torch.tensor([[10.0, 11, 12], [9, 10, 11], [8, 9, 10]]))
+        att.rel.zero_()
+        att.rel[:, 2] = 60.0                                     # offset j - i = -1
+        att.qkv.weight.zero_()
+        att.qkv.bias.zero_()
+        att.qkv.weight[16:].copy_(torch.eye(8))                # v = the normalised features, q = k = 0
+        att.out.weight.copy_(torch.eye(8))
+    x = torch.randn(2 * 4, 8, 3, 3)                            # 2 clips of 4 frames
+    out = att(x, 4)
+    v = att.norm(x).view(2, 4, 8, 3, 3)
+    assert torch.allclose((out - x).view(2, 4, 8, 3, 3)[:, 1:], v[:, :-1], atol=1e-5)
+    with pytest.raises(ValueError, match="up to 4 frames"):
+        att(torch.randn(5, 8, 3, 3), 5)
+
+
+def test_windowed_sampling_covers_the_clip_with_each_windows_frame_indices(monkeypatch):
+    """sample_window = k: the net sees half-overlapping k-frame windows with their indices in the clip, in one
+    batch, and the prediction of a frame is the mean over the windows that hold it; sampling uses it."""
+    from aigc.errors import AigcError
+    from aigc.recipes import build_config, recipe_class
+    from aigc.recipes.video import window_starts, windowed
+
+    assert window_starts(16, 8) == [0, 4, 8] and window_starts(10, 4) == [0, 2, 4, 6]
+    assert window_starts(7, 4) == [0, 2, 3] and window_starts(16, 0) == [0] and window_starts(8, 8) == [0]
+    seen = []
+
+    def net(x, t, c, frame_index):                 # frame f of window w predicts f's index + 100 w
+        seen.append((tuple(x.shape), t.tolist(), c.tolist(), frame_index.tolist()))
+        w = torch.arange(len(x)) // 2
+        return (frame_index + 100 * w[:, None]).float()[:, None, :, None, None].expand_as(x)
+
+    fn = windowed(net, 7, 4)
+    out = fn(torch.zeros(2, 1, 7, 1, 1), torch.tensor([5, 6]), torch.tensor([[1], [2]]))
+    assert seen == [((6, 1, 4, 1, 1), [5, 6] * 3, [[1], [2]] * 3,
+                     [[0, 1, 2, 3]] * 2 + [[2, 3, 4, 5]] * 2 + [[3, 4, 5, 6]] * 2)]
+    want = torch.tensor([0, 1, 2 + 50, 3 + 100, 4 + 150, 5 + 150, 6 + 200]).float()
+    assert torch.equal(out[0, 0, :, 0, 0], want) and torch.equal(out[1], out[0])
+    assert windowed(net, 8, 8) is net and windowed(net, 8, 0) is net
+
+    args = ["num_eval=4", "frames=6", "width=16", "groups=4", "heads=2", "sample_steps=2", "sample_window=4"]
+    cfg = build_config("video-diffusion", "moving-shapes", None, args, {})
+    cls = recipe_class("video-diffusion")
+    cls.check_config(cfg)
+    cls.load_data(cfg)
+    recipe = cls(cfg)
+    frames_seen = []
+    forward = recipe.net.forward
+    monkeypatch.setattr(recipe.net, "forward", lambda x, *a: frames_seen.append(x.shape[2]) or forward(x, *a))
+    assert recipe.generate(2, prompt="a red circle moving up")["videos"].shape == (2, 3, 6, 32, 32)
+    assert frames_seen == [4, 4]                   # 2 steps, each one batch of windows
+    with pytest.raises(AigcError, match="sample_window"):
+        cls.check_config(build_config("video-diffusion", "moving-shapes", None, args + ["sample_window=-1"], {}))
 
 
 # ---------------------------------------------------------------- CLI

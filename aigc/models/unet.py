@@ -90,6 +90,8 @@ class DiffusionConfig:
     # video (video-diffusion)
     temporal_attention: bool = True  # attention across frames in the blocks that have spatial attention
     temporal_conv: str = "1d"        # 1d: over the frames at each pixel | separated: depthwise 3x3x3 + 1x1x1
+    temporal_pos: str = "none"       # none | relative: a learned per-head bias of the temporal attention for each
+                                     # frame offset (Video Diffusion Models' relative positions)
     joint_images: int = 0            # of each batch of clips, how many are cut to one random frame each and
                                      # trained as 1-frame clips: joint image-video training (recipes/video.py)
     window_start0: float = 0.0       # share of the training windows that start at frame 0 (the others start anywhere)
@@ -97,6 +99,8 @@ class DiffusionConfig:
                                      # >= the clip length = whole clips); sampling makes whole clips (recipes/video.py)
     noise_corr: float = 0.0          # correlation of the noise between a clip's frames, in training and sampling
                                      # (0 = i.i.d.; diffusion/samplers.py frame_noise)
+    sample_window: int = 0           # sampling: denoise overlapping windows of this many frames (half-overlapping)
+                                     # and average them, 0 = the whole clip at once (recipes/video.py windowed)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -177,9 +181,12 @@ class TemporalConv(nn.Module):
 
 
 class TemporalAttention(nn.Module):
-    """Residual self-attention across the frames at every pixel of (B*T, C, H, W) features."""
+    """Residual self-attention across the frames at every pixel of (B*T, C, H, W) features. Plain attention is
+    blind to frame order (only the features' frame-index embedding tells frames apart); with `max_frames` > 0
+    each head adds a learned bias per frame offset j - i to its logits (relative positions, as Video Diffusion
+    Models do), so a head can look at "the previous frame" whatever the window's place in the clip."""
 
-    def __init__(self, ch: int, heads: int, groups: int):
+    def __init__(self, ch: int, heads: int, groups: int, max_frames: int = 0):
         super().__init__()
         self.heads = heads
         self.norm = nn.GroupNorm(min(groups, ch), ch)
@@ -187,13 +194,26 @@ class TemporalAttention(nn.Module):
         self.out = nn.Linear(ch, ch)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self.rel = nn.Parameter(torch.zeros(heads, 2 * max_frames - 1)) if max_frames > 0 else None
+
+    def bias(self, frames: int) -> torch.Tensor | None:
+        """(heads, frames, frames): the learned bias of offset j - i, or None without relative positions."""
+        if self.rel is None:
+            return None
+        middle = self.rel.shape[1] // 2
+        if frames > middle + 1:
+            raise ValueError(f"temporal attention has relative positions for up to {middle + 1} frames, got {frames}")
+        i = torch.arange(frames, device=self.rel.device)
+        return self.rel[:, middle + i[None, :] - i[:, None]]
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         BT, C, H, W = x.shape
         B, n = BT // frames, BT // frames * H * W
         h = self.norm(x).view(B, frames, C, H, W).permute(0, 3, 4, 1, 2).reshape(n, frames, C)
         q, k, v = self.qkv(h).view(n, frames, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, frames, C)
+        bias = self.bias(frames)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
+        a = a.transpose(1, 2).reshape(n, frames, C)
         a = self.out(a).view(B, H, W, frames, C).permute(0, 3, 4, 1, 2).reshape(BT, C, H, W)
         return x + a
 
@@ -202,12 +222,14 @@ class Block(nn.Module):
     """A residual block, optionally followed by self-attention; for video, each followed by its temporal
     counterpart (a temporal convolution, temporal attention)."""
 
-    def __init__(self, cin, cout, emb, cfg: DiffusionConfig, attn: bool, video: bool = False):
+    def __init__(self, cin, cout, emb, cfg: DiffusionConfig, attn: bool, frames: int = 0):
         super().__init__()
+        video = frames > 0
         self.res = ResBlock(cin, cout, emb, cfg.groups, cfg.dropout, cfg.emb_act)
         self.attn = Attention(cout, cfg.heads, cfg.groups) if attn else None
         self.tconv = TemporalConv(cout, cfg.groups, cfg.temporal_conv == "separated") if video else None
-        self.tattn = TemporalAttention(cout, cfg.heads, cfg.groups) if video and attn and cfg.temporal_attention \
+        rel = frames if cfg.temporal_pos == "relative" else 0
+        self.tattn = TemporalAttention(cout, cfg.heads, cfg.groups, rel) if video and attn and cfg.temporal_attention \
             else None
 
     def forward(self, x, emb, frames: int = 0):
@@ -260,17 +282,17 @@ class UNet(nn.Module):
         skips, cur = [ch], ch
         for i, m in enumerate(cfg.mults):
             for _ in range(cfg.blocks):
-                self.down.append(Block(cur, ch * m, emb, cfg, i >= attn_from, video))
+                self.down.append(Block(cur, ch * m, emb, cfg, i >= attn_from, frames))
                 cur = ch * m
                 skips.append(cur)
             if i < levels - 1:
                 self.down.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1))
                 skips.append(cur)
-        self.mid = nn.ModuleList([Block(cur, cur, emb, cfg, True, video), Block(cur, cur, emb, cfg, False, video)])
+        self.mid = nn.ModuleList([Block(cur, cur, emb, cfg, True, frames), Block(cur, cur, emb, cfg, False, frames)])
         self.up = nn.ModuleList()
         for i, m in reversed(list(enumerate(cfg.mults))):
             for _ in range(cfg.blocks + 1):
-                self.up.append(Block(cur + skips.pop(), ch * m, emb, cfg, i >= attn_from, video))
+                self.up.append(Block(cur + skips.pop(), ch * m, emb, cfg, i >= attn_from, frames))
                 cur = ch * m
             if i > 0:
                 self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),

@@ -180,10 +180,15 @@ class DiffusionRecipe(ImageRecipe):
             return self.vocab.encode(prompts).to(self.device_of())
         return None
 
+    def sampling_net(self):
+        """The net(x, t, c) the samplers denoise with (the video recipe runs it on windows of frames)."""
+        return self.net
+
     def _denoiser(self, c, guidance: float):
+        net = self.sampling_net()
         if c is None:
-            return lambda x, t: self.net(x, t, None)
-        return guided(self.net, c, self.net.null_condition(len(c), c.device), guidance)
+            return lambda x, t: net(x, t, None)
+        return guided(net, c, self.net.null_condition(len(c), c.device), guidance)
 
     def _sample(self, n: int, c, sampler=None, steps=None, guidance=None, generator=None, record=0, progress=None):
         """n images in [0, 1] (or (images, frames) with record > 0)."""

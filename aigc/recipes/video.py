@@ -144,6 +144,42 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
         return {**self.evaluate(data), "note": "GANs define no likelihood; see sample_quality"}
 
 
+def window_starts(frames: int, window: int) -> list[int]:
+    """First frames of half-overlapping windows of `window` frames covering 0..frames-1 (the last one ends at
+    the clip's end): 16 frames in windows of 8 -> [0, 4, 8]."""
+    if not 0 < window < frames:
+        return [0]
+    starts = list(range(0, frames - window + 1, max(1, window // 2)))
+    return starts if starts[-1] == frames - window else starts + [frames - window]
+
+
+def windowed(net, frames: int, window: int):
+    """A denoiser net(x, t, c) of whole clips (B, C, frames, H, W) that runs `net` on half-overlapping windows
+    of `window` frames, each with its frames' indices in the clip, and averages the predictions where windows
+    overlap (temporal co-denoising, as MultiDiffusion (Bar-Tal et al. 2023) does for image tiles). A model
+    trained on windows (model.train_frames) then samples only what it was trained on: its temporal attention
+    never sees frames further apart than a window. The windows go through the net as one batch."""
+    starts = window_starts(frames, window)
+    if len(starts) == 1:
+        return net
+    index = torch.tensor(starts)[:, None] + torch.arange(window)                  # (windows, window)
+    count = torch.zeros(frames)
+    for s in starts:
+        count[s:s + window] += 1
+
+    def fn(x, t, c=None):
+        b, n = len(x), len(starts)
+        out = net(torch.cat([x[:, :, s:s + window] for s in starts]), t.repeat(n),
+                  c.repeat(n, *[1] * (c.dim() - 1)) if c is not None else None,
+                  index.to(x.device).repeat_interleave(b, 0))
+        acc = torch.zeros_like(x)
+        for j, s in enumerate(starts):
+            acc[:, :, s:s + window] += out[j * b:(j + 1) * b]
+        return acc / count.to(x.device, x.dtype).view(1, 1, frames, 1, 1)
+
+    return fn
+
+
 class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
     """DDPM on clips: the diffusion recipe with a space-time U-Net (models/unet.py, frames > 0).
 
@@ -181,8 +217,13 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
         if not 0 <= cfg.model.window_start0 <= 1:
             raise AigcError(f"model.window_start0 is the share of training windows that start at frame 0, in [0, 1]; "
                             f"got {cfg.model.window_start0}")
+        if cfg.model.sample_window < 0:
+            raise AigcError(f"model.sample_window must be >= 0: the frames of each denoising window at sampling "
+                            f"(0 = the whole clip at once); got {cfg.model.sample_window}")
         if cfg.model.temporal_conv not in ("1d", "separated"):
             raise AigcError(f"model.temporal_conv must be '1d' or 'separated', got '{cfg.model.temporal_conv}'")
+        if cfg.model.temporal_pos not in ("none", "relative"):
+            raise AigcError(f"model.temporal_pos must be 'none' or 'relative', got '{cfg.model.temporal_pos}'")
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
@@ -226,6 +267,9 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
         loss = loss / (n * k + m.joint_images)
         opt.update("unet", loss)
         return {"loss": loss.detach(), **out}
+
+    def sampling_net(self):
+        return windowed(self.net, self.shape[1], self.cfg.model.sample_window)
 
     def save_samples(self, path: Path) -> None:
         g = torch.Generator().manual_seed(1234)
