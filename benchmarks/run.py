@@ -163,7 +163,11 @@ def rows_main(doc: str, rows: dict, out: Path, markdown, add_args=None) -> None:
         return
     torch.set_num_threads(2)
     results = json.loads(out.read_text()) if out.is_file() else {}
-    results["machine"] = machine()
+    here = machine()
+    for name, r in results.items():            # rows measured before rows carried their machine: the file's
+        if name != "machine" and isinstance(r, dict) and "machine" not in r and "machine" in results:
+            r["machine"] = results["machine"]
+    results["machine"] = here                  # the machine of the latest rows; each row keeps its own
     for row in args.only.split(","):
         if row not in rows:
             raise SystemExit(f"unknown row '{row}'; rows: {', '.join(rows)}")
@@ -172,7 +176,7 @@ def rows_main(doc: str, rows: dict, out: Path, markdown, add_args=None) -> None:
         before = results.get(row, {})
         if all(new.get(k) == before.get(k) for k in ("run", "steps")) and "run" in new:
             new = {**{k: before[k] for k in TRAIN_COST if k in before}, **new}
-        results[row] = {**new, "bench_wall_s": round(time.perf_counter() - t0, 1)}
+        results[row] = {**new, "bench_wall_s": round(time.perf_counter() - t0, 1), "machine": here}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")
         print(row, json.dumps(results[row], indent=1), flush=True)

@@ -20,6 +20,14 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
                   (model.window_start0), and a SiLU on the embedding before each block's scale/shift (model.emb_act)
   diffusion-shift3-w0  shift 3 with half the training windows starting at frame 0 (model.window_start0 = 0.5)
   diffusion-eps   the previous preset with eps-prediction, no caption map, no coordinate channels
+  diffusion-shift3-w0-rerun  the same settings trained again (on another machine: see the table's note)
+  diffusion-shift3-w0-win8  the rerun's model (no new training) sampled as it was trained: each denoising step
+                  runs 8-frame windows starting at frames 0, 4 and 8 and averages them (model.sample_window = 8);
+                  scored at the preset's guidance only
+  diffusion-shift3-w0-rel  shift3-w0 with a learned bias per frame offset in the temporal attention
+                  (model.temporal_pos = "relative", as in Video Diffusion Models)
+  diffusion-shift3-w0-rel-win8  that model sampled in 8-frame windows: whole 16-frame clips use frame offsets
+                  of 8 to 15, whose biases it never trained (they stay 0)
 Each model row: training steps, clips/s and frames/s (the frames the network trains on), peak RSS of training,
 the metrics of metrics/video.py on --clips clips whose prompts are the evaluation captions in turn, the time to
 generate 16 clips in-process (clips/s), and the wall time and peak RSS of `aigc sample RUN --num 16` as a user
@@ -55,11 +63,21 @@ TRAIN = {
     "diffusion-shift6": ("video-diffusion-shift6-20min", "video-diffusion", ["--set", "model.schedule_shift=6"]),
     "diffusion-shift3-w0": ("video-diffusion-shift3-w0-20min", "video-diffusion",
                             ["--set", "model.schedule_shift=3", "--set", "model.window_start0=0.5"]),
+    "diffusion-shift3-w0-rerun": ("video-diffusion-shift3-w0-rerun-20min", "video-diffusion",
+                                  ["--set", "model.schedule_shift=3", "--set", "model.window_start0=0.5"]),
+    "diffusion-shift3-w0-rel": ("video-diffusion-shift3-w0-rel-20min", "video-diffusion",
+                                ["--set", "model.schedule_shift=3", "--set", "model.window_start0=0.5",
+                                 "--set", 'model.temporal_pos="relative"']),
     "diffusion-dir": ("video-diffusion-dir-20min", "video-diffusion",
                       ["--set", "model.schedule_shift=3", "--set", 'model.temporal_conv="separated"',
                        "--set", "model.window_start0=0.5", "--set", "model.emb_act=true"]),
     "diffusion-eps": ("video-diffusion-eps-20min", "video-diffusion",
                       [*WHOLE16, "--set", 'model.prediction="eps"', "--set", "model.cond_map=0", "--set", "model.coords=false"]),
+}
+# Rows that sample another row's trained model differently (its run, no training): row -> (row, model settings).
+RESAMPLED = {
+    "diffusion-shift3-w0-win8": ("diffusion-shift3-w0-rerun", {"sample_window": 8}),
+    "diffusion-shift3-w0-rel-win8": ("diffusion-shift3-w0-rel", {"sample_window": 8}),
 }
 KEYS = ("frame_accuracy", "shape_frame_accuracy", "color_frame_accuracy", "direction_accuracy",
         "temporal_consistency", "prompt_accuracy", "motion_smoothness", "mean_speed")
@@ -92,11 +110,16 @@ def frames_per_s(recipe, cfg, info: dict) -> float:
 def model_row(row: str, args) -> dict:
     from aigc.recipes import open_run
 
-    run_dir, info = train(row, args.minutes)
+    base, sampling = RESAMPLED.get(row, (row, {}))
+    run_dir, info = train(base, args.minutes)
+    if sampling:                               # the training figures are the base row's
+        info = {**info, "sampling": sampling}
     cfg, recipe = open_run(run_dir, torch.device("cpu"))
+    for key, value in sampling.items():
+        setattr(cfg.model, key, value)
     data = recipe.load_data(cfg, run_dir)
     out = {**info, "train_frames_per_s": frames_per_s(recipe, cfg, info), **scored(recipe, data, args.clips)}
-    if row.startswith("diffusion"):
+    if row.startswith("diffusion") and not sampling:
         out["by_guidance"] = {str(w): scored(recipe, data, args.clips, guidance=w) for w in (1.0, 3.0)}
         out["by_guidance"][str(cfg.model.guidance)] = {k: out[k] for k in (*KEYS, "num_clips", "sampling_s")}
     prompts = recipe.random_prompts(16, torch.Generator().manual_seed(0))
@@ -109,6 +132,8 @@ def model_row(row: str, args) -> dict:
             recipe.clips_for(prompts, 16)
     secs = time.perf_counter() - t0
     out.update({"gen16_s": round(secs, 2), "gen_clips_per_s": round(16 / secs, 2)})
+    if sampling:                               # `aigc sample` samples as the run's config says
+        return out
     proc, wall, rss = run([sys.executable, "-m", "aigc", "sample", str(run_dir), "--num", "16", "--prompt",
                            "a red circle moving right", "--out", str(RUNS / f"{row}-16.gif")])
     if proc.returncode:
@@ -127,7 +152,7 @@ def real_row(args) -> dict:
     return {**{k: q.get(k) for k in KEYS}, "num_clips": args.clips}
 
 
-ROWS = {"real": real_row, **{row: (lambda r: lambda a: model_row(r, a))(row) for row in TRAIN}}
+ROWS = {"real": real_row, **{row: (lambda r: lambda a: model_row(r, a))(row) for row in (*TRAIN, *RESAMPLED)}}
 NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-difference D",
          "gan-diff0.3": "video GAN, frame-difference D at weight 0.3", "gan-nodiff": "video GAN, no frame-difference D",
          "diffusion": "video diffusion (preset): 8 clips per step as 8-frame windows (DDIM-25, w=2)",
@@ -138,6 +163,10 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-shift3": "video diffusion, the preset with the noise schedule shifted (model.schedule_shift = 3)",
          "diffusion-shift6": "video diffusion, the preset with the noise schedule shifted more (model.schedule_shift = 6; 128 clips)",
          "diffusion-shift3-w0": "video diffusion, shift 3 with half the training windows starting at frame 0",
+         "diffusion-shift3-w0-rerun": "the same, trained again on a slower machine",
+         "diffusion-shift3-w0-win8": "that model sampled in half-overlapping 8-frame windows (model.sample_window = 8)",
+         "diffusion-shift3-w0-rel": "shift 3, frame-0 windows and relative positions in the temporal attention",
+         "diffusion-shift3-w0-rel-win8": "that model sampled in 8-frame windows (the offsets it was trained on)",
          "diffusion-dir": "video diffusion, shift 3 + 3D temporal convolutions + half the windows from frame 0 + "
                           "SiLU on the embedding",
          "diffusion-eps": "video diffusion, 16 whole clips per step, eps-prediction, no caption map or coordinates"}
@@ -145,6 +174,9 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
 
 def markdown(results: dict) -> str:
     f = lambda v: "-" if v is None else v                              # noqa: E731
+    cpu = lambda r: r.get("machine", results.get("machine", {})).get("cpu")     # noqa: E731
+    first = cpu(next(r for k, r in results.items() if k in NAMES))      # the machine of the earliest rows
+    mark = lambda r: " ‡" if cpu(r) != first else ""                   # noqa: E731
     lines = ["| model | steps (20 min) | train clips/s / frames/s | train peak RSS MB | frame acc (shape+color) | shape | color | direction acc | "
              "temporal consistency | prompt acc | motion smoothness (px) | mean speed (px/frame) | 16 clips | "
              "`aigc sample --num 16` wall / peak RSS |",
@@ -155,9 +187,13 @@ def markdown(results: dict) -> str:
             continue
         gen = f"{r['gen16_s']} s ({r['gen_clips_per_s']} clips/s)" if "gen16_s" in r else ""
         cli = f"{r['cli_sample16_wall_s']} s / {r['cli_sample16_peak_rss_mb']} MB" if "cli_sample16_wall_s" in r else ""
-        lines.append(f"| {NAMES[row]} | {f(r.get('steps'))} | {f(r.get('train_clips_per_s'))} / {f(r.get('train_frames_per_s'))} | "
+        lines.append(f"| {NAMES[row]} | {f(r.get('steps'))}{mark(r)} | {f(r.get('train_clips_per_s'))} / {f(r.get('train_frames_per_s'))} | "
                      f"{f(r.get('train_peak_rss_mb'))} | "
                      + " | ".join(str(f(r.get(k))) for k in KEYS) + f" | {gen} | {cli} |")
+    others = sorted({cpu(r) for k, r in results.items() if k in NAMES and cpu(r) != first})
+    if others:
+        lines += ["", f"‡ trained and measured on {', '.join(others)} (2 cores), the other rows on {first}: the same "
+                  "20 minutes give a different number of steps, so compare ‡ rows with each other."]
     lines += ["", "| video diffusion model | guidance w | frame acc | direction acc | temporal consistency | prompt acc | "
               "motion smoothness |", "|---|---:|---:|---:|---:|---:|---:|"]
     for row in NAMES:
