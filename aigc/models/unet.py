@@ -38,7 +38,8 @@ a depthwise 3x3x3 kernel per channel, then a 1x1x1 mix; one such channel can be 
 "the same thing one pixel further in the next frame", which the per-pixel 1D kernel cannot be.
 `emb_act` puts a SiLU on the embedding before each block's scale/shift Linear, as ADM does: without it the
 scale and shift are a sum of separate functions of the time, the condition and the frame index, so no block
-can react to "frame 12 of a clip moving left" other than through the features."""
+can react to "frame 12 of a clip moving left" other than through the features.
+`temporal_pos = "relative"` adds a learned bias per frame offset to the temporal attention (TemporalAttention)."""
 
 from __future__ import annotations
 

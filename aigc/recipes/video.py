@@ -194,7 +194,9 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
     clip when it is not longer), and the frame-index embedding gets the frames' indices in the whole clip, so
     every index is seen in training and sampling still makes whole clips. Per step, B clips of k frames cost
     as much as B k / T whole clips. `model.window_start0` = p makes a share p of the windows start at frame 0:
-    only there does the caption's direction fix the sign of the motion (the shape has not bounced yet)."""
+    only there does the caption's direction fix the sign of the motion (the shape has not bounced yet).
+    `model.sample_window` = k samples as the model trained: every denoising step runs half-overlapping windows
+    of k frames and averages them (`windowed`)."""
     family = "video-diffusion"
     ModelConfig = DiffusionConfig
     sample_batch = 32
