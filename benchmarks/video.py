@@ -48,6 +48,7 @@ from benchmarks.run import rows_main, run, train_run  # noqa: E402
 
 RUNS = ROOT / "bench_runs"
 WHOLE16 = ["--set", "model.train_frames=0", "--set", "data.batch_size=16"]     # the previous preset: whole clips
+SHIFT3_W0 = ["--set", "model.schedule_shift=3", "--set", "model.window_start0=0.5"]   # row diffusion-shift3-w0
 OUT = ROOT / "benchmarks" / "results" / "video.json"
 TRAIN = {
     "gan": ("video-gan-20min", "video-gan", []),
@@ -61,13 +62,10 @@ TRAIN = {
     "diffusion-corr0.9": ("video-diffusion-corr0.9-20min", "video-diffusion", ["--set", "model.noise_corr=0.9"]),
     "diffusion-shift3": ("video-diffusion-shift3-20min", "video-diffusion", ["--set", "model.schedule_shift=3"]),
     "diffusion-shift6": ("video-diffusion-shift6-20min", "video-diffusion", ["--set", "model.schedule_shift=6"]),
-    "diffusion-shift3-w0": ("video-diffusion-shift3-w0-20min", "video-diffusion",
-                            ["--set", "model.schedule_shift=3", "--set", "model.window_start0=0.5"]),
-    "diffusion-shift3-w0-rerun": ("video-diffusion-shift3-w0-rerun-20min", "video-diffusion",
-                                  ["--set", "model.schedule_shift=3", "--set", "model.window_start0=0.5"]),
+    "diffusion-shift3-w0": ("video-diffusion-shift3-w0-20min", "video-diffusion", [*SHIFT3_W0]),
+    "diffusion-shift3-w0-rerun": ("video-diffusion-shift3-w0-rerun-20min", "video-diffusion", [*SHIFT3_W0]),
     "diffusion-shift3-w0-rel": ("video-diffusion-shift3-w0-rel-20min", "video-diffusion",
-                                ["--set", "model.schedule_shift=3", "--set", "model.window_start0=0.5",
-                                 "--set", 'model.temporal_pos="relative"']),
+                                [*SHIFT3_W0, "--set", 'model.temporal_pos="relative"']),
     "diffusion-dir": ("video-diffusion-dir-20min", "video-diffusion",
                       ["--set", "model.schedule_shift=3", "--set", 'model.temporal_conv="separated"',
                        "--set", "model.window_start0=0.5", "--set", "model.emb_act=true"]),
