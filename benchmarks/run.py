@@ -163,10 +163,11 @@ def rows_main(doc: str, rows: dict, out: Path, markdown, add_args=None) -> None:
         return
     torch.set_num_threads(2)
     results = json.loads(out.read_text()) if out.is_file() else {}
-    here = machine()
-    for name, r in results.items():            # rows measured before rows carried their machine: the file's
-        if name != "machine" and isinstance(r, dict) and "machine" not in r and "machine" in results:
-            r["machine"] = results["machine"]
+    here, before = machine(), results.get("machine")
+    if before:                                 # rows measured before rows carried their machine: the file's
+        for name, r in results.items():
+            if name != "machine" and isinstance(r, dict):
+                r.setdefault("machine", before)
     results["machine"] = here                  # the machine of the latest rows; each row keeps its own
     for row in args.only.split(","):
         if row not in rows:
