@@ -166,6 +166,9 @@ def demo_report(tmp_path_factory):
     return out / "report.html"
 
 
+# Both demo tests share one module-scoped demo run (about 2 minutes): the group keeps them on one xdist worker
+# (pyproject's addopts has --dist loadgroup), else each worker would build the demo for itself.
+@pytest.mark.xdist_group("demo")
 def test_demo_report(demo_report):
     import re
 
@@ -176,6 +179,7 @@ def test_demo_report(demo_report):
     assert_clean_error(run_cli("demo", "--out", out, "--minutes", 0.1), "--overwrite")
 
 
+@pytest.mark.xdist_group("demo")
 def test_demo_report_renders_in_chromium(demo_report, tmp_path):
     """Headless Chromium loads the page; its own script reports whether every image decoded."""
     import shutil

@@ -225,10 +225,13 @@ def test_joint_image_video_training_cuts_frames_and_checks_its_setting(monkeypat
         with pytest.raises(AigcError) as e:
             cls.check_config(build_config("video-diffusion", "moving-shapes", None, args + bad, {}))
         assert all(w in str(e.value) for w in words), str(e.value)
-    with pytest.raises(AigcError, match="video-diffusion"):
-        recipe_class("diffusion").check_config(build_config("diffusion", "shapes", None, ["joint_images=2"], {}))
-    with pytest.raises(AigcError, match="video-diffusion"):
-        recipe_class("diffusion").check_config(build_config("diffusion", "shapes", None, ["noise_corr=0.5"], {}))
+    # image diffusion has no frames: each video-only option set there is an error, not silently ignored
+    for opt in ["joint_images=2", "noise_corr=0.5", "train_frames=4", "window_start0=0.5", "sample_window=8",
+                "temporal_pos=\"relative\"", "temporal_conv=\"separated\"", "temporal_attention=false"]:
+        with pytest.raises(AigcError, match="video-diffusion") as e:
+            recipe_class("diffusion").check_config(build_config("diffusion", "shapes", None, [opt], {}))
+        assert opt.split("=")[0] in str(e.value)
+    recipe_class("diffusion").check_config(build_config("diffusion", "shapes", None, ["emb_act=true"], {}))
 
 
 def test_training_on_windows_passes_each_frames_index_in_the_clip(monkeypatch):

@@ -25,6 +25,11 @@ from aigc.models.text_encoder import WordVocab
 from aigc.models.unet import DiffusionConfig, UNet, check_size
 from aigc.recipes.base import ImageRecipe
 
+# DiffusionConfig fields that only video-diffusion reads: set anywhere else they would silently do nothing.
+VIDEO_ONLY = ("temporal_attention", "temporal_conv", "temporal_pos", "joint_images", "window_start0",
+              "train_frames", "noise_corr", "sample_window")
+
+
 class DiffusionRecipe(ImageRecipe):
     family = "diffusion"
     ModelConfig = DiffusionConfig
@@ -76,8 +81,11 @@ class DiffusionRecipe(ImageRecipe):
             raise AigcError(f"model.schedule_shift must be > 0 (1 = the schedule as it is), got {m.schedule_shift}")
         if m.min_snr < 0:
             raise AigcError(f"model.min_snr must be >= 0 (0 = the plain loss, else the min-SNR gamma), got {m.min_snr}")
-        if (m.joint_images or m.train_frames or m.noise_corr) and cfg.family != "video-diffusion":
-            raise AigcError("model.joint_images, train_frames and noise_corr are options of video-diffusion")
+        if cfg.family != "video-diffusion":
+            changed = [k for k in VIDEO_ONLY if getattr(m, k) != getattr(DiffusionConfig, k)]
+            if changed:
+                raise AigcError(f"model.{', model.'.join(changed)}: option(s) of video-diffusion only; "
+                                f"image diffusion has no frames")
         if not 0 <= m.noise_corr < 1:
             raise AigcError(f"model.noise_corr must be in [0, 1) (the noise correlation between frames), got {m.noise_corr}")
         if not 0 <= m.p_uncond <= 1 or m.guidance < 0 or m.eta < 0:
