@@ -28,6 +28,9 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
                   (model.temporal_pos = "relative", as in Video Diffusion Models)
   diffusion-shift3-w0-rel-win8  that model sampled in 8-frame windows: whole 16-frame clips use frame offsets
                   of 8 to 15, whose biases it never trained (they stay 0)
+  diffusion-shift3-w0-st  shift3-w0 with space-time attention: the attention blocks attend over every pixel of
+                  every frame of a clip at once (model.spacetime_attention), in place of per-frame spatial
+                  plus per-pixel temporal attention (model.temporal_attention = false)
 Each model row: training steps, clips/s and frames/s (the frames the network trains on), peak RSS of training,
 the metrics of metrics/video.py on --clips clips whose prompts are the evaluation captions in turn, the time to
 generate 16 clips in-process (clips/s), and the wall time and peak RSS of `aigc sample RUN --num 16` as a user
@@ -66,6 +69,9 @@ TRAIN = {
     "diffusion-shift3-w0-rerun": ("video-diffusion-shift3-w0-rerun-20min", "video-diffusion", [*SHIFT3_W0]),
     "diffusion-shift3-w0-rel": ("video-diffusion-shift3-w0-rel-20min", "video-diffusion",
                                 [*SHIFT3_W0, "--set", 'model.temporal_pos="relative"']),
+    "diffusion-shift3-w0-st": ("video-diffusion-shift3-w0-st-20min", "video-diffusion",
+                               [*SHIFT3_W0, "--set", "model.spacetime_attention=true",
+                                "--set", "model.temporal_attention=false"]),
     "diffusion-dir": ("video-diffusion-dir-20min", "video-diffusion",
                       ["--set", "model.schedule_shift=3", "--set", 'model.temporal_conv="separated"',
                        "--set", "model.window_start0=0.5", "--set", "model.emb_act=true"]),
@@ -165,6 +171,7 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-shift3-w0-win8": "that model sampled in half-overlapping 8-frame windows (model.sample_window = 8)",
          "diffusion-shift3-w0-rel": "shift 3, frame-0 windows and relative positions in the temporal attention",
          "diffusion-shift3-w0-rel-win8": "that model sampled in 8-frame windows (the offsets it was trained on)",
+         "diffusion-shift3-w0-st": "shift 3, frame-0 windows and space-time attention (all frames' pixels at once)",
          "diffusion-dir": "video diffusion, shift 3 + 3D temporal convolutions + half the windows from frame 0 + "
                           "SiLU on the embedding",
          "diffusion-eps": "video diffusion, 16 whole clips per step, eps-prediction, no caption map or coordinates"}

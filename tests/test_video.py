@@ -227,7 +227,8 @@ def test_joint_image_video_training_cuts_frames_and_checks_its_setting(monkeypat
         assert all(w in str(e.value) for w in words), str(e.value)
     # image diffusion has no frames: each video-only option set there is an error, not silently ignored
     for opt in ["joint_images=2", "noise_corr=0.5", "train_frames=4", "window_start0=0.5", "sample_window=8",
-                "temporal_pos=\"relative\"", "temporal_conv=\"separated\"", "temporal_attention=false"]:
+                "temporal_pos=\"relative\"", "temporal_conv=\"separated\"", "temporal_attention=false",
+                "spacetime_attention=true"]:
         with pytest.raises(AigcError, match="video-diffusion") as e:
             recipe_class("diffusion").check_config(build_config("diffusion", "shapes", None, [opt], {}))
         assert opt.split("=")[0] in str(e.value)
@@ -320,6 +321,31 @@ def test_temporal_attention_relative_positions_can_look_at_the_previous_frame():
     assert torch.allclose((out - x).view(2, 4, 8, 3, 3)[:, 1:], v[:, :-1], atol=1e-5)
     with pytest.raises(ValueError, match="up to 4 frames"):
         att(torch.randn(5, 8, 3, 3), 5)
+
+
+def test_spacetime_attention_attends_over_all_frames_of_each_clip():
+    """spacetime_attention: the attention of a clip's frames is the plain attention of one image made of its
+    frames stacked (no positions, so token order does not matter); clips stay apart; off, frames stay apart."""
+    from aigc.models.unet import Attention
+
+    torch.manual_seed(0)
+    att = Attention(8, 2, 4, spacetime=True)
+    with torch.no_grad():
+        att.out.weight.normal_()                             # zero-initialised: the block starts as the identity
+    att.norm = torch.nn.Identity()                           # GroupNorm is per frame; the stacked image would mix them
+    x = torch.randn(2 * 3, 8, 4, 5)                          # 2 clips of 3 frames
+    stacked = x.view(2, 3, 8, 4, 5).transpose(1, 2).reshape(2, 8, 12, 5)      # (clip, C, frames * H, W)
+    want = att(stacked).view(2, 8, 3, 4, 5).transpose(1, 2).reshape(6, 8, 4, 5)
+    assert torch.allclose(att(x, 3), want, atol=1e-5)
+    assert torch.allclose(att(x), torch.cat([att(f[None]) for f in x]), atol=1e-5)   # frames = 0: per image
+    y = x.clone()
+    y[0] += 1.0                                              # change frame 0 of clip 0
+    d = (att(y, 3) - att(x, 3)).flatten(1).abs().amax(1)
+    assert d[1] > 1e-3 and d[2] > 1e-3 and d[3:].max() == 0  # its clip's other frames change, the other clip not
+    plain = Attention(8, 2, 4)
+    plain.load_state_dict(att.state_dict(), strict=False)
+    plain.norm = torch.nn.Identity()
+    assert ((plain(y, 3) - plain(x, 3)).flatten(1).abs().amax(1)[1:] == 0).all()
 
 
 def test_windowed_sampling_covers_the_clip_with_each_windows_frame_indices(monkeypatch):

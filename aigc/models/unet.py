@@ -39,7 +39,10 @@ a depthwise 3x3x3 kernel per channel, then a 1x1x1 mix; one such channel can be 
 `emb_act` puts a SiLU on the embedding before each block's scale/shift Linear, as ADM does: without it the
 scale and shift are a sum of separate functions of the time, the condition and the frame index, so no block
 can react to "frame 12 of a clip moving left" other than through the features.
-`temporal_pos = "relative"` adds a learned bias per frame offset to the temporal attention (TemporalAttention)."""
+`temporal_pos = "relative"` adds a learned bias per frame offset to the temporal attention (TemporalAttention).
+`spacetime_attention` makes the spatial attention blocks attend over every pixel of every frame of a clip at
+once (Attention): factorised layers relate frames only at the same pixel, so "where the shape is now,
+given where it was" takes many layers; joint attention relates any two places in any two frames in one."""
 
 from __future__ import annotations
 
@@ -90,6 +93,8 @@ class DiffusionConfig:
     clip: bool = True                # clamp the x_0 estimate to [-1, 1] while sampling
     # video (video-diffusion)
     temporal_attention: bool = True  # attention across frames in the blocks that have spatial attention
+    spacetime_attention: bool = False  # the spatial attention attends over all frames' pixels together (frames * H * W
+                                     # tokens per clip) instead of each frame's own
     temporal_conv: str = "1d"        # 1d: over the frames at each pixel | separated: depthwise 3x3x3 + 1x1x1
     temporal_pos: str = "none"       # none | relative: a learned per-head bias of the temporal attention for each
                                      # frame offset (Video Diffusion Models' relative positions)
@@ -134,20 +139,27 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, ch: int, heads: int, groups: int):
+    """Residual self-attention over the pixels of each image of (N, C, H, W) features; for video with
+    `spacetime`, over all the pixels of all the frames of each clip at once (frames * H * W tokens), so a
+    token can find "the shape in frame 0" from "the shape in frame 5" wherever the motion took it."""
+
+    def __init__(self, ch: int, heads: int, groups: int, spacetime: bool = False):
         super().__init__()
-        self.heads = heads
+        self.heads, self.spacetime = heads, spacetime
         self.norm = nn.GroupNorm(min(groups, ch), ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.out = nn.Conv2d(ch, ch, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).transpose(-1, -2).unbind(1)
-        h = F.scaled_dot_product_attention(q, k, v)                  # (B, heads, HW, C/heads)
-        return x + self.out(h.transpose(-1, -2).reshape(B, C, H, W))
+    def forward(self, x: torch.Tensor, frames: int = 0) -> torch.Tensor:
+        N, C, H, W = x.shape
+        f = frames if self.spacetime and frames else 1               # images attended to together
+        qkv = self.qkv(self.norm(x)).reshape(N // f, f, 3, self.heads, C // self.heads, H * W)
+        q, k, v = qkv.permute(2, 0, 3, 1, 5, 4).flatten(3, 4).unbind(0)    # (N/f, heads, f*HW, C/heads)
+        h = F.scaled_dot_product_attention(q, k, v)
+        h = h.reshape(N // f, self.heads, f, H * W, C // self.heads).permute(0, 2, 1, 4, 3).reshape(N, C, H, W)
+        return x + self.out(h)
 
 
 class TemporalConv(nn.Module):
@@ -227,7 +239,7 @@ class Block(nn.Module):
         super().__init__()
         video = frames > 0
         self.res = ResBlock(cin, cout, emb, cfg.groups, cfg.dropout, cfg.emb_act)
-        self.attn = Attention(cout, cfg.heads, cfg.groups) if attn else None
+        self.attn = Attention(cout, cfg.heads, cfg.groups, video and cfg.spacetime_attention) if attn else None
         self.tconv = TemporalConv(cout, cfg.groups, cfg.temporal_conv == "separated") if video else None
         rel = frames if cfg.temporal_pos == "relative" else 0
         self.tattn = TemporalAttention(cout, cfg.heads, cfg.groups, rel) if video and attn and cfg.temporal_attention \
@@ -238,7 +250,7 @@ class Block(nn.Module):
         if self.tconv is not None:
             x = self.tconv(x, frames)
         if self.attn is not None:
-            x = self.attn(x)
+            x = self.attn(x, frames)
         if self.tattn is not None:
             x = self.tattn(x, frames)
         return x
