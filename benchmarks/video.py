@@ -31,6 +31,8 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
   diffusion-shift3-w0-st  shift3-w0 with space-time attention: the attention blocks attend over every pixel of
                   every frame of a clip at once (model.spacetime_attention), in place of per-frame spatial
                   plus per-pixel temporal attention (model.temporal_attention = false)
+  diffusion-shift3-w0-st-win8  that model sampled in 8-frame windows: its attention then sees the 8 * 64 tokens
+                  it was trained on, not the 16 * 64 of a whole clip
 Each model row: training steps, clips/s and frames/s (the frames the network trains on), peak RSS of training,
 the metrics of metrics/video.py on --clips clips whose prompts are the evaluation captions in turn, the time to
 generate 16 clips in-process (clips/s), and the wall time and peak RSS of `aigc sample RUN --num 16` as a user
@@ -82,6 +84,7 @@ TRAIN = {
 RESAMPLED = {
     "diffusion-shift3-w0-win8": ("diffusion-shift3-w0-rerun", {"sample_window": 8}),
     "diffusion-shift3-w0-rel-win8": ("diffusion-shift3-w0-rel", {"sample_window": 8}),
+    "diffusion-shift3-w0-st-win8": ("diffusion-shift3-w0-st", {"sample_window": 8}),
 }
 KEYS = ("frame_accuracy", "shape_frame_accuracy", "color_frame_accuracy", "direction_accuracy",
         "temporal_consistency", "prompt_accuracy", "motion_smoothness", "mean_speed")
@@ -172,6 +175,7 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-shift3-w0-rel": "shift 3, frame-0 windows and relative positions in the temporal attention",
          "diffusion-shift3-w0-rel-win8": "that model sampled in 8-frame windows (the offsets it was trained on)",
          "diffusion-shift3-w0-st": "shift 3, frame-0 windows and space-time attention (all frames' pixels at once)",
+         "diffusion-shift3-w0-st-win8": "that model sampled in 8-frame windows (the token count it was trained on)",
          "diffusion-dir": "video diffusion, shift 3 + 3D temporal convolutions + half the windows from frame 0 + "
                           "SiLU on the embedding",
          "diffusion-eps": "video diffusion, 16 whole clips per step, eps-prediction, no caption map or coordinates"}
