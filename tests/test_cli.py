@@ -166,7 +166,7 @@ def demo_report(tmp_path_factory):
     return out / "report.html"
 
 
-# Both demo tests share one module-scoped demo run (about 2 minutes): the group keeps them on one xdist worker
+# Both demo tests share one module-scoped demo run (2 to 4 minutes): the group keeps them on one xdist worker
 # (pyproject's addopts has --dist loadgroup), else each worker would build the demo for itself.
 @pytest.mark.xdist_group("demo")
 def test_demo_report(demo_report):

@@ -93,8 +93,8 @@ class DiffusionConfig:
     clip: bool = True                # clamp the x_0 estimate to [-1, 1] while sampling
     # video (video-diffusion)
     temporal_attention: bool = True  # attention across frames in the blocks that have spatial attention
-    spacetime_attention: bool = False  # the spatial attention attends over all frames' pixels together (frames * H * W
-                                     # tokens per clip) instead of each frame's own
+    spacetime_attention: bool = False  # the spatial attention attends over all of a clip's pixels at once
+                                       # (frames * H * W tokens) instead of each frame's own
     temporal_conv: str = "1d"        # 1d: over the frames at each pixel | separated: depthwise 3x3x3 + 1x1x1
     temporal_pos: str = "none"       # none | relative: a learned per-head bias of the temporal attention for each
                                      # frame offset (Video Diffusion Models' relative positions)
