@@ -29,8 +29,10 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
   diffusion-shift3-w0-rel-win8  that model sampled in 8-frame windows: whole 16-frame clips use frame offsets
                   of 8 to 15, whose biases it never trained (they stay 0)
   diffusion-shift3-w0-st  shift3-w0 with space-time attention: the attention blocks attend over every pixel of
-                  every frame of a clip at once (model.spacetime_attention), in place of per-frame spatial
+                  every frame of a clip at once (model.spacetime_attention = "all"), in place of per-frame spatial
                   plus per-pixel temporal attention (model.temporal_attention = false)
+  diffusion-shift3-w0-stmid  shift3-w0 with space-time attention in the middle block only (model.spacetime_attention
+                  = "mid"); the other attention blocks stay per frame, and the temporal attention stays
   diffusion-shift3-w0-st-win8  that model sampled in 8-frame windows: its attention then sees the 8 * 64 tokens
                   it was trained on, not the 16 * 64 of a whole clip
 Each model row: training steps, clips/s and frames/s (the frames the network trains on), peak RSS of training,
@@ -72,8 +74,10 @@ TRAIN = {
     "diffusion-shift3-w0-rel": ("video-diffusion-shift3-w0-rel-20min", "video-diffusion",
                                 [*SHIFT3_W0, "--set", 'model.temporal_pos="relative"']),
     "diffusion-shift3-w0-st": ("video-diffusion-shift3-w0-st-20min", "video-diffusion",
-                               [*SHIFT3_W0, "--set", "model.spacetime_attention=true",
+                               [*SHIFT3_W0, "--set", 'model.spacetime_attention="all"',
                                 "--set", "model.temporal_attention=false"]),
+    "diffusion-shift3-w0-stmid": ("video-diffusion-shift3-w0-stmid-20min", "video-diffusion",
+                                  [*SHIFT3_W0, "--set", 'model.spacetime_attention="mid"']),
     "diffusion-dir": ("video-diffusion-dir-20min", "video-diffusion",
                       ["--set", "model.schedule_shift=3", "--set", 'model.temporal_conv="separated"',
                        "--set", "model.window_start0=0.5", "--set", "model.emb_act=true"]),
@@ -175,6 +179,7 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-shift3-w0-rel": "shift 3, frame-0 windows and relative positions in the temporal attention",
          "diffusion-shift3-w0-rel-win8": "that model sampled in 8-frame windows (the offsets it was trained on)",
          "diffusion-shift3-w0-st": "shift 3, frame-0 windows and space-time attention (all frames' pixels at once)",
+         "diffusion-shift3-w0-stmid": "shift 3, frame-0 windows and space-time attention in the middle block only",
          "diffusion-shift3-w0-st-win8": "that model sampled in 8-frame windows (the token count it was trained on)",
          "diffusion-dir": "video diffusion, shift 3 + 3D temporal convolutions + half the windows from frame 0 + "
                           "SiLU on the embedding",

@@ -228,7 +228,7 @@ def test_joint_image_video_training_cuts_frames_and_checks_its_setting(monkeypat
     # image diffusion has no frames: each video-only option set there is an error, not silently ignored
     for opt in ["joint_images=2", "noise_corr=0.5", "train_frames=4", "window_start0=0.5", "sample_window=8",
                 "temporal_pos=\"relative\"", "temporal_conv=\"separated\"", "temporal_attention=false",
-                "spacetime_attention=true"]:
+                'spacetime_attention="all"']:
         with pytest.raises(AigcError, match="video-diffusion") as e:
             recipe_class("diffusion").check_config(build_config("diffusion", "shapes", None, [opt], {}))
         assert opt.split("=")[0] in str(e.value)
@@ -293,7 +293,8 @@ def test_window_start0_and_3d_temporal_conv_train(monkeypatch):
     assert recipe.generate(2, prompt="a red circle moving up")["videos"].shape == (2, 3, 6, 32, 32)
     for bad, words in [(['temporal_conv="2d"'], ["temporal_conv", "separated"]),
                        (["window_start0=1.5"], ["window_start0", "[0, 1]"]),
-                       (['temporal_pos="absolute"'], ["temporal_pos", "relative"])]:
+                       (['temporal_pos="absolute"'], ["temporal_pos", "relative"]),
+                       (['spacetime_attention="both"'], ["spacetime_attention", "mid", "all"])]:
         with pytest.raises(AigcError) as e:
             cls.check_config(build_config("video-diffusion", "moving-shapes", None, args + bad, {}))
         assert all(w in str(e.value) for w in words), str(e.value)
@@ -346,6 +347,19 @@ def test_spacetime_attention_attends_over_all_frames_of_each_clip():
     plain.load_state_dict(att.state_dict(), strict=False)
     plain.norm = torch.nn.Identity()
     assert ((plain(y, 3) - plain(x, 3)).flatten(1).abs().amax(1)[1:] == 0).all()
+
+
+def test_spacetime_attention_mid_or_all_blocks():
+    """spacetime_attention = mid: only the middle block's attention is joint; all: every attention block's."""
+    from aigc.models.unet import Attention, DiffusionConfig, UNet
+
+    def joint(mode):
+        net = UNet(DiffusionConfig(width=16, groups=4, heads=2, spacetime_attention=mode), (3, 16, 16), frames=4)
+        return [(n.split(".")[0], m.spacetime) for n, m in net.named_modules() if isinstance(m, Attention)]
+
+    assert not any(j for _, j in joint("none"))
+    assert {n for n, j in joint("mid") if j} == {"mid"} and any(n != "mid" for n, _ in joint("mid"))
+    assert all(j for _, j in joint("all"))
 
 
 def test_windowed_sampling_covers_the_clip_with_each_windows_frame_indices(monkeypatch):

@@ -40,8 +40,8 @@ a depthwise 3x3x3 kernel per channel, then a 1x1x1 mix; one such channel can be 
 scale and shift are a sum of separate functions of the time, the condition and the frame index, so no block
 can react to "frame 12 of a clip moving left" other than through the features.
 `temporal_pos = "relative"` adds a learned bias per frame offset to the temporal attention (TemporalAttention).
-`spacetime_attention` makes the spatial attention blocks attend over every pixel of every frame of a clip at
-once (Attention): factorised layers relate frames only at the same pixel, so "where the shape is now,
+`spacetime_attention = "all"` makes the spatial attention blocks ("mid": the middle block's only) attend over
+every pixel of every frame of a clip at once (Attention): factorised layers relate frames only at the same pixel, so "where the shape is now,
 given where it was" takes many layers; joint attention relates any two places in any two frames in one."""
 
 from __future__ import annotations
@@ -93,8 +93,9 @@ class DiffusionConfig:
     clip: bool = True                # clamp the x_0 estimate to [-1, 1] while sampling
     # video (video-diffusion)
     temporal_attention: bool = True  # attention across frames in the blocks that have spatial attention
-    spacetime_attention: bool = False  # the spatial attention attends over all of a clip's pixels at once
-                                       # (frames * H * W tokens) instead of each frame's own
+    spacetime_attention: str = "none"  # none | mid | all: those attention blocks (the middle block's, or every
+                                       # one) attend over all of a clip's pixels at once (frames * H * W tokens)
+                                       # instead of each frame's own
     temporal_conv: str = "1d"        # 1d: over the frames at each pixel | separated: depthwise 3x3x3 + 1x1x1
     temporal_pos: str = "none"       # none | relative: a learned per-head bias of the temporal attention for each
                                      # frame offset (Video Diffusion Models' relative positions)
@@ -235,11 +236,12 @@ class Block(nn.Module):
     """A residual block, optionally followed by self-attention; for video, each followed by its temporal
     counterpart (a temporal convolution, temporal attention)."""
 
-    def __init__(self, cin, cout, emb, cfg: DiffusionConfig, attn: bool, frames: int = 0):
+    def __init__(self, cin, cout, emb, cfg: DiffusionConfig, attn: bool, frames: int = 0, mid: bool = False):
         super().__init__()
         video = frames > 0
         self.res = ResBlock(cin, cout, emb, cfg.groups, cfg.dropout, cfg.emb_act)
-        self.attn = Attention(cout, cfg.heads, cfg.groups, video and cfg.spacetime_attention) if attn else None
+        spacetime = video and cfg.spacetime_attention in (("mid", "all") if mid else ("all",))
+        self.attn = Attention(cout, cfg.heads, cfg.groups, spacetime) if attn else None
         self.tconv = TemporalConv(cout, cfg.groups, cfg.temporal_conv == "separated") if video else None
         rel = frames if cfg.temporal_pos == "relative" else 0
         self.tattn = TemporalAttention(cout, cfg.heads, cfg.groups, rel) if video and attn and cfg.temporal_attention \
@@ -301,7 +303,8 @@ class UNet(nn.Module):
             if i < levels - 1:
                 self.down.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1))
                 skips.append(cur)
-        self.mid = nn.ModuleList([Block(cur, cur, emb, cfg, True, frames), Block(cur, cur, emb, cfg, False, frames)])
+        self.mid = nn.ModuleList([Block(cur, cur, emb, cfg, True, frames, mid=True),
+                                  Block(cur, cur, emb, cfg, False, frames, mid=True)])
         self.up = nn.ModuleList()
         for i, m in reversed(list(enumerate(cfg.mults))):
             for _ in range(cfg.blocks + 1):

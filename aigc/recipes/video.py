@@ -224,6 +224,9 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
                             f"(0 = the whole clip at once); got {cfg.model.sample_window}")
         if cfg.model.temporal_conv not in ("1d", "separated"):
             raise AigcError(f"model.temporal_conv must be '1d' or 'separated', got '{cfg.model.temporal_conv}'")
+        if cfg.model.spacetime_attention not in ("none", "mid", "all"):
+            raise AigcError(f"model.spacetime_attention must be 'none', 'mid' or 'all', "
+                            f"got '{cfg.model.spacetime_attention}'")
         if cfg.model.temporal_pos not in ("none", "relative"):
             raise AigcError(f"model.temporal_pos must be 'none' or 'relative', got '{cfg.model.temporal_pos}'")
 
