@@ -41,8 +41,9 @@ scale and shift are a sum of separate functions of the time, the condition and t
 can react to "frame 12 of a clip moving left" other than through the features.
 `temporal_pos = "relative"` adds a learned bias per frame offset to the temporal attention (TemporalAttention).
 `spacetime_attention = "all"` makes the spatial attention blocks ("mid": the middle block's only) attend over
-every pixel of every frame of a clip at once (Attention): factorised layers relate frames only at the same pixel, so "where the shape is now,
-given where it was" takes many layers; joint attention relates any two places in any two frames in one."""
+every pixel of every frame of a clip at once (Attention): factorised layers relate frames only at the same
+pixel, so "where the shape is now, given where it was" takes many layers; joint attention relates any two
+places in any two frames in one."""
 
 from __future__ import annotations
 
