@@ -79,7 +79,7 @@ def shapes_prompt_accuracy(images: torch.Tensor, prompts: list[str], holdout: li
     if not any(parsed):
         raise AigcError("none of the prompts names a known shape, color, size or position")
     requested = {k: torch.tensor([p.get(k, -1) for p in parsed]) for k in ("color", "shape", "size", "position")}
-    out = prompt_accuracy(det, requested)
+    out = {**prompt_accuracy(det, requested), "stray_share": round(float(det["stray"].double().mean()), 4)}
     if holdout:
         pairs = shapes.parse_holdout(holdout)
         held = torch.tensor([(p.get("color", -1), p.get("shape", -1)) in pairs for p in parsed])
@@ -91,8 +91,9 @@ def shapes_prompt_accuracy(images: torch.Tensor, prompts: list[str], holdout: li
     return out
 
 
-def score_videos(data, videos: torch.Tensor, prompts: list[str] | None = None) -> dict:
-    """videos: uint8 (N, C, T, H, W) in the dataset's layout."""
+def score_videos(data, videos: torch.Tensor, prompts: list[str] | None = None, component: bool = True) -> dict:
+    """videos: uint8 (N, C, T, H, W) in the dataset's layout. moving-shapes: `component` = False reads every
+    foreground pixel as the shape (the strict reading, see shapes.detect)."""
     from aigc.data import video
     from aigc.metrics.video import clip_metrics
 
@@ -107,7 +108,7 @@ def score_videos(data, videos: torch.Tensor, prompts: list[str] | None = None) -
             if not any(parsed):
                 raise AigcError("none of the prompts names a known shape, color or direction")
             requested = {k: torch.tensor([p.get(k, -1) for p in parsed]) for k in ("color", "shape", "direction")}
-        out.update(clip_metrics(video.detect_shape_clips(videos), requested))
+        out.update(clip_metrics(video.detect_shape_clips(videos, component=component), requested))
         return out
     if prompts is not None:
         raise AigcError(f"prompt metrics need moving-shapes clips, not {data.name}")

@@ -56,6 +56,37 @@ def test_shapes_detector_reads_real_data():
     assert (shapes.detect(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))["shape"] == -1).all()
 
 
+def test_largest_component_keeps_the_biggest_8_connected_blob():
+    m = torch.zeros(3, 32, 32, dtype=torch.bool)
+    m[0, 2:5, 2:5] = True                                           # 9 px
+    m[0, 20:24, 20:24] = True                                       # 16 px: kept
+    i = torch.arange(12)
+    m[1, i + 3, i + 3] = True                                       # a diagonal line: one 8-connected blob
+    m[1, 0, 31] = m[1, 1, 30] = True                                # 2 px elsewhere
+    out = shapes.largest_component(m)
+    assert out[0].sum() == 16 and out[0, 20:24, 20:24].all()
+    assert out[1].sum() == 12 and out[1, i + 3, i + 3].all()
+    assert not out[2].any()                                         # empty stays empty
+
+
+def test_shapes_detector_ignores_a_speck_of_noise():
+    images, a = shapes.generate(600, seed=3)
+    clean = shapes.detect(images)
+    assert not clean["stray"].any()
+    cx, cy = clean["cx"], clean["cy"]
+    x = torch.where(cx < 16, 31, 0)                                 # the corner farthest from the shape
+    y = torch.where(cy < 16, 31, 0)
+    noisy = images.clone()
+    noisy[torch.arange(600), :, y, x] = 110                         # one dim pixel just over the threshold
+    speck = shapes.detect(noisy)
+    assert speck["stray"].all()
+    for k in ("color", "shape", "size", "position", "cx", "cy"):
+        assert torch.equal(speck[k], clean[k]), k
+    strict = shapes.detect(noisy, component=False)                  # every foreground pixel: the box stretches
+    assert (strict["shape"] != clean["shape"]).double().mean() > 0.5
+    assert (strict["size"] == 1).all() and (clean["size"] == 0).any()   # every box reaches the speck: "large"
+
+
 def test_parse_caption():
     assert shapes.parse_caption("a large red circle in the top left") == {"color": 0, "shape": 0, "size": 1, "position": 0}
     assert shapes.parse_caption("a blue shape in the top") == {"color": 2, "position": 1}

@@ -7,6 +7,8 @@
                           axis_accuracy counts a move on the named axis as right (left/right, up/down),
                           so direction / axis accuracy is how often the sign is right along a right axis
     temporal_consistency  share of clips with a shape in every frame and the same shape and color in all
+    stray_share           share of frames with foreground pixels outside the detected shape (specks of noise:
+                          the detector reads the largest foreground component, see shapes.detect; 0 for real clips)
     prompt_accuracy       share of clips that are right in every frame and in direction
     motion_smoothness     spread (std over the clip) of the per-frame displacement of the shape's box
                           centre, in px, averaged over the temporally consistent clips (0 for real clips,
@@ -29,6 +31,8 @@ def clip_metrics(det: dict[str, torch.Tensor], requested: dict[str, torch.Tensor
     d = torch.stack([det["cx"].diff(dim=1), det["cy"].diff(dim=1)], -1).norm(dim=-1)   # (N, T-1)
     out = {"temporal_consistency": round(float(consistent.double().mean()), 4),
            "shape_found": round(float(found.double().mean()), 4)}
+    if "stray" in det:
+        out["stray_share"] = round(float(det["stray"].double().mean()), 4)
     out["motion_smoothness"] = round(float(d[consistent].std(1).mean()), 4) if consistent.any() else None
     out["mean_speed"] = round(float(d[consistent].mean()), 4) if consistent.any() else None
     if requested is None:
