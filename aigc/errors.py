@@ -19,6 +19,14 @@ def did_you_mean(name: str, valid) -> str:
     return f"{hint}; valid: {', '.join(valid)}"
 
 
+def check_choice(name: str, value, choices, where: str = "") -> None:
+    """Raise "NAME must be 'a', 'b' or 'c'WHERE, got 'value'" unless value is one of `choices`."""
+    if value not in choices:
+        quoted = [f"'{c}'" for c in choices]
+        listed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+        raise AigcError(f"{name} must be {listed}{where}, got '{value}'")
+
+
 class NonFiniteLoss(AigcError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept."""
 

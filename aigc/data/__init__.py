@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from aigc.errors import AigcError, did_you_mean
+from aigc.errors import AigcError, check_choice, did_you_mean
 
 DATASETS = ("mnist", "shapes", "images")
 VIDEO_DATASETS = ("moving-shapes", "moving-mnist")
@@ -132,8 +132,7 @@ def _channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 
 def load_dataset(cfg, seed: int = 0) -> Dataset:
     """Build the dataset named in a DataConfig (a VideoDataset for the video datasets)."""
-    if cfg.binarize not in ("none", "dynamic"):
-        raise AigcError(f"data.binarize must be 'none' or 'dynamic', got '{cfg.binarize}'")
+    check_choice("data.binarize", cfg.binarize, ("none", "dynamic"))
     if cfg.name == "mnist":
         from aigc.data.mnist import load_mnist
 

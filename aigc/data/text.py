@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from aigc.data.tokenizers import TOKENIZERS, load_tokenizer
-from aigc.errors import AigcError, did_you_mean
+from aigc.errors import AigcError, check_choice, did_you_mean
 
 ENCODING_ERRORS = ("strict", "replace", "skip")
 
@@ -59,8 +59,7 @@ def read_text(path: Path, errors: str) -> str | None:
 
 def read_corpus(kind: str, folder: str, errors: str, max_chars: int = 0) -> tuple[list[str], list[Path], int]:
     """(texts, files, number skipped). `max_chars` > 0 stops reading once that many characters are in."""
-    if errors not in ENCODING_ERRORS:
-        raise AigcError(f"data.encoding_errors must be one of {', '.join(ENCODING_ERRORS)}, got '{errors}'")
+    check_choice("data.encoding_errors", errors, ENCODING_ERRORS)
     texts, used, skipped, total = [], [], 0, 0
     for f in corpus_files(kind, folder):
         t = read_text(f, errors)

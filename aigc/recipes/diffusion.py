@@ -19,7 +19,7 @@ from aigc.diffusion import Schedule, guided
 from aigc.diffusion import sample as run_sampler
 from aigc.diffusion.samplers import FEW_STEP, SAMPLERS, frame_noise
 from aigc.diffusion.schedule import PREDICTIONS, SCHEDULES
-from aigc.errors import AigcError
+from aigc.errors import AigcError, check_choice
 from aigc.io.images import save_grid
 from aigc.models.text_encoder import WordVocab
 from aigc.models.unet import DiffusionConfig, UNet, check_size
@@ -58,14 +58,10 @@ class DiffusionRecipe(ImageRecipe):
     @staticmethod
     def check_config(cfg: RunConfig) -> None:
         m = cfg.model
-        if m.schedule not in SCHEDULES:
-            raise AigcError(f"model.schedule must be one of {', '.join(SCHEDULES)}, got '{m.schedule}'")
-        if m.prediction not in PREDICTIONS:
-            raise AigcError(f"model.prediction must be one of {', '.join(PREDICTIONS)}, got '{m.prediction}'")
-        if m.sampler not in SAMPLERS:
-            raise AigcError(f"model.sampler must be one of {', '.join(SAMPLERS)}, got '{m.sampler}'")
-        if m.cond not in ("none", "class", "text"):
-            raise AigcError(f"model.cond must be 'none', 'class' or 'text', got '{m.cond}'")
+        check_choice("model.schedule", m.schedule, SCHEDULES)
+        check_choice("model.prediction", m.prediction, PREDICTIONS)
+        check_choice("model.sampler", m.sampler, SAMPLERS)
+        check_choice("model.cond", m.cond, ("none", "class", "text"))
         if m.T < 2 or not 1 <= m.sample_steps <= m.T:
             raise AigcError(f"model.T must be >= 2 and model.sample_steps in 1..T ({m.T})")
         if m.cond_map < 0:
@@ -219,8 +215,8 @@ class DiffusionRecipe(ImageRecipe):
 
     def _check_options(self, label, prompt, steps, guidance, sampler):
         m = self.cfg.model
-        if sampler is not None and sampler not in SAMPLERS:
-            raise AigcError(f"--sampler must be one of {', '.join(SAMPLERS)}, got '{sampler}'")
+        if sampler is not None:
+            check_choice("--sampler", sampler, SAMPLERS)
         if steps is not None and not 1 <= steps <= m.T:
             raise AigcError(f"--steps must be in 1..{m.T} (the model's T), got {steps}")
         if guidance is not None and guidance < 0:

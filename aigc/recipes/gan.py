@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from aigc.config import RunConfig
-from aigc.errors import AigcError
+from aigc.errors import AigcError, check_choice
 from aigc.io.images import save_grid
 from aigc.models.gan import Discriminator, GANConfig, Generator, base_size
 from aigc.models.text_encoder import WordVocab
@@ -140,12 +140,9 @@ class GANRecipe(Adversarial, ImageRecipe):
     @staticmethod
     def check_config(cfg: RunConfig) -> None:
         m = cfg.model
-        if m.arch not in ("mlp", "dcgan"):
-            raise AigcError(f"model.arch must be 'mlp' or 'dcgan' for the GAN, got '{m.arch}'")
-        if m.loss not in LOSSES:
-            raise AigcError(f"model.loss must be one of {', '.join(LOSSES)}, got '{m.loss}'")
-        if m.cond not in ("none", "class", "text"):
-            raise AigcError(f"model.cond must be 'none', 'class' or 'text', got '{m.cond}'")
+        check_choice("model.arch", m.arch, ("mlp", "dcgan"), " for the GAN")
+        check_choice("model.loss", m.loss, LOSSES)
+        check_choice("model.cond", m.cond, ("none", "class", "text"))
         if m.z_dim < 1 or m.hidden < 1 or m.layers < 1 or m.g_width < 1 or m.d_width < 1 or m.cond_dim < 1:
             raise AigcError("model.z_dim, hidden, layers, g_width, d_width and cond_dim must be positive")
         if m.r1 < 0 or m.r1_every < 1 or m.d_steps < 1 or m.lr_g < 0 or m.lr_d < 0:

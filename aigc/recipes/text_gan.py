@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from aigc.config import RunConfig
-from aigc.errors import AigcError
+from aigc.errors import AigcError, check_choice
 from aigc.metrics.text import ngram_precision, ngram_set
 from aigc.models.text_gan import TextDiscriminator, TextGANConfig, TextGenerator, gumbel_softmax
 from aigc.recipes.base import TextRecipe
@@ -40,8 +40,7 @@ class TextGANRecipe(Adversarial, TextRecipe):
             raise AigcError("the text GAN generates one-hot characters: use data.tokenizer = \"char\"")
         if m.seq_len < 4 or m.seq_len % 4:
             raise AigcError(f"model.seq_len must be a positive multiple of 4, got {m.seq_len}")
-        if m.loss not in LOSSES:
-            raise AigcError(f"model.loss must be one of {', '.join(LOSSES)}, got '{m.loss}'")
+        check_choice("model.loss", m.loss, LOSSES)
         if m.tau <= 0 or min(m.z_dim, m.hidden, m.embd) < 1:
             raise AigcError("model.tau must be > 0 and z_dim, hidden, embd positive")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from aigc.config import RunConfig
-from aigc.errors import AigcError
+from aigc.errors import AigcError, check_choice
 from aigc.io.images import save_grid
 from aigc.metrics.likelihood import iwae_nll
 from aigc.models.vae import VAE, VAEConfig
@@ -28,8 +28,7 @@ class VAERecipe(ImageRecipe):
     @staticmethod
     def check_config(cfg: RunConfig) -> None:
         m = cfg.model
-        if m.arch not in ("conv", "mlp"):
-            raise AigcError(f"model.arch must be 'conv' or 'mlp' for the VAE, got '{m.arch}'")
+        check_choice("model.arch", m.arch, ("conv", "mlp"), " for the VAE")
         if m.z_dim < 1 or m.beta < 0 or m.hidden < 1 or m.width < 1 or m.layers < 1:
             raise AigcError("model.z_dim, hidden, width, layers must be positive and model.beta >= 0")
 

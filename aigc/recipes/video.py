@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from aigc.config import RunConfig
-from aigc.errors import AigcError
+from aigc.errors import AigcError, check_choice
 from aigc.models.text_encoder import WordVocab
 from aigc.models.unet import DiffusionConfig, UNet
 from aigc.models.video import VideoDiscriminator, VideoGANConfig, VideoGenerator, spatial_doublings
@@ -23,8 +23,7 @@ SAMPLE_CLIPS = 16                        # clips in the training-time sample GIF
 
 
 def _check_cond(cond: str) -> None:
-    if cond not in ("none", "text"):
-        raise AigcError(f"model.cond must be 'none' or 'text' for video, got '{cond}'")
+    check_choice("model.cond", cond, ("none", "text"), " for video")
 
 
 class VideoGANRecipe(Adversarial, VideoRecipe):
@@ -41,8 +40,7 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
     @staticmethod
     def check_config(cfg: RunConfig) -> None:
         m = cfg.model
-        if m.loss not in LOSSES:
-            raise AigcError(f"model.loss must be one of {', '.join(LOSSES)}, got '{m.loss}'")
+        check_choice("model.loss", m.loss, LOSSES)
         _check_cond(m.cond)
         if min(m.z_dim, m.g_width, m.d_width, m.cond_dim, m.r1_every, m.d_steps) < 1:
             raise AigcError("model.z_dim, g_width, d_width, cond_dim, r1_every and d_steps must be positive")
@@ -222,13 +220,9 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
         if cfg.model.sample_window < 0:
             raise AigcError(f"model.sample_window must be >= 0: the frames of each denoising window at sampling "
                             f"(0 = the whole clip at once); got {cfg.model.sample_window}")
-        if cfg.model.temporal_conv not in ("1d", "separated"):
-            raise AigcError(f"model.temporal_conv must be '1d' or 'separated', got '{cfg.model.temporal_conv}'")
-        if cfg.model.spacetime_attention not in ("none", "mid", "all"):
-            raise AigcError(f"model.spacetime_attention must be 'none', 'mid' or 'all', "
-                            f"got '{cfg.model.spacetime_attention}'")
-        if cfg.model.temporal_pos not in ("none", "relative"):
-            raise AigcError(f"model.temporal_pos must be 'none' or 'relative', got '{cfg.model.temporal_pos}'")
+        check_choice("model.temporal_conv", cfg.model.temporal_conv, ("1d", "separated"))
+        check_choice("model.spacetime_attention", cfg.model.spacetime_attention, ("none", "mid", "all"))
+        check_choice("model.temporal_pos", cfg.model.temporal_pos, ("none", "relative"))
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):

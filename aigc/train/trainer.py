@@ -24,7 +24,7 @@ from typing import Protocol
 import torch
 from tqdm import tqdm
 
-from aigc.errors import AigcError, Interrupted, NonFiniteLoss
+from aigc.errors import AigcError, Interrupted, NonFiniteLoss, check_choice
 from aigc.io import checkpoint as ckpt
 from aigc.io.rundir import CHECKPOINT, LOSS_PNG, METRICS, SAMPLES, read_metrics
 from aigc.train.ema import EMA
@@ -142,8 +142,7 @@ class Trainer:
         self.run_dir, self.device, self.quiet, self.lrs = Path(run_dir), device, quiet, lrs
         if cfg.steps <= 0 and cfg.minutes <= 0:
             raise AigcError("no training budget: give --steps N or --minutes M")
-        if cfg.schedule not in ("cosine", "constant"):
-            raise AigcError(f"train.schedule must be 'cosine' or 'constant', got '{cfg.schedule}'")
+        check_choice("train.schedule", cfg.schedule, ("cosine", "constant"))
         for m in recipe.modules.values():
             m.to(device)
         self.opt = Optimizers(recipe.param_groups(), cfg, device)
