@@ -347,7 +347,7 @@ def test_cli_class_diffusion(class_run, tmp_path):
     assert np.load(tmp_path / "d.npz")["images"].shape == (2, 28, 28, 1)
     for args, words in [(["--label", 12], ["out of range", "0..9"]), (["--steps", 5000], ["--steps", "1..1000"]),
                         (["--steps", 0], ["--steps"]), (["--guidance", -1], ["--guidance", ">= 0"]),
-                        (["--prompt", "a 3"], ["text-conditional"]), (["--sampler", "euler"], ["ddim, ddpm, dpm++2m"])]:
+                        (["--prompt", "a 3"], ["text-conditional"]), (["--sampler", "euler"], ["'ddim', 'ddpm' or 'dpm++2m'"])]:
         assert_clean_error(run_cli("sample", class_run, "--num", 2, *args, "--out", tmp_path / "x.png"), *words)
     p = run_cli("eval", class_run, "--num", 300)
     assert p.returncode == 0, p.stderr
