@@ -22,6 +22,12 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
   diffusion-shift3-w0-dpm  the rerun's model sampled with DPM-Solver++(2M), 25 steps (model.sampler), in place of DDIM
   diffusion-shift3-w0-act  shift3-w0 with a SiLU on the embedding before each block's scale/shift (model.emb_act),
                   alone: the row diffusion-dir changed it together with two other settings
+  diffusion-shift3-w0-act-fmap  the act row with a caption map per frame (model.frame_map): the caption channels
+                  of the input are a function of the caption and the frame's index, so the mean clip of a caption
+                  (where the shape is likely to be in frame i: right of frame 0's place for "moving right") can be
+                  drawn at the highest noise, where the noisy input shows nothing
+  diffusion-shift3-w0-act-fmap-40min  the same trained for 40 minutes, twice the goal's budget: does the direction
+                  come with more steps on this machine?
   diffusion-shift3-w0-b4  shift3-w0 with 4 clips per step instead of 8: about twice the steps in the same minutes
   diffusion-eps   the previous preset with eps-prediction, no caption map, no coordinate channels
   diffusion-shift3-w0-rerun  the same settings trained again (on another machine: see the table's note)
@@ -88,6 +94,10 @@ TRAIN = {
                                   [*SHIFT3_W0, "--set", 'model.spacetime_attention="mid"']),
     "diffusion-shift3-w0-act": ("video-diffusion-shift3-w0-act-20min", "video-diffusion",
                                 [*SHIFT3_W0, "--set", "model.emb_act=true"]),
+    "diffusion-shift3-w0-act-fmap": ("video-diffusion-shift3-w0-act-fmap-20min", "video-diffusion",
+                                     [*SHIFT3_W0, "--set", "model.emb_act=true", "--set", "model.frame_map=true"]),
+    "diffusion-shift3-w0-act-fmap-40min": ("video-diffusion-shift3-w0-act-fmap-40min", "video-diffusion",
+                                           [*SHIFT3_W0, "--set", "model.emb_act=true", "--set", "model.frame_map=true"]),
     "diffusion-shift3-w0-b4": ("video-diffusion-shift3-w0-b4-20min", "video-diffusion",
                                [*SHIFT3_W0, "--set", "data.batch_size=4"]),
     "diffusion-dir": ("video-diffusion-dir-20min", "video-diffusion",
@@ -96,6 +106,8 @@ TRAIN = {
     "diffusion-eps": ("video-diffusion-eps-20min", "video-diffusion",
                       [*WHOLE16, "--set", 'model.prediction="eps"', "--set", "model.cond_map=0", "--set", "model.coords=false"]),
 }
+# Rows trained for another budget than --minutes: a diagnostic of how the metrics grow with training, over the goal's budget.
+MINUTES = {"diffusion-shift3-w0-act-fmap-40min": 40}
 # Rows that sample another row's trained model differently (its run, no training): row -> (row, model settings).
 RESAMPLED = {
     "diffusion-shift3-w0-win8": ("diffusion-shift3-w0-rerun", {"sample_window": 8}),
@@ -111,7 +123,7 @@ STRICT_KEYS = ("frame_accuracy", "direction_accuracy", "temporal_consistency", "
 def train(row: str, minutes: float) -> tuple[Path, dict]:
     name, family, args = TRAIN[row]
     out = RUNS / name
-    return out, train_run(out, [family, "--data", "moving-shapes", *args], minutes, "clips")
+    return out, train_run(out, [family, "--data", "moving-shapes", *args], MINUTES.get(row, minutes), "clips")
 
 
 def scored(recipe, data, num: int, save: Path | None = None, **kw) -> dict:
@@ -214,6 +226,8 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-shift3-w0-st-win8": "that model sampled in 8-frame windows (the token count it was trained on)",
          "diffusion-shift3-w0-dpm": "the rerun's model sampled with DPM-Solver++(2M), 25 steps",
          "diffusion-shift3-w0-act": "shift 3, frame-0 windows and a SiLU on the embedding (model.emb_act)",
+         "diffusion-shift3-w0-act-fmap": "the act row with a caption map per frame (model.frame_map)",
+         "diffusion-shift3-w0-act-fmap-40min": "the same trained for 40 minutes (twice the budget; steps in 40 min)",
          "diffusion-shift3-w0-b4": "shift 3, frame-0 windows, 4 clips per step (twice the steps)",
          "diffusion-dir": "video diffusion, shift 3 + 3D temporal convolutions + half the windows from frame 0 + "
                           "SiLU on the embedding",

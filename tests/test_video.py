@@ -172,6 +172,33 @@ def test_video_unet_mixes_frames_and_keeps_shape():
     assert not torch.allclose(net(x2, t, c)[:, :, 5], out[:, :, 5])
 
 
+def test_frame_map_gives_each_frame_its_own_caption_map():
+    """model.frame_map: the caption channels appended to the input are a function of the caption and the
+    frame's index in the clip (a window's frames get their indices' maps); without it, one map for all frames."""
+    seen = {}
+    for frame_map in (False, True):
+        cfg = DiffusionConfig(width=16, mults=[1, 2], patch=2, groups=4, heads=2, cond="text", text_vocab=VOCAB,
+                              cond_map=3, coords=True, frame_map=frame_map)
+        net = UNet(cfg, (3, 16, 16), frames=4)
+        for p in net.parameters():
+            torch.nn.init.normal_(p, std=0.5)
+        maps = []
+        net.inp.register_forward_hook(lambda mod, args, out: maps.append(args[0][:, -3:].detach()))
+        c = torch.randint(1, len(VOCAB), (2, 5))
+        x, t = torch.randn(2, 3, 4, 16, 16), torch.tensor([999, 999])
+        net(x, t, c)
+        net(x, t, c, torch.tensor([[4, 5, 6, 7], [0, 1, 2, 3]]))           # clip 0 as frames 4..7 of a longer clip
+        net(x, t, c.flip(0))
+        m = [a.view(2, 4, 3, 8, 8) for a in maps]                          # (B, T, cond_map, 8, 8)
+        differs = lambda a, b: (a - b).abs().max().item() > 1e-3           # noqa: E731
+        assert differs(m[0][0], m[2][0])                                   # another caption, another map
+        assert differs(m[0][:, 0], m[0][:, 1]) == frame_map                # frame 0's map vs frame 1's
+        assert differs(m[0][0], m[1][0]) == frame_map                      # frames 0..3 vs 4..7
+        assert not differs(m[0][1], m[1][1])                               # the same indices, the same maps
+        seen[frame_map] = sum(p.numel() for p in net.parameters())
+    assert seen[True] == seen[False] + 16 * 64 + 64                        # one Linear(width, 4 * width) more
+
+
 def test_separated_temporal_conv_reaches_the_next_frames_neighbours():
     """temporal_conv = separated (a depthwise 3x3x3 kernel): what is at one pixel of frame 0 reaches the
     neighbouring pixels of frame 1 in one layer; the 1D temporal convolution only reaches the same pixel."""
@@ -238,14 +265,15 @@ def test_joint_image_video_training_cuts_frames_and_checks_its_setting(monkeypat
     assert out["loss"].item() == pytest.approx(want.item(), rel=1e-5)
     for bad, words in [(["joint_images=5"], ["joint_images", "batch_size - 1 (4)"]), (["joint_images=-1"], ["joint_images"]),
                        (["train_frames=-1"], ["train_frames", ">= 0"]),
-                       (["noise_corr=1"], ["noise_corr", "[0, 1)"]), (["schedule_shift=0"], ["schedule_shift", "> 0"])]:
+                       (["noise_corr=1"], ["noise_corr", "[0, 1)"]), (["schedule_shift=0"], ["schedule_shift", "> 0"]),
+                       (["frame_map=true", "cond_map=0"], ["frame_map", "cond_map > 0"])]:
         with pytest.raises(AigcError) as e:
             cls.check_config(build_config("video-diffusion", "moving-shapes", None, args + bad, {}))
         assert all(w in str(e.value) for w in words), str(e.value)
     # image diffusion has no frames: each video-only option set there is an error, not silently ignored
     for opt in ["joint_images=2", "noise_corr=0.5", "train_frames=4", "window_start0=0.5", "sample_window=8",
                 "temporal_pos=\"relative\"", "temporal_conv=\"separated\"", "temporal_attention=false",
-                'spacetime_attention="all"']:
+                'spacetime_attention="all"', "frame_map=true"]:
         with pytest.raises(AigcError, match="video-diffusion") as e:
             recipe_class("diffusion").check_config(build_config("diffusion", "shapes", None, [opt], {}))
         assert opt.split("=")[0] in str(e.value)

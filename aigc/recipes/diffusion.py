@@ -27,7 +27,7 @@ from aigc.recipes.base import ImageRecipe
 
 # DiffusionConfig fields that only video-diffusion reads: set anywhere else they would silently do nothing.
 VIDEO_ONLY = ("temporal_attention", "spacetime_attention", "temporal_conv", "temporal_pos", "joint_images",
-              "window_start0", "train_frames", "noise_corr", "sample_window")
+              "window_start0", "train_frames", "noise_corr", "sample_window", "frame_map")
 
 
 class DiffusionRecipe(ImageRecipe):

@@ -220,6 +220,10 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
         if cfg.model.sample_window < 0:
             raise AigcError(f"model.sample_window must be >= 0: the frames of each denoising window at sampling "
                             f"(0 = the whole clip at once); got {cfg.model.sample_window}")
+        if cfg.model.frame_map and not (cfg.model.cond_map > 0 and cfg.model.cond != "none"):
+            raise AigcError("model.frame_map makes the caption map differ per frame: it needs a condition "
+                            f"(model.cond) and model.cond_map > 0; got cond = {cfg.model.cond!r}, "
+                            f"cond_map = {cfg.model.cond_map}")
         check_choice("model.temporal_conv", cfg.model.temporal_conv, ("1d", "separated"))
         check_choice("model.spacetime_attention", cfg.model.spacetime_attention, ("none", "mid", "all"))
         check_choice("model.temporal_pos", cfg.model.temporal_pos, ("none", "relative"))
