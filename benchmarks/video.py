@@ -227,7 +227,7 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-shift3-w0-dpm": "the rerun's model sampled with DPM-Solver++(2M), 25 steps",
          "diffusion-shift3-w0-act": "shift 3, frame-0 windows and a SiLU on the embedding (model.emb_act)",
          "diffusion-shift3-w0-act-fmap": "the act row with a caption map per frame (model.frame_map)",
-         "diffusion-shift3-w0-act-fmap-40min": "the same trained for 40 minutes (twice the budget; steps in 40 min)",
+         "diffusion-shift3-w0-act-fmap-40min": "the same trained for 40 minutes (twice the budget; steps in 40 min, about 500 lost to other work on the CPU)",
          "diffusion-shift3-w0-b4": "shift 3, frame-0 windows, 4 clips per step (twice the steps)",
          "diffusion-dir": "video diffusion, shift 3 + 3D temporal convolutions + half the windows from frame 0 + "
                           "SiLU on the embedding",
