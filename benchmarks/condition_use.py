@@ -13,9 +13,9 @@ For a moving-shapes video run the attributes are direction, color and shape, on 
 over all frames), plus the reversed direction alone (left <-> right, up <-> down: does the model read the
 sign of the motion?); the issue-7 figures come from the 20-minute runs of benchmarks/video.py with --num 128.
 For clips it also prints the drift of the mean x_0 estimate given the true captions: per direction, the slope
-over frames 0-11 of the centroid of the brightness above the background, of the estimates averaged over the clips of that direction, along
-the direction's axis and signed so that the captioned way is positive (px/frame), next to the same for the
-true clips. At t = 999 the noisy clip shows nothing, so the best estimate is the caption's mean clip, which
+over frames 0-11 of the centroid of the brightness above the background, of the estimates averaged over the
+clips of that direction, along the direction's axis and signed so that the captioned way is positive
+(px/frame), next to the same for the true clips. At t = 999 the noisy clip shows nothing, so the best estimate is the caption's mean clip, which
 drifts the captioned way (about 0.6 px/frame); a model that reads the direction word at the highest noise
 levels drifts with it. And what reading it is worth there: the x_0 error of the best estimate at t = T (each
 caption's per-frame mean clip, over 8000 generated clips) with and without the direction in the caption."""
@@ -23,6 +23,7 @@ caption's per-frame mean clip, over 8000 generated clips) with and without the d
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -88,11 +89,12 @@ def mean_clip_drift(clips: torch.Tensor, direction: torch.Tensor, frames: int = 
     return sum(slopes) / len(slopes)
 
 
+@functools.cache
 def direction_worth(n: int = 8000) -> tuple[float, float]:
     """x_0 MSE of the per-frame mean clip of each caption (color, shape, direction) and of each caption with the
     direction left out (color, shape), over n generated moving-shapes clips: the best x_0 errors at t = T.
     The means come from one half of the clips and the errors from the other (in-sample means would favour
-    the 72 captions over the 18)."""
+    the 72 captions over the 18). It depends on the data only: cached, computed once for all runs."""
     from aigc.data import video
 
     a = video.shape_clip_attributes(n, torch.Generator().manual_seed(0))

@@ -70,6 +70,7 @@ from benchmarks.run import rows_main, run, train_run  # noqa: E402
 RUNS = ROOT / "bench_runs"
 WHOLE16 = ["--set", "model.train_frames=0", "--set", "data.batch_size=16"]     # the previous preset: whole clips
 SHIFT3_W0 = ["--set", "model.schedule_shift=3", "--set", "model.window_start0=0.5"]   # row diffusion-shift3-w0
+ACT_FMAP = [*SHIFT3_W0, "--set", "model.emb_act=true", "--set", "model.frame_map=true"]  # rows ...-act-fmap[-40min]
 OUT = ROOT / "benchmarks" / "results" / "video.json"
 TRAIN = {
     "gan": ("video-gan-20min", "video-gan", []),
@@ -94,10 +95,8 @@ TRAIN = {
                                   [*SHIFT3_W0, "--set", 'model.spacetime_attention="mid"']),
     "diffusion-shift3-w0-act": ("video-diffusion-shift3-w0-act-20min", "video-diffusion",
                                 [*SHIFT3_W0, "--set", "model.emb_act=true"]),
-    "diffusion-shift3-w0-act-fmap": ("video-diffusion-shift3-w0-act-fmap-20min", "video-diffusion",
-                                     [*SHIFT3_W0, "--set", "model.emb_act=true", "--set", "model.frame_map=true"]),
-    "diffusion-shift3-w0-act-fmap-40min": ("video-diffusion-shift3-w0-act-fmap-40min", "video-diffusion",
-                                           [*SHIFT3_W0, "--set", "model.emb_act=true", "--set", "model.frame_map=true"]),
+    "diffusion-shift3-w0-act-fmap": ("video-diffusion-shift3-w0-act-fmap-20min", "video-diffusion", ACT_FMAP),
+    "diffusion-shift3-w0-act-fmap-40min": ("video-diffusion-shift3-w0-act-fmap-40min", "video-diffusion", ACT_FMAP),
     "diffusion-shift3-w0-b4": ("video-diffusion-shift3-w0-b4-20min", "video-diffusion",
                                [*SHIFT3_W0, "--set", "data.batch_size=4"]),
     "diffusion-dir": ("video-diffusion-dir-20min", "video-diffusion",
@@ -227,7 +226,8 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-shift3-w0-dpm": "the rerun's model sampled with DPM-Solver++(2M), 25 steps",
          "diffusion-shift3-w0-act": "shift 3, frame-0 windows and a SiLU on the embedding (model.emb_act)",
          "diffusion-shift3-w0-act-fmap": "the act row with a caption map per frame (model.frame_map)",
-         "diffusion-shift3-w0-act-fmap-40min": "the same trained for 40 minutes (twice the budget; steps in 40 min, about 500 lost to other work on the CPU)",
+         "diffusion-shift3-w0-act-fmap-40min": "the same trained for 40 minutes (twice the budget; steps in 40 min, "
+                                               "about 500 lost to other work on the CPU)",
          "diffusion-shift3-w0-b4": "shift 3, frame-0 windows, 4 clips per step (twice the steps)",
          "diffusion-dir": "video diffusion, shift 3 + 3D temporal convolutions + half the windows from frame 0 + "
                           "SiLU on the embedding",
