@@ -28,6 +28,11 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
                   drawn at the highest noise, where the noisy input shows nothing
   diffusion-shift3-w0-act-fmap-40min  the same trained for 40 minutes, twice the goal's budget: does the direction
                   come with more steps on this machine?
+  diffusion-shift3-w0-fmap-40min  the 40-minute row without model.emb_act: every run with emb_act is at chance on
+                  the direction's axis, the Xeon shift3-w0 runs without it were not; same steps, one setting apart
+  diffusion-shift3-w0-fmap-sep-40min  that row with channel-separated 3D temporal convolutions (model.temporal_conv
+                  = "separated"): a depthwise 3x3x3 channel can be a filter tilted in space-time, and the caption's
+                  scale on the channels can pick the left-tilted or the right-tilted ones
   diffusion-shift3-w0-b4  shift3-w0 with 4 clips per step instead of 8: about twice the steps in the same minutes
   diffusion-eps   the previous preset with eps-prediction, no caption map, no coordinate channels
   diffusion-shift3-w0-rerun  the same settings trained again (on another machine: see the table's note)
@@ -70,7 +75,8 @@ from benchmarks.run import rows_main, run, train_run  # noqa: E402
 RUNS = ROOT / "bench_runs"
 WHOLE16 = ["--set", "model.train_frames=0", "--set", "data.batch_size=16"]     # the previous preset: whole clips
 SHIFT3_W0 = ["--set", "model.schedule_shift=3", "--set", "model.window_start0=0.5"]   # row diffusion-shift3-w0
-ACT_FMAP = [*SHIFT3_W0, "--set", "model.emb_act=true", "--set", "model.frame_map=true"]  # rows ...-act-fmap[-40min]
+FMAP = [*SHIFT3_W0, "--set", "model.frame_map=true"]                        # row ...-fmap-40min
+ACT_FMAP = [*FMAP, "--set", "model.emb_act=true"]                           # rows ...-act-fmap[-40min]
 OUT = ROOT / "benchmarks" / "results" / "video.json"
 TRAIN = {
     "gan": ("video-gan-20min", "video-gan", []),
@@ -97,6 +103,9 @@ TRAIN = {
                                 [*SHIFT3_W0, "--set", "model.emb_act=true"]),
     "diffusion-shift3-w0-act-fmap": ("video-diffusion-shift3-w0-act-fmap-20min", "video-diffusion", ACT_FMAP),
     "diffusion-shift3-w0-act-fmap-40min": ("video-diffusion-shift3-w0-act-fmap-40min", "video-diffusion", ACT_FMAP),
+    "diffusion-shift3-w0-fmap-40min": ("video-diffusion-shift3-w0-fmap-40min", "video-diffusion", FMAP),
+    "diffusion-shift3-w0-fmap-sep-40min": ("video-diffusion-shift3-w0-fmap-sep-40min", "video-diffusion",
+                                           [*FMAP, "--set", 'model.temporal_conv="separated"']),
     "diffusion-shift3-w0-b4": ("video-diffusion-shift3-w0-b4-20min", "video-diffusion",
                                [*SHIFT3_W0, "--set", "data.batch_size=4"]),
     "diffusion-dir": ("video-diffusion-dir-20min", "video-diffusion",
@@ -106,7 +115,8 @@ TRAIN = {
                       [*WHOLE16, "--set", 'model.prediction="eps"', "--set", "model.cond_map=0", "--set", "model.coords=false"]),
 }
 # Rows trained for another budget than --minutes: a diagnostic of how the metrics grow with training, over the goal's budget.
-MINUTES = {"diffusion-shift3-w0-act-fmap-40min": 40}
+MINUTES = {"diffusion-shift3-w0-act-fmap-40min": 40, "diffusion-shift3-w0-fmap-40min": 40,
+           "diffusion-shift3-w0-fmap-sep-40min": 40}
 # Rows that sample another row's trained model differently (its run, no training): row -> (row, model settings).
 RESAMPLED = {
     "diffusion-shift3-w0-win8": ("diffusion-shift3-w0-rerun", {"sample_window": 8}),
@@ -228,6 +238,9 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-shift3-w0-act-fmap": "the act row with a caption map per frame (model.frame_map)",
          "diffusion-shift3-w0-act-fmap-40min": "the same trained for 40 minutes (twice the budget; steps in 40 min, "
                                                "about 500 lost to other work on the CPU)",
+         "diffusion-shift3-w0-fmap-40min": "shift 3, frame-0 windows, frame_map, no emb_act, 40 minutes (twice the "
+                                           "budget)",
+         "diffusion-shift3-w0-fmap-sep-40min": "the same with channel-separated 3D temporal convolutions, 40 minutes",
          "diffusion-shift3-w0-b4": "shift 3, frame-0 windows, 4 clips per step (twice the steps)",
          "diffusion-dir": "video diffusion, shift 3 + 3D temporal convolutions + half the windows from frame 0 + "
                           "SiLU on the embedding",
