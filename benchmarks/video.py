@@ -254,7 +254,7 @@ def markdown(results: dict) -> str:
     first = cpu(next(results[k] for k in NAMES if "steps" in results.get(k, {})))
     mark = lambda r: " ‡" if cpu(r) != first else ""                   # noqa: E731
     strict = lambda r: "" if r.get("detector") == "component" else " §"   # noqa: E731
-    lines = ["| model | steps (20 min) | train clips/s / frames/s | train peak RSS MB | frame acc (shape+color) | shape | color | direction acc | "
+    lines = ["| model | steps (20 min unless the row says 40) | train clips/s / frames/s | train peak RSS MB | frame acc (shape+color) | shape | color | direction acc | "
              "temporal consistency | prompt acc | motion smoothness (px) | mean speed (px/frame) | stray frames | 16 clips | "
              "`aigc sample --num 16` wall / peak RSS |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
