@@ -199,22 +199,44 @@ def test_frame_map_gives_each_frame_its_own_caption_map():
     assert seen[True] == seen[False] + 16 * 64 + 64                        # one Linear(width, 4 * width) more
 
 
-def test_separated_temporal_conv_reaches_the_next_frames_neighbours():
-    """temporal_conv = separated (a depthwise 3x3x3 kernel): what is at one pixel of frame 0 reaches the
-    neighbouring pixels of frame 1 in one layer; the 1D temporal convolution only reaches the same pixel."""
+def test_separated_and_dynamic_temporal_convs_reach_the_next_frames_neighbours():
+    """temporal_conv = separated or dynamic (depthwise 3x3x3 kernels): what is at one pixel of frame 0 reaches
+    the neighbouring pixels of frame 1 in one layer; the 1D temporal convolution only reaches the same pixel."""
     from aigc.models.unet import TemporalConv
 
-    for separated in (False, True):
-        layer = TemporalConv(4, 2, separated)
+    for mode in ("1d", "separated", "dynamic"):
+        layer = TemporalConv(4, 2, mode == "separated", 6 if mode == "dynamic" else 0)
         for p in layer.parameters():
             torch.nn.init.normal_(p, std=0.3)
         layer.norm = torch.nn.Identity()              # its statistics would carry the change to every pixel
         x = torch.randn(2 * 3, 4, 8, 8)               # B = 2 clips of 3 frames
+        e = torch.randn(2, 6)
         x2 = x.clone()
         x2[0, :, 4, 4] += 1                           # clip 0, frame 0, pixel (4, 4)
-        d = (layer(x2, 3) - layer(x, 3)).abs().sum(1)  # (B*T, H, W)
+        d = (layer(x2, 3, e) - layer(x, 3, e)).abs().sum(1)  # (B*T, H, W)
         assert d[1, 4, 4] > 0 and d[3:].sum() == 0    # frame 1 of clip 0 sees it; clip 1 does not
-        assert (d[1, 4, 5] > 0) == separated and (d[1, 5, 5] > 0) == separated
+        assert (d[1, 4, 5] > 0) == (mode != "1d") and (d[1, 5, 5] > 0) == (mode != "1d")
+
+
+def test_dynamic_temporal_conv_kernels_follow_each_clips_embedding():
+    """temporal_conv = dynamic: each clip's depthwise kernels are made from its own embedding (the caption), so
+    the same features give another output for another embedding, clip by clip; the branch starts as a no-op
+    (its 1x1x1 mix is zero) and a missing embedding is an error, not a silent 1D convolution."""
+    from aigc.models.unet import TemporalConv
+
+    layer = TemporalConv(4, 2, dynamic=6)
+    x = torch.randn(2 * 3, 4, 8, 8)
+    e = torch.randn(2, 6)
+    plain = TemporalConv(4, 2)
+    plain.load_state_dict({k: v for k, v in layer.state_dict().items() if k.startswith(("norm", "conv"))})
+    assert torch.allclose(layer(x, 3, e), plain(x, 3))                  # zero mix: the 1D convolution alone
+    torch.nn.init.normal_(layer.mix.weight, std=0.3)
+    e2 = e.clone()
+    e2[1] += 1                                                         # clip 1 gets another embedding
+    d = (layer(x, 3, e2) - layer(x, 3, e)).abs().flatten(1).sum(1)
+    assert d[:3].sum() == 0 and (d[3:] > 0).all()
+    with pytest.raises(ValueError, match="embedding"):
+        layer(x, 3)
 
 
 def test_video_diffusion_uses_the_image_samplers(monkeypatch):
@@ -318,15 +340,16 @@ def test_training_on_windows_passes_each_frames_index_in_the_clip(monkeypatch):
     assert not torch.allclose(net(x[:, :, 2:4], t, c, torch.tensor([[2, 3], [2, 3]])), net(x[:, :, 2:4], t, c), atol=1e-3)
 
 
-def test_window_start0_and_3d_temporal_conv_train(monkeypatch):
-    """window_start0 = 1: every window starts at frame 0; a recipe with 3D (separated) temporal convolutions,
-    the embedding SiLU and relative temporal positions builds, trains a step and samples (the Conv3d weights
-    stay contiguous)."""
+@pytest.mark.parametrize("tconv", ["separated", "dynamic"])
+def test_window_start0_and_3d_temporal_conv_train(monkeypatch, tconv):
+    """window_start0 = 1: every window starts at frame 0; a recipe with 3D (separated or dynamic) temporal
+    convolutions, the embedding SiLU and relative temporal positions builds, trains a step and samples (the
+    Conv3d weights stay contiguous)."""
     from aigc.errors import AigcError
     from aigc.recipes import build_config, recipe_class
 
     args = ["num_eval=4", "frames=6", "width=16", "groups=4", "heads=2", "batch_size=3", "train_frames=2",
-            "window_start0=1", 'temporal_conv="separated"', "emb_act=true", 'temporal_pos="relative"', "sample_steps=2"]
+            "window_start0=1", f'temporal_conv="{tconv}"', "emb_act=true", 'temporal_pos="relative"', "sample_steps=2"]
     cfg = build_config("video-diffusion", "moving-shapes", None, args, {})
     cls = recipe_class("video-diffusion")
     cls.check_config(cfg)
@@ -339,7 +362,7 @@ def test_window_start0_and_3d_temporal_conv_train(monkeypatch):
     out = recipe.train_step(next(cls.make_batcher(data, cfg)), type("Opt", (), {"update": lambda s, n, l: None})())
     assert torch.isfinite(out["loss"]) and torch.equal(seen[0], torch.tensor([[0, 1]] * 3))
     assert recipe.generate(2, prompt="a red circle moving up")["videos"].shape == (2, 3, 6, 32, 32)
-    for bad, words in [(['temporal_conv="2d"'], ["temporal_conv", "separated"]),
+    for bad, words in [(['temporal_conv="2d"'], ["temporal_conv", "separated", "dynamic"]),
                        (["window_start0=1.5"], ["window_start0", "[0, 1]"]),
                        (['temporal_pos="absolute"'], ["temporal_pos", "relative"]),
                        (['spacetime_attention="both"'], ["spacetime_attention", "mid", "all"])]:

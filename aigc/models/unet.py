@@ -36,6 +36,9 @@ frame-index embedding is added to each frame's time embedding. Clips are (B, C, 
 `temporal_conv = "separated"` makes the temporal convolution a channel-separated 3D one (Tran et al. 2019):
 a depthwise 3x3x3 kernel per channel, then a 1x1x1 mix; one such channel can be a filter tilted in space-time,
 "the same thing one pixel further in the next frame", which the per-pixel 1D kernel cannot be.
+`temporal_conv = "dynamic"` keeps the 1D convolution and adds a depthwise 3x3x3 branch whose kernels each clip
+gets from its embedding (the noise level and the caption; dynamic filters, Jia et al. 2016), so the caption can
+tilt the space-time filters itself instead of picking channels of fixed ones.
 `emb_act` puts a SiLU on the embedding before each block's scale/shift Linear, as ADM does: without it the
 scale and shift are a sum of separate functions of the time, the condition and the frame index, so no block
 can react to "frame 12 of a clip moving left" other than through the features. Measured on moving-shapes
@@ -107,7 +110,8 @@ class DiffusionConfig:
     spacetime_attention: str = "none"  # none | mid | all: those attention blocks (the middle block's, or every
                                        # one) attend over all of a clip's pixels at once (frames * H * W tokens)
                                        # instead of each frame's own
-    temporal_conv: str = "1d"        # 1d: over the frames at each pixel | separated: depthwise 3x3x3 + 1x1x1
+    temporal_conv: str = "1d"        # 1d: over the frames at each pixel | separated: depthwise 3x3x3 + 1x1x1 |
+                                     # dynamic: 1d plus depthwise 3x3x3 kernels made per clip from its caption
     temporal_pos: str = "none"       # none | relative: a learned per-head bias of the temporal attention for each
                                      # frame offset (Video Diffusion Models' relative positions)
     joint_images: int = 0            # of each batch of clips, how many are cut to one random frame each and
@@ -181,9 +185,14 @@ class TemporalConv(nn.Module):
     `separated`, a channel-separated 3D convolution (Tran et al. 2019): a depthwise 3x3x3 convolution over
     (frames, height, width), then a 1x1x1 one mixing the channels. The per-pixel kernel cannot tilt in space:
     "the same thing one pixel further right in the next frame" needs several layers; each depthwise channel
-    can be such a tilted (moving) filter, at less cost than the per-pixel kernel."""
+    can be such a tilted (moving) filter, at less cost than the per-pixel kernel.
+    `dynamic` = E > 0 adds to the 1D convolution a second branch whose depthwise 3x3x3 kernels are made for
+    each clip from its embedding (E wide: the noise level and the caption) by a Linear layer, plus a learned
+    base kernel, then a 1x1x1 mix (dynamic filters, Jia et al. 2016, who made video-prediction filters this
+    way). A caption can then tilt the filters itself ("right": what is at x in frame t is at x + 1 in frame
+    t + 1), a two-way link of word and kernel, where the channel scales can only pick among fixed kernels."""
 
-    def __init__(self, ch: int, groups: int, separated: bool = False):
+    def __init__(self, ch: int, groups: int, separated: bool = False, dynamic: int = 0):
         super().__init__()
         self.norm = nn.GroupNorm(min(groups, ch), ch)
         self.separated = separated
@@ -194,16 +203,33 @@ class TemporalConv(nn.Module):
             self.conv = nn.Conv1d(ch, ch, 3, padding=1)
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
+        self.kernels = None
+        if dynamic:
+            self.base = nn.Parameter(torch.randn(ch, 1, 3, 3, 3) / math.sqrt(27))
+            self.kernels = nn.Linear(dynamic, ch * 27)          # the clip's embedding -> its depthwise kernels
+            nn.init.normal_(self.kernels.weight, std=0.1 / math.sqrt(dynamic))
+            nn.init.zeros_(self.kernels.bias)
+            self.mix = nn.Conv3d(ch, ch, 1)
+            nn.init.zeros_(self.mix.weight)
+            nn.init.zeros_(self.mix.bias)
 
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frames: int, clip_emb: torch.Tensor | None = None) -> torch.Tensor:
         BT, C, H, W = x.shape
         B = BT // frames
         if self.separated:
             h = F.silu(self.norm(x)).view(B, frames, C, H, W).transpose(1, 2)
             h = self.conv(self.depthwise(h)).transpose(1, 2).reshape(BT, C, H, W)
             return x + h
-        h = F.silu(self.norm(x)).view(B, frames, C, H, W).permute(0, 3, 4, 2, 1).reshape(B * H * W, C, frames)
+        a = F.silu(self.norm(x))
+        h = a.view(B, frames, C, H, W).permute(0, 3, 4, 2, 1).reshape(B * H * W, C, frames)
         h = self.conv(h).view(B, H, W, C, frames).permute(0, 4, 3, 1, 2).reshape(BT, C, H, W)
+        if self.kernels is not None:
+            if clip_emb is None:
+                raise ValueError("a dynamic temporal convolution needs each clip's embedding")
+            k = self.base + self.kernels(clip_emb).view(B, C, 1, 3, 3, 3)             # (B, C, 1, 3, 3, 3)
+            v = a.view(B, frames, C, H, W).transpose(1, 2).reshape(1, B * C, frames, H, W)
+            v = F.conv3d(v, k.reshape(B * C, 1, 3, 3, 3), padding=1, groups=B * C).view(B, C, frames, H, W)
+            h = h + self.mix(v).transpose(1, 2).reshape(BT, C, H, W)
         return x + h
 
 
@@ -255,15 +281,16 @@ class Block(nn.Module):
         self.res = ResBlock(cin, cout, emb, cfg.groups, cfg.dropout, cfg.emb_act)
         spacetime = video and cfg.spacetime_attention in (("mid", "all") if mid else ("all",))
         self.attn = Attention(cout, cfg.heads, cfg.groups, spacetime) if attn else None
-        self.tconv = TemporalConv(cout, cfg.groups, cfg.temporal_conv == "separated") if video else None
+        self.tconv = TemporalConv(cout, cfg.groups, cfg.temporal_conv == "separated",
+                                  emb if cfg.temporal_conv == "dynamic" else 0) if video else None
         rel = frames if cfg.temporal_pos == "relative" else 0
         self.tattn = TemporalAttention(cout, cfg.heads, cfg.groups, rel) if video and attn and cfg.temporal_attention \
             else None
 
-    def forward(self, x, emb, frames: int = 0):
+    def forward(self, x, emb, frames: int = 0, clip_emb=None):
         x = self.res(x, emb)
         if self.tconv is not None:
-            x = self.tconv(x, frames)
+            x = self.tconv(x, frames, clip_emb)
         if self.attn is not None:
             x = self.attn(x, frames)
         if self.tattn is not None:
@@ -361,7 +388,7 @@ class UNet(nn.Module):
             emb = emb + ce
             if m and not self.per_frame_map:
                 cmap = self.cond_to_map(ce).view(len(ce), m, self.map_size, self.map_size)
-        frames = 0
+        frames, clip_emb = 0, emb                                      # clip_emb (B, E): time + condition
         if self.frames:
             B, _, frames = x.shape[:3]
             x = x.transpose(1, 2).flatten(0, 1)                        # every frame an image: (B*T, C, H, W)
@@ -387,12 +414,12 @@ class UNet(nn.Module):
         h = self.inp(x)
         hs = [h]
         for layer in self.down:
-            h = layer(h, emb, frames) if isinstance(layer, Block) else layer(h)
+            h = layer(h, emb, frames, clip_emb) if isinstance(layer, Block) else layer(h)
             hs.append(h)
         for layer in self.mid:
-            h = layer(h, emb, frames)
+            h = layer(h, emb, frames, clip_emb)
         for layer in self.up:
-            h = layer(torch.cat([h, hs.pop()], 1), emb, frames) if isinstance(layer, Block) else layer(h)
+            h = layer(torch.cat([h, hs.pop()], 1), emb, frames, clip_emb) if isinstance(layer, Block) else layer(h)
         h = self.out(h)
         h = F.pixel_shuffle(h, self.cfg.patch) if self.cfg.patch > 1 else h
         return h.view(-1, frames, *h.shape[1:]).transpose(1, 2) if frames else h

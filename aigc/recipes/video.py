@@ -224,7 +224,7 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
             raise AigcError("model.frame_map makes the caption map differ per frame: it needs a condition "
                             f"(model.cond) and model.cond_map > 0; got cond = {cfg.model.cond!r}, "
                             f"cond_map = {cfg.model.cond_map}")
-        check_choice("model.temporal_conv", cfg.model.temporal_conv, ("1d", "separated"))
+        check_choice("model.temporal_conv", cfg.model.temporal_conv, ("1d", "separated", "dynamic"))
         check_choice("model.spacetime_attention", cfg.model.spacetime_attention, ("none", "mid", "all"))
         check_choice("model.temporal_pos", cfg.model.temporal_pos, ("none", "relative"))
 
