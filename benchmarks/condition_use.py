@@ -17,8 +17,9 @@ over frames 0-11 of the centroid of the brightness above the background, of the 
 clips of that direction, along the direction's axis and signed so that the captioned way is positive
 (px/frame), next to the same for the true clips. At t = 999 the noisy clip shows nothing, so the best
 estimate is the caption's mean clip, which drifts the captioned way (about 0.6 px/frame); a model that reads
-the direction word at the highest noise levels drifts with it. And what reading it is worth there: the x_0 error of the best estimate at t = T (each
-caption's per-frame mean clip, over 8000 generated clips) with and without the direction in the caption."""
+the direction word at the highest noise levels drifts with it. And what reading it is worth there: the x_0
+error of the best estimate at t = T (each caption's per-frame mean clip, over 8000 generated clips) with and
+without the direction in the caption."""
 
 from __future__ import annotations
 

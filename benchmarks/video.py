@@ -28,6 +28,12 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
                   drawn at the highest noise, where the noisy input shows nothing
   diffusion-shift3-w0-act-fmap-40min  the same trained for 40 minutes, twice the goal's budget: does the direction
                   come with more steps on this machine?
+  diffusion-shift3-w0-fmap  shift3-w0 with frame_map and without emb_act, in the goal's 20 minutes
+  diffusion-shift3-w0-fmap-dyn-3001steps  the fmap row with dynamic temporal filters (model.temporal_conv =
+                  "dynamic"): each clip's depthwise 3x3x3 kernels are made from its caption and noise level, beside
+                  the 1D convolution, so a direction word can tilt the space-time filters itself; trained the fmap
+                  row's 3001 steps (about 30 minutes: a step costs 1.45x), to compare at equal steps
+  diffusion-shift3-w0-fmap-dyn  the same in the goal's 20 minutes
   diffusion-shift3-w0-fmap-40min  the 40-minute row without model.emb_act: every run with emb_act is at chance on
                   the direction's axis, the Xeon shift3-w0 runs without it were not; same steps, one setting apart
   diffusion-shift3-w0-fmap-sep-40min  that row with channel-separated 3D temporal convolutions (model.temporal_conv
@@ -77,6 +83,7 @@ WHOLE16 = ["--set", "model.train_frames=0", "--set", "data.batch_size=16"]     #
 SHIFT3_W0 = ["--set", "model.schedule_shift=3", "--set", "model.window_start0=0.5"]   # row diffusion-shift3-w0
 FMAP = [*SHIFT3_W0, "--set", "model.frame_map=true"]                        # row ...-fmap-40min
 ACT_FMAP = [*FMAP, "--set", "model.emb_act=true"]                           # rows ...-act-fmap[-40min]
+FMAP_DYN = [*FMAP, "--set", 'model.temporal_conv="dynamic"']                 # rows ...-fmap-dyn[-3001steps]
 OUT = ROOT / "benchmarks" / "results" / "video.json"
 TRAIN = {
     "gan": ("video-gan-20min", "video-gan", []),
@@ -103,7 +110,11 @@ TRAIN = {
                                 [*SHIFT3_W0, "--set", "model.emb_act=true"]),
     "diffusion-shift3-w0-act-fmap": ("video-diffusion-shift3-w0-act-fmap-20min", "video-diffusion", ACT_FMAP),
     "diffusion-shift3-w0-act-fmap-40min": ("video-diffusion-shift3-w0-act-fmap-40min", "video-diffusion", ACT_FMAP),
+    "diffusion-shift3-w0-fmap": ("video-diffusion-shift3-w0-fmap-20min", "video-diffusion", FMAP),
     "diffusion-shift3-w0-fmap-40min": ("video-diffusion-shift3-w0-fmap-40min", "video-diffusion", FMAP),
+    "diffusion-shift3-w0-fmap-dyn": ("video-diffusion-shift3-w0-fmap-dyn-20min", "video-diffusion", FMAP_DYN),
+    "diffusion-shift3-w0-fmap-dyn-3001steps": ("video-diffusion-shift3-w0-fmap-dyn-3001steps", "video-diffusion",
+                                               [*FMAP_DYN, "--steps", "3001"]),
     "diffusion-shift3-w0-fmap-sep-40min": ("video-diffusion-shift3-w0-fmap-sep-40min", "video-diffusion",
                                            [*FMAP, "--set", 'model.temporal_conv="separated"']),
     "diffusion-shift3-w0-b4": ("video-diffusion-shift3-w0-b4-20min", "video-diffusion",
@@ -116,7 +127,8 @@ TRAIN = {
 }
 # Rows trained for another budget than --minutes: a diagnostic of how the metrics grow with training, over the goal's budget.
 MINUTES = {"diffusion-shift3-w0-act-fmap-40min": 40, "diffusion-shift3-w0-fmap-40min": 40,
-           "diffusion-shift3-w0-fmap-sep-40min": 40}
+           "diffusion-shift3-w0-fmap-sep-40min": 40,
+           "diffusion-shift3-w0-fmap-dyn-3001steps": 60}    # a cap: it trains the fmap row's 3001 steps (30 min)
 # Rows that sample another row's trained model differently (its run, no training): row -> (row, model settings).
 RESAMPLED = {
     "diffusion-shift3-w0-win8": ("diffusion-shift3-w0-rerun", {"sample_window": 8}),
@@ -238,6 +250,10 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-shift3-w0-act-fmap": "the act row with a caption map per frame (model.frame_map)",
          "diffusion-shift3-w0-act-fmap-40min": "the same trained for 40 minutes (twice the budget; steps in 40 min, "
                                                "about 500 lost to other work on the CPU)",
+         "diffusion-shift3-w0-fmap": "shift 3, frame-0 windows, frame_map, no emb_act",
+         "diffusion-shift3-w0-fmap-dyn-3001steps": "the fmap row with space-time filters made from the caption "
+                                                   "(model.temporal_conv = \"dynamic\"), its 3001 steps (30 min)",
+         "diffusion-shift3-w0-fmap-dyn": "the same in 20 minutes",
          "diffusion-shift3-w0-fmap-40min": "shift 3, frame-0 windows, frame_map, no emb_act, 40 minutes (twice the "
                                            "budget)",
          "diffusion-shift3-w0-fmap-sep-40min": "the same with channel-separated 3D temporal convolutions, 40 minutes",
@@ -254,7 +270,7 @@ def markdown(results: dict) -> str:
     first = cpu(next(results[k] for k in NAMES if "steps" in results.get(k, {})))
     mark = lambda r: " ‡" if cpu(r) != first else ""                   # noqa: E731
     strict = lambda r: "" if r.get("detector") == "component" else " §"   # noqa: E731
-    lines = ["| model | steps (20 min unless the row says 40) | train clips/s / frames/s | train peak RSS MB | frame acc (shape+color) | shape | color | direction acc | "
+    lines = ["| model | steps (20 min unless the row says otherwise) | train clips/s / frames/s | train peak RSS MB | frame acc (shape+color) | shape | color | direction acc | "
              "temporal consistency | prompt acc | motion smoothness (px) | mean speed (px/frame) | stray frames | 16 clips | "
              "`aigc sample --num 16` wall / peak RSS |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
