@@ -38,7 +38,10 @@ a depthwise 3x3x3 kernel per channel, then a 1x1x1 mix; one such channel can be 
 "the same thing one pixel further in the next frame", which the per-pixel 1D kernel cannot be.
 `temporal_conv = "dynamic"` keeps the 1D convolution and adds a depthwise 3x3x3 branch whose kernels each clip
 gets from its embedding (the noise level and the caption; dynamic filters, Jia et al. 2016), so the caption can
-tilt the space-time filters itself instead of picking channels of fixed ones.
+tilt the space-time filters itself instead of picking channels of fixed ones. Measured on moving-shapes
+(benchmarks/video.py, the fmap row with and without it, 3001 steps each): direction accuracy 0.75 against 0.35;
+of the clips on the captioned axis, the sign was right in 75% against 57% (every earlier setting was near
+chance, 50%, on the sign), at 1.45x the cost of a training step.
 `emb_act` puts a SiLU on the embedding before each block's scale/shift Linear, as ADM does: without it the
 scale and shift are a sum of separate functions of the time, the condition and the frame index, so no block
 can react to "frame 12 of a clip moving left" other than through the features. Measured on moving-shapes
