@@ -197,6 +197,8 @@ class TemporalConv(nn.Module):
 
     def __init__(self, ch: int, groups: int, separated: bool = False, dynamic: int = 0):
         super().__init__()
+        if separated and dynamic:
+            raise ValueError("a temporal convolution is separated or dynamic (1D plus a dynamic branch), not both")
         self.norm = nn.GroupNorm(min(groups, ch), ch)
         self.separated = separated
         if separated:
