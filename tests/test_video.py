@@ -239,6 +239,26 @@ def test_dynamic_temporal_conv_kernels_follow_each_clips_embedding():
         layer(x, 3)
 
 
+def test_depthwise_per_clip_equals_a_grouped_conv3d():
+    """The dynamic branch's three per-frame-offset 2D convolutions give the grouped 3D convolution they replace
+    (each clip convolved with its own kernels), for several clip counts and frame counts, in value and gradient."""
+    from aigc.models.unet import depthwise_per_clip
+
+    torch.manual_seed(0)
+    for B, C, T, H, W in [(2, 4, 3, 8, 8), (1, 3, 5, 6, 7), (3, 2, 1, 4, 4)]:
+        x = torch.randn(B * T, C, H, W, requires_grad=True)
+        k = torch.randn(B, C, 3, 3, 3, requires_grad=True)
+        got = depthwise_per_clip(x, k, T)
+        v = x.view(B, T, C, H, W).transpose(1, 2).reshape(1, B * C, T, H, W)
+        ref = torch.nn.functional.conv3d(v, k.reshape(B * C, 1, 3, 3, 3), padding=1, groups=B * C)
+        ref = ref.view(B, C, T, H, W).transpose(1, 2).reshape(B * T, C, H, W)
+        assert torch.allclose(got, ref, atol=1e-5)
+        g = torch.randn_like(ref)
+        gx, gk = torch.autograd.grad((got * g).sum(), (x, k))
+        rx, rk = torch.autograd.grad((ref * g).sum(), (x, k))
+        assert torch.allclose(gx, rx, atol=1e-4) and torch.allclose(gk, rk, atol=1e-4)
+
+
 def test_video_diffusion_uses_the_image_samplers(monkeypatch):
     import aigc.recipes.diffusion as rd
     from aigc.recipes import build_config, recipe_class

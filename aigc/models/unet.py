@@ -232,10 +232,25 @@ class TemporalConv(nn.Module):
             if clip_emb is None:
                 raise ValueError("a dynamic temporal convolution needs each clip's embedding")
             k = self.base + self.kernels(clip_emb).view(B, C, 1, 3, 3, 3)             # (B, C, 1, 3, 3, 3)
-            v = a.view(B, frames, C, H, W).transpose(1, 2).reshape(1, B * C, frames, H, W)
-            v = F.conv3d(v, k.reshape(B * C, 1, 3, 3, 3), padding=1, groups=B * C).view(B, C, frames, H, W)
-            h = h + self.mix(v).transpose(1, 2).reshape(BT, C, H, W)
+            v = depthwise_per_clip(a, k.view(B, C, 3, 3, 3), frames)
+            h = h + F.conv2d(v, self.mix.weight.view(C, C, 1, 1), self.mix.bias)      # the 1x1x1 mix, per frame
         return x + h
+
+
+def depthwise_per_clip(x: torch.Tensor, k: torch.Tensor, frames: int) -> torch.Tensor:
+    """The depthwise 3x3x3 convolution (zero padding) of each clip of x = (B*T, C, H, W) features with its own
+    kernels k = (B, C, 3, 3, 3) (frame, row, column offsets); returns (B*T, C, H, W). The same as F.conv3d with
+    groups = B*C on the clips laid side by side, computed as three depthwise 2D convolutions, one per frame
+    offset, with the frames as the batch: on CPU the grouped conv3d's backward pass is slow (18 ms against 5 ms
+    forward and backward at the video preset's (8 clips, 32 channels, 8 x 16 x 16) shape, AMD EPYC, 2 threads)."""
+    BT, C, H, W = x.shape
+    B = BT // frames
+    h = x.view(B, frames, C, H, W).transpose(0, 1).reshape(frames, B * C, H, W)
+    zero = h.new_zeros(1, B * C, H, W)
+    padded = torch.cat([zero, h, zero])                                    # padded[t + 1] = frame t
+    k = k.reshape(B * C, 3, 3, 3)
+    out = sum(F.conv2d(padded[d:d + frames], k[:, d:d + 1], padding=1, groups=B * C) for d in range(3))
+    return out.view(frames, B, C, H, W).transpose(0, 1).reshape(BT, C, H, W)
 
 
 class TemporalAttention(nn.Module):
