@@ -91,9 +91,11 @@ def shapes_prompt_accuracy(images: torch.Tensor, prompts: list[str], holdout: li
     return out
 
 
-def score_videos(data, videos: torch.Tensor, prompts: list[str] | None = None, component: bool = True) -> dict:
+def score_videos(data, videos: torch.Tensor, prompts: list[str] | None = None, component: bool = True,
+                 shape_rule: str = "template") -> dict:
     """videos: uint8 (N, C, T, H, W) in the dataset's layout. moving-shapes: `component` = False reads every
-    foreground pixel as the shape (the strict reading, see shapes.detect)."""
+    foreground pixel as the shape (the strict reading), `shape_rule` = "ratio" tells shapes by the rule
+    used before 2026-11-25 (see shapes.detect)."""
     from aigc.data import video
     from aigc.metrics.video import clip_metrics
 
@@ -108,7 +110,8 @@ def score_videos(data, videos: torch.Tensor, prompts: list[str] | None = None, c
             if not any(parsed):
                 raise AigcError("none of the prompts names a known shape, color or direction")
             requested = {k: torch.tensor([p.get(k, -1) for p in parsed]) for k in ("color", "shape", "direction")}
-        out.update(clip_metrics(video.detect_shape_clips(videos, component=component), requested))
+        out.update(clip_metrics(video.detect_shape_clips(videos, component=component, shape_rule=shape_rule),
+                                requested))
         return out
     if prompts is not None:
         raise AigcError(f"prompt metrics need moving-shapes clips, not {data.name}")

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from aigc.data import shapes
+from aigc.errors import AigcError
 from aigc.metrics import classifier
 from aigc.metrics.features import fid, kid, precision_recall
 from aigc.metrics.images import class_entropy
@@ -54,6 +55,20 @@ def test_shapes_detector_reads_real_data():
     for k, c in chance.items():
         assert abs((d[k] == a[k][perm]).double().mean().item() - c) < 0.05, k
     assert (shapes.detect(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))["shape"] == -1).all()
+
+
+def test_shape_rules_read_rendered_shapes_exactly_and_the_template_rule_survives_damage():
+    images, a = shapes.generate(2000, seed=5)
+    for rule in shapes.SHAPE_RULES:
+        assert torch.equal(shapes.detect(images, shape_rule=rule)["shape"], a["shape"]), rule
+    g = torch.Generator().manual_seed(0)
+    holes = images * (torch.rand(len(images), 1, 32, 32, generator=g) > 0.1)       # 10% of the pixels dropped
+    blurred = torch.nn.functional.avg_pool2d(images.float(), 3, 1, 1).round().to(torch.uint8)
+    for damaged in (holes, blurred):
+        right = {r: (shapes.detect(damaged, shape_rule=r)["shape"] == a["shape"]).double().mean() for r in shapes.SHAPE_RULES}
+        assert right["template"] >= 0.98 and right["ratio"] <= 0.95, right
+    with pytest.raises(AigcError, match="shape_rule"):
+        shapes.detect(images[:2], shape_rule="fill")
 
 
 def test_largest_component_keeps_the_biggest_8_connected_blob():

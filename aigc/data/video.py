@@ -167,16 +167,18 @@ def parse_clip_caption(text: str) -> dict[str, int]:
     return out
 
 
-def detect_shape_clips(videos: torch.Tensor, min_move: float = 1.5, component: bool = True) -> dict[str, torch.Tensor]:
+def detect_shape_clips(videos: torch.Tensor, min_move: float = 1.5, component: bool = True,
+                       shape_rule: str = "template") -> dict[str, torch.Tensor]:
     """Read moving-shapes clips back off the pixels, with no training.
 
     videos: uint8 (N, 3, T, 32, 32). Per frame (N, T): color, shape, found, cx, cy, stray from `shapes.detect`
-    (`component`: the shape is the frame's largest foreground component; False reads every foreground pixel).
+    (`component`: the shape is the frame's largest foreground component; False reads every foreground pixel;
+    `shape_rule`: how the shape is told, see there).
     Per clip (N,): direction = the way the shape's box centre first gets `min_move` px away from where it
     started (the axis with the larger move), -1 if it never does or a frame before that has no shape."""
     n, c, t, h, w = videos.shape
     frames = videos.transpose(1, 2).reshape(n * t, c, h, w)
-    det = shapes.detect(frames, component=component)
+    det = shapes.detect(frames, component=component, shape_rule=shape_rule)
     per = {k: det[k].view(n, t) for k in ("color", "shape", "cx", "cy", "stray")}
     found = per["shape"] >= 0
     dx, dy = per["cx"] - per["cx"][:, :1], per["cy"] - per["cy"][:, :1]
