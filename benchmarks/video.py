@@ -1,6 +1,6 @@
 """Video benchmarks (issue 7) on 2 CPU cores: moving-shapes (16 frames, 32x32), a 20-minute budget per model.
 
-  python benchmarks/video.py [--only ROW,ROW] [--minutes 20] [--clips 256] [--table]
+  python benchmarks/video.py [--only ROW,ROW] [--minutes 20] [--clips 256] [--table | --reread]
 
 Rows (each trains with `aigc train` in a subprocess unless its run exists, then measures in-process):
   real            the real evaluation clips through the same detector (the metrics' ceiling)
@@ -68,7 +68,10 @@ runs it.
 The detector reads each frame's shape as its largest foreground component and counts the frames with specks of
 noise outside it (stray frames); rows scored before 2026-11-24 read every foreground pixel as the shape (the strict
 reading, marked in the tables), which one speck anywhere in a frame throws off. Rows scored since also give the
-strict reading of the same clips, and their clips are kept as bench_runs/ROW[-wW]-clips.npz.
+strict reading of the same clips, and their clips are kept as bench_runs/ROW[-wW]-clips.npz. Since 2026-11-25 the
+detector tells shapes by the nearest rendered template, not by fill and top-half ratios (shapes.detect's shape_rule);
+--reread read the kept clips again that way (rows without kept clips stay as scored), and the rows carry the ratio
+rule's figures of the same clips under "ratio".
 Results: benchmarks/results/video.json; runs in bench_runs/ (not in git)."""
 
 from __future__ import annotations
@@ -178,12 +181,51 @@ def scored(recipe, data, num: int, save: Path | None = None, **kw) -> dict:
 
 
 def read_both(data, clips: torch.Tensor, prompts) -> dict:
-    """The KEYS of uint8 clips (N, C, T, H, W) with the component reading, and STRICT_KEYS under "strict"."""
+    """The KEYS of uint8 clips (N, C, T, H, W) as the detector reads them now (largest component, shapes told
+    by the nearest template); STRICT_KEYS under "ratio" with shapes told by their fill and top-half ratios (how
+    rows were scored from 2026-11-24 to 2026-11-25) and under "strict" with that rule and every foreground
+    pixel read as the shape (how rows were scored before 2026-11-24)."""
     from aigc.evaluation import score_videos
 
     q = score_videos(data, clips, prompts)
-    strict = score_videos(data, clips, prompts, component=False)
-    return {**{k: q.get(k) for k in KEYS}, "detector": "component", "strict": {k: strict.get(k) for k in STRICT_KEYS}}
+    strict = score_videos(data, clips, prompts, component=False, shape_rule="ratio")
+    ratio = score_videos(data, clips, prompts, shape_rule="ratio")
+    return {**{k: q.get(k) for k in KEYS}, "detector": "template", "strict": {k: strict.get(k) for k in STRICT_KEYS},
+            "ratio": {k: ratio.get(k) for k in STRICT_KEYS}}
+
+
+def reread() -> None:
+    """Read every row's kept clips (bench_runs/ROW[-wW]-clips.npz) again with the current detector and update
+    their figures in the results file; rows without kept clips stay as they were scored. The "ratio" reading
+    of the same clips must give the figures stored before the template rule: a check that the files are the
+    clips those figures came from."""
+    import json
+
+    import numpy as np
+
+    from aigc.config import DataConfig
+    from aigc.data import load_dataset
+
+    results = json.loads(OUT.read_text())
+    data = load_dataset(DataConfig(name="moving-shapes", num_eval=8))
+    for row, r in results.items():
+        if row == "machine" or not (RUNS / f"{row}-clips.npz").is_file():
+            continue
+        parts = [(r, RUNS / f"{row}-clips.npz")] + [
+            (d, RUNS / f"{row}-w{float(w):g}-clips.npz") for w, d in r.get("by_guidance", {}).items()]
+        reread_before = r.get("detector") == "template"
+        for d, path in parts:
+            if not path.is_file():                  # the guidance of the row's own figures: its main clips
+                path = RUNS / f"{row}-clips.npz"
+            z = np.load(path)
+            videos, prompts = torch.from_numpy(z["videos"]).permute(0, 4, 1, 2, 3), [str(p) for p in z["prompts"]]
+            new = read_both(data, videos, prompts or None)
+            before = d.get("ratio") if reread_before else {k: d.get(k) for k in STRICT_KEYS}
+            if new["ratio"] != before:
+                raise SystemExit(f"{path}: the ratio reading {new['ratio']} is not the stored {before}: not the same clips?")
+            d.update({k: v for k, v in new.items() if k in d or k in ("detector", "ratio")})
+        print(row, {k: r.get(k) for k in STRICT_KEYS}, "ratio reading:", r["ratio"], flush=True)
+    OUT.write_text(json.dumps(results, indent=1) + "\n")
 
 
 def frames_per_s(recipe, cfg, info: dict) -> float:
@@ -207,7 +249,7 @@ def model_row(row: str, args) -> dict:
     if row.startswith("diffusion") and not sampling:
         out["by_guidance"] = {str(w): scored(recipe, data, args.clips, save=RUNS / f"{row}-w{w:g}-clips.npz", guidance=w)
                               for w in (1.0, 3.0)}
-        out["by_guidance"][str(cfg.model.guidance)] = {k: out[k] for k in (*KEYS, "num_clips", "sampling_s", "strict")}
+        out["by_guidance"][str(cfg.model.guidance)] = {k: out[k] for k in (*KEYS, "num_clips", "sampling_s", "strict", "ratio", "detector")}
     prompts = recipe.random_prompts(16, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -281,7 +323,7 @@ def markdown(results: dict) -> str:
     # the machine of the earliest trained rows (the real row's figures do not depend on the machine)
     first = cpu(next(results[k] for k in NAMES if "steps" in results.get(k, {})))
     mark = lambda r: " ‡" if cpu(r) != first else ""                   # noqa: E731
-    strict = lambda r: "" if r.get("detector") == "component" else " §"   # noqa: E731
+    strict = lambda r: "" if r.get("detector") in ("component", "template") else " §"   # noqa: E731
     lines = ["| model | steps (20 min unless the row says otherwise) | train clips/s / frames/s | train peak RSS MB | frame acc (shape+color) | shape | color | direction acc | "
              "temporal consistency | prompt acc | motion smoothness (px) | mean speed (px/frame) | stray frames | 16 clips | "
              "`aigc sample --num 16` wall / peak RSS |",
@@ -301,9 +343,11 @@ def markdown(results: dict) -> str:
                   "20 minutes give a different number of steps, so compare ‡ rows with each other."]
     if any(strict(r) for k, r in results.items() if k in NAMES):
         lines += ["", "§ scored before the detector read the largest foreground component: every foreground pixel "
-                  "counted as the shape, so one speck of noise anywhere in a frame threw its reading off. Their clips "
-                  "were not kept, and their runs are gone or were not sampled again. The last table shows how much "
-                  "lower the strict reading is on the rows that have both."]
+                  "counted as the shape, so one speck of noise anywhere in a frame threw its reading off, and shapes "
+                  "were told by their fill and top-half ratios (the ratio rule), which reads small squares and "
+                  "triangles with a few missing pixels as circles. Their clips were not kept, and their runs are "
+                  "gone or were not sampled again. The last table shows how much lower the older readings are on "
+                  "the rows that have all three."]
     lines += ["", "| video diffusion model | guidance w | frame acc | direction acc | temporal consistency | prompt acc | "
               "motion smoothness | stray frames |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in NAMES:
@@ -313,21 +357,34 @@ def markdown(results: dict) -> str:
             lines.append(f"| {NAMES[row].split(' (DDIM')[0]}{strict(r)} | {w} | " + " | ".join(
                 str(f(d[w].get(k))) for k in ("frame_accuracy", "direction_accuracy", "temporal_consistency",
                                               "prompt_accuracy", "motion_smoothness", "stray_share")) + " |")
-    both = [row for row in NAMES if "strict" in results.get(row, {})]
-    if both:
-        lines += ["", "The same clips read both ways (component reading / strict reading, at the model's own guidance):",
+    three = [row for row in NAMES if "ratio" in results.get(row, {})]
+    if three:
+        lines += ["", "The same clips read three ways, at the model's own guidance: now (largest component, shapes told "
+                  "by the nearest template) / the ratio rule (largest component, shapes told by fill and top-half "
+                  "ratios: the rows' figures from 2026-11-24 to 2026-11-25) / strict (every foreground pixel, ratio "
+                  "rule: before 2026-11-24):",
                   "", "| model | stray frames | frame acc | direction acc | temporal consistency | prompt acc |",
                   "|---|---:|---:|---:|---:|---:|"]
-        for row in both:
+        for row in three:
             r = results[row]
             lines.append(f"| {NAMES[row].split(' (DDIM')[0]} | {f(r.get('stray_share'))} | " + " | ".join(
-                f"{f(r.get(k))} / {f(r['strict'].get(k))}" for k in STRICT_KEYS) + " |")
+                f"{f(r.get(k))} / {f(r['ratio'].get(k))} / {f(r['strict'].get(k))}" for k in STRICT_KEYS) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
-    rows_main(__doc__, ROWS, OUT, markdown,
-              lambda ap: ap.add_argument("--clips", type=int, default=256, help="generated clips scored per model"))
+    import argparse
+
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--reread", action="store_true")
+    if first.parse_known_args()[0].reread:
+        return reread()
+
+    def add_args(ap):
+        ap.add_argument("--clips", type=int, default=256, help="generated clips scored per model")
+        ap.add_argument("--reread", action="store_true", help="read every row's kept clips again with the current "
+                                                              "detector (no training or sampling) and exit")
+    rows_main(__doc__, ROWS, OUT, markdown, add_args)
 
 
 if __name__ == "__main__":
