@@ -37,6 +37,9 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
   diffusion-shift3-w0-fmap-dyn-2025steps  the same for 2025 steps: what the first kernel ran in 20 minutes
   diffusion-shift3-w0-fmap-dyn  the same in the goal's 20 minutes, with the faster kernel (three depthwise 2D
                   convolutions, one per frame offset: a step costs 1.19x the fmap row's)
+  diffusion-shift3-w0-fmap-dyn-quiet  the same 20 minutes with no progress evaluation or sample grid within them
+                  (train.eval_every = train.sample_every = 0, as benchmarks/run.py trains the image models): each
+                  took about 87 s of the budget at steps 1000 and 2000 (500 clips' loss, then 16 clips sampled)
   diffusion-shift3-w0-fmap-dyn-40min  the same for 40 minutes: does the sign stay while the shapes sharpen (the
                   40-minute fmap row had frame accuracy 0.94 and consistency 0.57, the sign at chance)?
   diffusion-shift3-w0-fmap-40min  the 40-minute row without model.emb_act: every run with emb_act is at chance on
@@ -92,6 +95,7 @@ SHIFT3_W0 = ["--set", "model.schedule_shift=3", "--set", "model.window_start0=0.
 FMAP = [*SHIFT3_W0, "--set", "model.frame_map=true"]                        # row ...-fmap-40min
 ACT_FMAP = [*FMAP, "--set", "model.emb_act=true"]                           # rows ...-act-fmap[-40min]
 FMAP_DYN = [*FMAP, "--set", 'model.temporal_conv="dynamic"']                 # rows ...-fmap-dyn[-3001steps]
+QUIET = ["--set", "train.eval_every=0", "--set", "train.sample_every=0"]   # no progress evals/samples in the budget
 OUT = ROOT / "benchmarks" / "results" / "video.json"
 TRAIN = {
     "gan": ("video-gan-20min", "video-gan", []),
@@ -126,6 +130,8 @@ TRAIN = {
     "diffusion-shift3-w0-fmap-dyn-40min": ("video-diffusion-shift3-w0-fmap-dyn-40min", "video-diffusion", FMAP_DYN),
     "diffusion-shift3-w0-fmap-dyn-2025steps": ("video-diffusion-shift3-w0-fmap-dyn-2025steps", "video-diffusion",
                                                [*FMAP_DYN, "--steps", "2025"]),
+    "diffusion-shift3-w0-fmap-dyn-quiet": ("video-diffusion-shift3-w0-fmap-dyn-quiet-20min", "video-diffusion",
+                                           [*FMAP_DYN, *QUIET]),
     "diffusion-shift3-w0-fmap-sep-40min": ("video-diffusion-shift3-w0-fmap-sep-40min", "video-diffusion",
                                            [*FMAP, "--set", 'model.temporal_conv="separated"']),
     "diffusion-shift3-w0-b4": ("video-diffusion-shift3-w0-b4-20min", "video-diffusion",
@@ -307,6 +313,8 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-shift3-w0-fmap-dyn-2025steps": "the same, 2025 steps (what the first, slower kernel ran in 20 "
                                                    "minutes)",
          "diffusion-shift3-w0-fmap-dyn": "the same in 20 minutes (the faster kernel)",
+         "diffusion-shift3-w0-fmap-dyn-quiet": "the same in 20 minutes of training only (no progress evaluations or "
+                                               "samples within them, as the image benchmarks train)",
          "diffusion-shift3-w0-fmap-dyn-40min": "the same, 40 minutes (twice the budget)",
          "diffusion-shift3-w0-fmap-40min": "shift 3, frame-0 windows, frame_map, no emb_act, 40 minutes (twice the "
                                            "budget)",
