@@ -52,7 +52,8 @@ DEMOS = [
               blurb="The image U-Net run on every frame, with a temporal convolution after each block and attention "
                     "across frames, denoises clips; it trains on random 8-frame windows of the clips (each frame told "
                     "its index in the clip) and samples whole 16-frame clips. The caption enters through a small "
-                    "Transformer text encoder and samples use classifier-free guidance. A few minutes on a CPU is too "
+                    "Transformer text encoder, which also makes depthwise space-time filters for each clip (so the "
+                    "direction word can tilt them), and samples use classifier-free guidance. A few minutes on a CPU is too "
                     "short for clean motion (see benchmarks/video.py for 20-minute figures); the metrics read shape, "
                     "color and direction back off the pixels of every frame."),
     DemoEntry("gan-shapes", "Text-to-image GAN on shapes (32x32 RGB)", "gan", "shapes", 0.15,

@@ -7,8 +7,9 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
   gan             video-gan, preset configs/video-gan-moving-shapes.toml (with the frame-difference discriminator)
   gan-nodiff      the same with model.frame_diff=0 (no frame-difference discriminator): the ablation
   gan-diff0.3     the same with model.frame_diff=0.3 (a weaker frame-difference term)
-  diffusion       video-diffusion, preset configs/video-diffusion-moving-shapes.toml: 8 clips per step, each
-                  trained as a random 8-frame window (DDIM-25, guidance 2), also scored at guidance 1 and 3
+  diffusion       video-diffusion, the preset configs/video-diffusion-moving-shapes.toml before 2026-11-25
+                  (PRESET_BEFORE: every video-diffusion row trains on top of it): 8 clips per step, each trained
+                  as a random 8-frame window (DDIM-25, guidance 2), also scored at guidance 1 and 3
   diffusion-b8    the same on whole 16-frame clips (model.train_frames=0): twice the frames per step
   diffusion-b16   whole clips, 16 per step: the previous preset
   diffusion-joint whole clips with joint image-video training: of 64 clips per step, 56 are cut to one frame
@@ -36,7 +37,8 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
                   to compare at equal steps
   diffusion-shift3-w0-fmap-dyn-2025steps  the same for 2025 steps: what the first kernel ran in 20 minutes
   diffusion-shift3-w0-fmap-dyn  the same in the goal's 20 minutes, with the faster kernel (three depthwise 2D
-                  convolutions, one per frame offset: a step costs 1.19x the fmap row's)
+                  convolutions, one per frame offset: a step costs 1.19x the fmap row's); the preset's settings
+                  since 2026-11-25
   diffusion-shift3-w0-fmap-dyn-quiet  the same 20 minutes with no progress evaluation or sample grid within them
                   (train.eval_every = train.sample_every = 0, as benchmarks/run.py trains the image models): each
                   took about 87 s of the budget at steps 1000 and 2000 (500 clips' loss, then 16 clips sampled)
@@ -90,6 +92,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.run import rows_main, run, train_run  # noqa: E402
 
 RUNS = ROOT / "bench_runs"
+# The video-diffusion preset before 2026-11-25 (the rows add their settings to it; the preset since is FMAP_DYN's):
+PRESET_BEFORE = ["--set", "model.schedule_shift=1", "--set", "model.window_start0=0", "--set", "model.frame_map=false",
+                 "--set", 'model.temporal_conv="1d"']
 WHOLE16 = ["--set", "model.train_frames=0", "--set", "data.batch_size=16"]     # the previous preset: whole clips
 SHIFT3_W0 = ["--set", "model.schedule_shift=3", "--set", "model.window_start0=0.5"]   # row diffusion-shift3-w0
 FMAP = [*SHIFT3_W0, "--set", "model.frame_map=true"]                        # row ...-fmap-40min
@@ -162,6 +167,8 @@ STRICT_KEYS = ("frame_accuracy", "direction_accuracy", "temporal_consistency", "
 def train(row: str, minutes: float) -> tuple[Path, dict]:
     name, family, args = TRAIN[row]
     out = RUNS / name
+    if family == "video-diffusion":            # every row's settings are on top of the preset the rows were made with
+        args = [*PRESET_BEFORE, *args]
     return out, train_run(out, [family, "--data", "moving-shapes", *args], MINUTES.get(row, minutes), "clips")
 
 
@@ -287,7 +294,7 @@ def real_row(args) -> dict:
 ROWS = {"real": real_row, **{row: (lambda r: lambda a: model_row(r, a))(row) for row in (*TRAIN, *RESAMPLED)}}
 NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-difference D",
          "gan-diff0.3": "video GAN, frame-difference D at weight 0.3", "gan-nodiff": "video GAN, no frame-difference D",
-         "diffusion": "video diffusion (preset): 8 clips per step as 8-frame windows (DDIM-25, w=2)",
+         "diffusion": "video diffusion (the preset before 2026-11-25): 8 clips per step as 8-frame windows (DDIM-25, w=2)",
          "diffusion-b8": "video diffusion, 8 whole 16-frame clips per step",
          "diffusion-b16": "video diffusion, 16 whole clips per step (the previous preset)",
          "diffusion-joint": "video diffusion, joint image-video: 8 whole clips + 56 single frames per step",
@@ -312,7 +319,7 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
                                                    "(model.temporal_conv = \"dynamic\"), its 3001 steps (30 min)",
          "diffusion-shift3-w0-fmap-dyn-2025steps": "the same, 2025 steps (what the first, slower kernel ran in 20 "
                                                    "minutes)",
-         "diffusion-shift3-w0-fmap-dyn": "the same in 20 minutes (the faster kernel)",
+         "diffusion-shift3-w0-fmap-dyn": "the same in 20 minutes (the faster kernel): the preset since 2026-11-25",
          "diffusion-shift3-w0-fmap-dyn-quiet": "the same in 20 minutes of training only (no progress evaluations or "
                                                "samples within them, as the image benchmarks train)",
          "diffusion-shift3-w0-fmap-dyn-40min": "the same, 40 minutes (twice the budget)",
