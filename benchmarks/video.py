@@ -42,6 +42,8 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
   diffusion-shift3-w0-fmap-dyn-quiet  the same 20 minutes with no progress evaluation or sample grid within them
                   (train.eval_every = train.sample_every = 0, as benchmarks/run.py trains the image models): each
                   took about 87 s of the budget at steps 1000 and 2000 (500 clips' loss, then 16 clips sampled)
+  diffusion-shift3-w0-fmap-dyn-quiet-ddim50  the quiet row's model (no new training) sampled with 50 DDIM steps: is
+                  part of the inconsistency between frames the sampler's error rather than the model's?
   diffusion-shift3-w0-fmap-dyn-40min  the same for 40 minutes: does the sign stay while the shapes sharpen (the
                   40-minute fmap row had frame accuracy 0.94 and consistency 0.57, the sign at chance)?
   diffusion-shift3-w0-fmap-40min  the 40-minute row without model.emb_act: every run with emb_act is at chance on
@@ -158,6 +160,7 @@ RESAMPLED = {
     "diffusion-shift3-w0-rel-win8": ("diffusion-shift3-w0-rel", {"sample_window": 8}),
     "diffusion-shift3-w0-st-win8": ("diffusion-shift3-w0-st", {"sample_window": 8}),
     "diffusion-shift3-w0-dpm": ("diffusion-shift3-w0-rerun", {"sampler": "dpm++2m"}),
+    "diffusion-shift3-w0-fmap-dyn-quiet-ddim50": ("diffusion-shift3-w0-fmap-dyn-quiet", {"sample_steps": 50}),
 }
 KEYS = ("frame_accuracy", "shape_frame_accuracy", "color_frame_accuracy", "direction_accuracy",
         "temporal_consistency", "prompt_accuracy", "motion_smoothness", "mean_speed", "stray_share")
@@ -322,6 +325,7 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-shift3-w0-fmap-dyn": "the same in 20 minutes (the faster kernel): the preset since 2026-11-25",
          "diffusion-shift3-w0-fmap-dyn-quiet": "the same in 20 minutes of training only (no progress evaluations or "
                                                "samples within them, as the image benchmarks train)",
+         "diffusion-shift3-w0-fmap-dyn-quiet-ddim50": "that model sampled with 50 DDIM steps instead of 25",
          "diffusion-shift3-w0-fmap-dyn-40min": "the same, 40 minutes (twice the budget)",
          "diffusion-shift3-w0-fmap-40min": "shift 3, frame-0 windows, frame_map, no emb_act, 40 minutes (twice the "
                                            "budget)",
