@@ -167,8 +167,10 @@ def detect(images: torch.Tensor, threshold: int = 100, component: bool = True,
                   its box (circle: ~79%). Both read rendered shapes exactly; on small generated shapes
                   (8 to 10 px) a few missing pixels inside or at a corner drop a square's fill under 90%
                   and the ratio rule calls it a circle, where the template rule still finds the square
-                  closest (tests/test_metrics.py; benchmarks/video.py's README note)
+                  closest (tests/test_metrics.py; the README's video results)
       position    nearest grid point (8, 16, 24) to the box centre, per axis"""
+    if shape_rule not in SHAPE_RULES:
+        raise AigcError(f"shape_rule must be one of {', '.join(SHAPE_RULES)}; got {shape_rule!r}")
     x = images if images.dtype == torch.uint8 else (images.clamp(0, 1) * 255).round().to(torch.uint8)
     x = x.long()
     n = x.shape[0]
@@ -198,11 +200,9 @@ def detect(images: torch.Tensor, threshold: int = 100, component: bool = True,
             t = shape_masks(torch.full((n,), k), side, cx, cy, SIZE)
             overlap.append((t & mask).sum((1, 2)) / (t | mask).sum((1, 2)).clamp(min=1))
         shape = torch.stack(overlap, 1).argmax(1)
-    elif shape_rule == "ratio":
+    else:
         fill = area.double() / (h * w)
         shape = torch.where(top_frac < 0.4, 2, torch.where(fill > 0.9, 1, 0))
-    else:
-        raise AigcError(f"shape_rule must be one of {', '.join(SHAPE_RULES)}; got {shape_rule!r}")
     grid = torch.tensor(GRID, dtype=torch.float64)
     col = (cx.double()[:, None] - grid).abs().argmin(1)
     row = (cy.double()[:, None] - grid).abs().argmin(1)
