@@ -190,8 +190,6 @@ def detect(images: torch.Tensor, threshold: int = 100, component: bool = True,
     palette = torch.tensor(list(COLORS.values()), dtype=torch.float64)
     color = torch.cdist(mean_rgb, palette).argmin(1)
     size = (torch.maximum(h, w) >= 11).long()
-    top_half = (mask & (idx[None, :, None] < (y0 + h / 2)[:, None, None])).sum((1, 2))
-    top_frac = top_half.double() / area.clamp(min=1)
     cx, cy = (x0 + x1 + 1) / 2, (y0 + y1 + 1) / 2
     if shape_rule == "template":
         side = torch.maximum(h, w)
@@ -201,6 +199,8 @@ def detect(images: torch.Tensor, threshold: int = 100, component: bool = True,
             overlap.append((t & mask).sum((1, 2)) / (t | mask).sum((1, 2)).clamp(min=1))
         shape = torch.stack(overlap, 1).argmax(1)
     else:
+        top_half = (mask & (idx[None, :, None] < (y0 + h / 2)[:, None, None])).sum((1, 2))
+        top_frac = top_half.double() / area.clamp(min=1)
         fill = area.double() / (h * w)
         shape = torch.where(top_frac < 0.4, 2, torch.where(fill > 0.9, 1, 0))
     grid = torch.tensor(GRID, dtype=torch.float64)
