@@ -92,7 +92,7 @@ def shapes_prompt_accuracy(images: torch.Tensor, prompts: list[str], holdout: li
 
 
 def score_videos(data, videos: torch.Tensor, prompts: list[str] | None = None, component: bool = True,
-                 shape_rule: str = "template") -> dict:
+                 shape_rule: str = "fit") -> dict:
     """videos: uint8 (N, C, T, H, W) in the dataset's layout. moving-shapes: `component` = False reads every
     foreground pixel as the shape (the strict reading), `shape_rule` = "ratio" tells shapes by the rule
     used before 2026-11-25 (see shapes.detect)."""

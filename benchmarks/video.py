@@ -42,6 +42,9 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
   diffusion-shift3-w0-fmap-dyn-quiet  the same 20 minutes with no progress evaluation or sample grid within them
                   (train.eval_every = train.sample_every = 0, as benchmarks/run.py trains the image models): each
                   took about 87 s of the budget at steps 1000 and 2000 (500 clips' loss, then 16 clips sampled)
+  diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1  the quiet row trained again from another seed (--seed 1) and sampled
+                  at guidance 3 (the preset's since 2026-11-26): set and started before it was scored, to check that
+                  the quiet row's figures at w = 3, the best of three guidances read afterwards, hold on a fresh model
   diffusion-shift3-w0-fmap-dyn-quiet-ddim50  the quiet row's model (no new training) sampled with 50 DDIM steps: is
                   part of the inconsistency between frames the sampler's error rather than the model's?
   diffusion-shift3-w0-fmap-dyn-40min  the same for 40 minutes: does the sign stay while the shapes sharpen (the
@@ -76,9 +79,11 @@ The detector reads each frame's shape as its largest foreground component and co
 noise outside it (stray frames); rows scored before 2026-11-24 read every foreground pixel as the shape (the strict
 reading, marked in the tables), which one speck anywhere in a frame throws off. Rows scored since also give the
 strict reading of the same clips, and their clips are kept as bench_runs/ROW[-wW]-clips.npz. Since 2026-11-25 the
-detector tells shapes by the nearest rendered template, not by fill and top-half ratios (shapes.detect's shape_rule);
---reread read the kept clips again that way (rows without kept clips stay as scored), and the rows carry the ratio
-rule's figures of the same clips under "ratio".
+detector told shapes by the nearest rendered template at the found box's size, not by fill and top-half ratios, and
+since 2026-11-26 by a least-squares fit of the rendered shapes to the frame's brightness, each shape at its best
+size and position (shapes.detect's shape_rule "fit"): generated shapes have soft edges that widen the box and cut
+its corners. --reread read the kept clips again each time (rows without kept clips stay as scored); the rows carry
+the older readings of the same clips under "template", "ratio" and "strict".
 Results: benchmarks/results/video.json; runs in bench_runs/ (not in git)."""
 
 from __future__ import annotations
@@ -94,15 +99,17 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.run import rows_main, run, train_run  # noqa: E402
 
 RUNS = ROOT / "bench_runs"
-# The video-diffusion preset before 2026-11-25 (the rows add their settings to it; the preset since is FMAP_DYN's):
+# The video-diffusion preset before 2026-11-25 (the rows add their settings to it; the preset since is FMAP_DYN's,
+# sampled at guidance 3 since 2026-11-26: GUIDED):
 PRESET_BEFORE = ["--set", "model.schedule_shift=1", "--set", "model.window_start0=0", "--set", "model.frame_map=false",
-                 "--set", 'model.temporal_conv="1d"']
+                 "--set", 'model.temporal_conv="1d"', "--set", "model.guidance=2.0"]
 WHOLE16 = ["--set", "model.train_frames=0", "--set", "data.batch_size=16"]     # the previous preset: whole clips
 SHIFT3_W0 = ["--set", "model.schedule_shift=3", "--set", "model.window_start0=0.5"]   # row diffusion-shift3-w0
 FMAP = [*SHIFT3_W0, "--set", "model.frame_map=true"]                        # row ...-fmap-40min
 ACT_FMAP = [*FMAP, "--set", "model.emb_act=true"]                           # rows ...-act-fmap[-40min]
 FMAP_DYN = [*FMAP, "--set", 'model.temporal_conv="dynamic"']                 # rows ...-fmap-dyn[-3001steps]
 QUIET = ["--set", "train.eval_every=0", "--set", "train.sample_every=0"]   # no progress evals/samples in the budget
+GUIDED = ["--set", "model.guidance=3.0"]                                   # the preset's guidance since 2026-11-26
 OUT = ROOT / "benchmarks" / "results" / "video.json"
 TRAIN = {
     "gan": ("video-gan-20min", "video-gan", []),
@@ -139,6 +146,8 @@ TRAIN = {
                                                [*FMAP_DYN, "--steps", "2025"]),
     "diffusion-shift3-w0-fmap-dyn-quiet": ("video-diffusion-shift3-w0-fmap-dyn-quiet-20min", "video-diffusion",
                                            [*FMAP_DYN, *QUIET]),
+    "diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1": ("video-diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1-20min",
+                                                    "video-diffusion", [*FMAP_DYN, *QUIET, *GUIDED, "--seed", "1"]),
     "diffusion-shift3-w0-fmap-sep-40min": ("video-diffusion-shift3-w0-fmap-sep-40min", "video-diffusion",
                                            [*FMAP, "--set", 'model.temporal_conv="separated"']),
     "diffusion-shift3-w0-b4": ("video-diffusion-shift3-w0-b4-20min", "video-diffusion",
@@ -198,23 +207,25 @@ def scored(recipe, data, num: int, save: Path | None = None, **kw) -> dict:
 
 def read_both(data, clips: torch.Tensor, prompts) -> dict:
     """The KEYS of uint8 clips (N, C, T, H, W) as the detector reads them now (largest component, shapes told
-    by the nearest template); STRICT_KEYS under "ratio" with shapes told by their fill and top-half ratios (how
-    rows were scored from 2026-11-24 to 2026-11-25) and under "strict" with that rule and every foreground
-    pixel read as the shape (how rows were scored before 2026-11-24)."""
+    by a least-squares fit of rendered shapes: the "fit" rule); STRICT_KEYS under "template" with shapes told
+    by the nearest template at the box's size (how rows were scored on 2026-11-25), under "ratio" with shapes
+    told by their fill and top-half ratios (2026-11-24 to 2026-11-25) and under "strict" with that rule and
+    every foreground pixel read as the shape (before 2026-11-24)."""
     from aigc.evaluation import score_videos
 
     q = score_videos(data, clips, prompts)
-    strict = score_videos(data, clips, prompts, component=False, shape_rule="ratio")
-    ratio = score_videos(data, clips, prompts, shape_rule="ratio")
-    return {**{k: q.get(k) for k in KEYS}, "detector": "template", "strict": {k: strict.get(k) for k in STRICT_KEYS},
-            "ratio": {k: ratio.get(k) for k in STRICT_KEYS}}
+    older = {"template": score_videos(data, clips, prompts, shape_rule="template"),
+             "ratio": score_videos(data, clips, prompts, shape_rule="ratio"),
+             "strict": score_videos(data, clips, prompts, component=False, shape_rule="ratio")}
+    return {**{k: q.get(k) for k in KEYS}, "detector": "fit",
+            **{name: {k: r.get(k) for k in STRICT_KEYS} for name, r in older.items()}}
 
 
 def reread() -> None:
     """Read every row's kept clips (bench_runs/ROW[-wW]-clips.npz) again with the current detector and update
-    their figures in the results file; rows without kept clips stay as they were scored. The "ratio" reading
-    of the same clips must give the figures stored before the template rule: a check that the files are the
-    clips those figures came from."""
+    their figures in the results file; rows without kept clips stay as they were scored. The readings stored
+    before (the template rule's figures of 2026-11-25 and the ratio rule's) must come out the same from the
+    files: a check that they hold the clips those figures came from."""
     import json
 
     import numpy as np
@@ -229,18 +240,20 @@ def reread() -> None:
             continue
         parts = [(r, RUNS / f"{row}-clips.npz")] + [
             (d, RUNS / f"{row}-w{float(w):g}-clips.npz") for w, d in r.get("by_guidance", {}).items()]
-        reread_before = r.get("detector") == "template"
         for d, path in parts:
             if not path.is_file():                  # the guidance of the row's own figures: its main clips
                 path = RUNS / f"{row}-clips.npz"
             z = np.load(path)
             videos, prompts = torch.from_numpy(z["videos"]).permute(0, 4, 1, 2, 3), [str(p) for p in z["prompts"]]
             new = read_both(data, videos, prompts or None)
-            before = d.get("ratio") if reread_before else {k: d.get(k) for k in STRICT_KEYS}
-            if new["ratio"] != before:
-                raise SystemExit(f"{path}: the ratio reading {new['ratio']} is not the stored {before}: not the same clips?")
-            d.update({k: v for k, v in new.items() if k in d or k in ("detector", "ratio")})
-        print(row, {k: r.get(k) for k in STRICT_KEYS}, "ratio reading:", r["ratio"], flush=True)
+            stored = {"template": {k: d.get(k) for k in STRICT_KEYS}, "ratio": d.get("ratio")} \
+                if d.get("detector") == "template" else {"fit": {k: d.get(k) for k in STRICT_KEYS}, "ratio": d.get("ratio")}
+            for name, before in stored.items():
+                now = {k: new.get(k) for k in STRICT_KEYS} if name == "fit" else new[name]
+                if now != before:
+                    raise SystemExit(f"{path}: the {name} reading {now} is not the stored {before}: not the same clips?")
+            d.update({k: v for k, v in new.items() if k in d or k in ("detector", "template", "ratio")})
+        print(row, {k: r.get(k) for k in STRICT_KEYS}, "template reading:", r["template"], flush=True)
     OUT.write_text(json.dumps(results, indent=1) + "\n")
 
 
@@ -264,8 +277,8 @@ def model_row(row: str, args) -> dict:
            **scored(recipe, data, args.clips, save=RUNS / f"{row}-clips.npz")}
     if row.startswith("diffusion") and not sampling:
         out["by_guidance"] = {str(w): scored(recipe, data, args.clips, save=RUNS / f"{row}-w{w:g}-clips.npz", guidance=w)
-                              for w in (1.0, 3.0)}
-        out["by_guidance"][str(cfg.model.guidance)] = {k: out[k] for k in (*KEYS, "num_clips", "sampling_s", "strict", "ratio", "detector")}
+                              for w in (1.0, 2.0, 3.0) if w != cfg.model.guidance}
+        out["by_guidance"][str(cfg.model.guidance)] = {k: out[k] for k in (*KEYS, "num_clips", "sampling_s", "strict", "ratio", "template", "detector")}
     prompts = recipe.random_prompts(16, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -325,6 +338,8 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-shift3-w0-fmap-dyn": "the same in 20 minutes (the faster kernel): the preset since 2026-11-25",
          "diffusion-shift3-w0-fmap-dyn-quiet": "the same in 20 minutes of training only (no progress evaluations or "
                                                "samples within them, as the image benchmarks train)",
+         "diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1": "the same trained again from seed 1, sampled at guidance 3 "
+                                                        "(the preset since 2026-11-26, DDIM-25)",
          "diffusion-shift3-w0-fmap-dyn-quiet-ddim50": "that model sampled with 50 DDIM steps instead of 25",
          "diffusion-shift3-w0-fmap-dyn-40min": "the same, 40 minutes (twice the budget)",
          "diffusion-shift3-w0-fmap-40min": "shift 3, frame-0 windows, frame_map, no emb_act, 40 minutes (twice the "
@@ -342,7 +357,7 @@ def markdown(results: dict) -> str:
     # the machine of the earliest trained rows (the real row's figures do not depend on the machine)
     first = cpu(next(results[k] for k in NAMES if "steps" in results.get(k, {})))
     mark = lambda r: " ‡" if cpu(r) != first else ""                   # noqa: E731
-    strict = lambda r: "" if r.get("detector") in ("component", "template") else " §"   # noqa: E731
+    strict = lambda r: "" if r.get("detector") in ("component", "template", "fit") else " §"   # noqa: E731
     lines = ["| model | steps (20 min unless the row says otherwise) | train clips/s / frames/s | train peak RSS MB | frame acc (shape+color) | shape | color | direction acc | "
              "temporal consistency | prompt acc | motion smoothness (px) | mean speed (px/frame) | stray frames | 16 clips | "
              "`aigc sample --num 16` wall / peak RSS |",
@@ -376,18 +391,19 @@ def markdown(results: dict) -> str:
             lines.append(f"| {NAMES[row].split(' (DDIM')[0]}{strict(r)} | {w} | " + " | ".join(
                 str(f(d[w].get(k))) for k in ("frame_accuracy", "direction_accuracy", "temporal_consistency",
                                               "prompt_accuracy", "motion_smoothness", "stray_share")) + " |")
-    three = [row for row in NAMES if "ratio" in results.get(row, {})]
-    if three:
-        lines += ["", "The same clips read three ways, at the model's own guidance: now (largest component, shapes told "
-                  "by the nearest template) / the ratio rule (largest component, shapes told by fill and top-half "
-                  "ratios: the rows' figures from 2026-11-24 to 2026-11-25) / strict (every foreground pixel, ratio "
-                  "rule: before 2026-11-24):",
+    four = [row for row in NAMES if "template" in results.get(row, {})]
+    if four:
+        lines += ["", "The same clips read four ways, at the model's own guidance: now (largest component, shapes told "
+                  "by a least-squares fit of rendered shapes to the brightness, each at its best size and position) / "
+                  "template (shapes told by the rendered shape at the found box's size that overlaps most: the rows' "
+                  "figures on 2026-11-25) / ratio (shapes told by fill and top-half ratios: 2026-11-24 to 2026-11-25) "
+                  "/ strict (every foreground pixel, ratio rule: before 2026-11-24):",
                   "", "| model | stray frames | frame acc | direction acc | temporal consistency | prompt acc |",
                   "|---|---:|---:|---:|---:|---:|"]
-        for row in three:
+        for row in four:
             r = results[row]
             lines.append(f"| {NAMES[row].split(' (DDIM')[0]} | {f(r.get('stray_share'))} | " + " | ".join(
-                f"{f(r.get(k))} / {f(r['ratio'].get(k))} / {f(r['strict'].get(k))}" for k in STRICT_KEYS) + " |")
+                " / ".join(str(f(v.get(k))) for v in (r, r["template"], r["ratio"], r["strict"])) for k in STRICT_KEYS) + " |")
     return "\n".join(lines)
 
 

@@ -79,6 +79,14 @@ def render_at(shape: torch.Tensor, color: torch.Tensor, size_px: torch.Tensor, c
 def shape_masks(shape: torch.Tensor, size_px: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor,
                 canvas: int = SIZE) -> torch.Tensor:
     """The pixels a shape owns (the module docstring's rule): bool [N, canvas, canvas]; arguments as `render_at`."""
+    circle, square, triangle = all_shape_masks(size_px, cx, cy, canvas)
+    shape = shape[:, None, None]
+    return torch.where(shape == 0, circle, torch.where(shape == 1, square, triangle))
+
+
+def all_shape_masks(size_px: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, canvas: int = SIZE):
+    """The pixels of a circle, a square and a triangle of side `size_px` centred at (cx, cy), all (N,): three
+    bool [N, canvas, canvas] in SHAPES order."""
     cx, cy = cx.float()[:, None, None], cy.float()[:, None, None]
     h = (size_px.float() / 2)[:, None, None]
     coords = torch.arange(canvas, dtype=torch.float32) + 0.5
@@ -86,8 +94,7 @@ def shape_masks(shape: torch.Tensor, size_px: torch.Tensor, cx: torch.Tensor, cy
     in_box = (u >= cx - h) & (u < cx + h) & (v >= cy - h) & (v < cy + h)
     circle = (u - cx) ** 2 + (v - cy) ** 2 <= h ** 2
     triangle = in_box & ((u - cx).abs() <= (v + 0.5 - (cy - h)) / 2)
-    shape = shape[:, None, None]
-    return torch.where(shape == 0, circle, torch.where(shape == 1, in_box, triangle))
+    return circle, in_box, triangle
 
 
 def generate(n: int, seed: int, holdout: list | None = None, chunk: int = 4096):
@@ -143,11 +150,35 @@ def largest_component(mask: torch.Tensor) -> torch.Tensor:
     return (flat == sizes.argmax(1, keepdim=True)).view(n, h, w) & mask
 
 
-SHAPE_RULES = ("template", "ratio")
+SHAPE_RULES = ("fit", "template", "ratio")
+FIT_SIZES = (-3, -2, -1, 0)            # sides tried, relative to the found box's longer side (soft edges widen it)
+FIT_SHIFTS = (-1.0, -0.5, 0.0, 0.5, 1.0)   # centres tried, relative to the box centre, per axis (px)
+
+
+def fit_errors(bright: torch.Tensor, side: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor,
+               chunk: int = 16) -> torch.Tensor:
+    """How well each shape explains a brightness map: (N, 3) in SHAPES order, the least squared error
+    sum((bright - template)^2) over the templates of sides side + FIT_SIZES and centres (cx, cy) + FIT_SHIFTS,
+    less the constant sum(bright^2). bright: float (N, H, W) in [0, 1]; side, cx, cy: (N,)."""
+    n, hh, ww = bright.shape
+    offsets = torch.tensor([(ds, dx, dy) for ds in FIT_SIZES for dx in FIT_SHIFTS for dy in FIT_SHIFTS])
+    k = len(offsets)
+    out = []
+    for i in range(0, n, chunk):
+        b = bright[i:i + chunk]
+        m = len(b)
+        weight = (1 - 2 * b).reshape(m, 1, hh * ww)                   # (b - t)^2 - b^2 = t (1 - 2b) for t in {0, 1}
+        s = (side[i:i + chunk, None] + offsets[:, 0]).clamp(min=2).flatten()
+        x = (cx[i:i + chunk, None] + offsets[:, 1]).flatten()
+        y = (cy[i:i + chunk, None] + offsets[:, 2]).flatten()
+        errs = [(t.reshape(m, k, hh * ww).float() * weight).sum(2).min(1).values
+                for t in all_shape_masks(s, x, y, hh)]
+        out.append(torch.stack(errs, 1))
+    return torch.cat(out) if out else torch.zeros(0, len(SHAPES))
 
 
 def detect(images: torch.Tensor, threshold: int = 100, component: bool = True,
-           shape_rule: str = "template") -> dict[str, torch.Tensor]:
+           shape_rule: str = "fit") -> dict[str, torch.Tensor]:
     """Attributes of one-shape images, read off the pixels with no training (the inverse of `render`).
 
     images: uint8 (N, 3, 32, 32) (or float in [0, 1]). Returns int64 tensors color, shape, size,
@@ -160,14 +191,20 @@ def detect(images: torch.Tensor, threshold: int = 100, component: bool = True,
                   strict reading) stretches the box to the speck and gets shape and position wrong
       color       nearest palette color to the mean foreground RGB
       size        small if the bounding box's longer side is < 11 px (8 vs 14)
-      shape       `shape_rule` "template": the shape whose rendering (`shape_masks`) at the box's centre,
-                  with the box's longer side, overlaps the found pixels most (intersection over union).
-                  "ratio" (the rule before 2026-11-25): triangle if under 40% of the area lies in the top
-                  half of the box (apex up: ~29%, circle and square: 50%), else square if it fills > 90% of
-                  its box (circle: ~79%). Both read rendered shapes exactly; on small generated shapes
-                  (8 to 10 px) a few missing pixels inside or at a corner drop a square's fill under 90%
-                  and the ratio rule calls it a circle, where the template rule still finds the square
-                  closest (tests/test_metrics.py; the README's video results)
+      shape       `shape_rule` "fit" (since 2026-11-26): the shape whose rendering (`shape_masks`) best
+                  explains the frame's brightness near the found pixels (brightest channel, divided by its
+                  median over the found pixels, capped at 1) in least squares, each shape at its best side
+                  (the box's longer side minus 0 to 3 px) and centre (the box centre +-1 px in 0.5 px steps),
+                  see `fit_errors`. Generated shapes have soft edges: a ring of pixels at part brightness, some
+                  over `threshold`, widens the box and cuts its corners, so the rules below, which read the
+                  thresholded pixels at the box's size, call such a square a circle
+                  "template" (2026-11-25): the shape whose rendering at the box's centre, with the box's longer
+                  side, overlaps the found pixels most (intersection over union)
+                  "ratio" (before 2026-11-25): triangle if under 40% of the area lies in the top half of the box
+                  (apex up: ~29%, circle and square: 50%), else square if it fills > 90% of its box (circle:
+                  ~79%); a few missing pixels inside or at a corner make a small square a circle.
+                  All three read rendered shapes exactly; tests/test_metrics.py and the README's video results
+                  compare them on damaged and on generated shapes
       position    nearest grid point (8, 16, 24) to the box centre, per axis"""
     if shape_rule not in SHAPE_RULES:
         raise AigcError(f"shape_rule must be one of {', '.join(SHAPE_RULES)}; got {shape_rule!r}")
@@ -189,10 +226,16 @@ def detect(images: torch.Tensor, threshold: int = 100, component: bool = True,
     mean_rgb = (x * mask[:, None]).sum((2, 3)).double() / area.clamp(min=1)[:, None]
     palette = torch.tensor(list(COLORS.values()), dtype=torch.float64)
     color = torch.cdist(mean_rgb, palette).argmin(1)
-    size = (torch.maximum(h, w) >= 11).long()
+    side = torch.maximum(h, w)
+    size = (side >= 11).long()
     cx, cy = (x0 + x1 + 1) / 2, (y0 + y1 + 1) / 2
-    if shape_rule == "template":
-        side = torch.maximum(h, w)
+    if shape_rule == "fit":
+        bright = x.max(1).values.double()
+        median = torch.where(mask, bright, float("nan")).flatten(1).nanmedian(1).values.nan_to_num(255)
+        near = torch.nn.functional.max_pool2d(mask[:, None].float(), 5, 1, 2)[:, 0] > 0   # within 2 px
+        bright = torch.where(near, bright / median.clamp(min=1)[:, None, None], 0).clamp(max=1).float()
+        shape = fit_errors(bright, side, cx, cy).argmin(1)
+    elif shape_rule == "template":
         overlap = []
         for k in range(len(SHAPES)):
             t = shape_masks(torch.full((n,), k), side, cx, cy, SIZE)

@@ -168,7 +168,7 @@ def parse_clip_caption(text: str) -> dict[str, int]:
 
 
 def detect_shape_clips(videos: torch.Tensor, min_move: float = 1.5, component: bool = True,
-                       shape_rule: str = "template") -> dict[str, torch.Tensor]:
+                       shape_rule: str = "fit") -> dict[str, torch.Tensor]:
     """Read moving-shapes clips back off the pixels, with no training.
 
     videos: uint8 (N, 3, T, 32, 32). Per frame (N, T): color, shape, found, cx, cy, stray from `shapes.detect`
