@@ -43,8 +43,16 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
                   (train.eval_every = train.sample_every = 0, as benchmarks/run.py trains the image models): each
                   took about 87 s of the budget at steps 1000 and 2000 (500 clips' loss, then 16 clips sampled)
   diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1  the quiet row trained again from another seed (--seed 1) and sampled
-                  at guidance 3 (the preset's since 2026-11-26): set and started before it was scored, to check that
+                  at guidance 3 (the preset's since late 2026-11-25): set and started before it was scored, to check that
                   the quiet row's figures at w = 3, the best of three guidances read afterwards, hold on a fresh model
+  diffusion-shift3-w0-fmap-dyn-quiet-w3-eta1  the quiet row's model sampled at guidance 3 with DDIM eta = 1 (fresh
+                  noise at every step, as DDPM) instead of 0: can stochastic steps undo the frames where a shape
+                  splits in two or smears, the glitches left after the fit reading?
+  diffusion-shift3-w0-fmap-dyn-quiet-w4  the quiet row's model sampled at guidance 4 (consistency rose with w)
+  diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1-eta1  the seed-1 model sampled with eta = 1: eta was chosen on the
+                  seed-0 model (row ...-quiet-w3-eta1), so this checks the choice on a model it was not chosen on
+  diffusion-shift3-w0-fmap-dyn-w3-eta1  the preset's model trained with its progress evaluations (row
+                  ...-fmap-dyn), sampled at guidance 3 with eta = 1: what a user of the preset gets in 20 minutes
   diffusion-shift3-w0-fmap-dyn-quiet-ddim50  the quiet row's model (no new training) sampled with 50 DDIM steps: is
                   part of the inconsistency between frames the sampler's error rather than the model's?
   diffusion-shift3-w0-fmap-dyn-40min  the same for 40 minutes: does the sign stay while the shapes sharpen (the
@@ -80,7 +88,7 @@ noise outside it (stray frames); rows scored before 2026-11-24 read every foregr
 reading, marked in the tables), which one speck anywhere in a frame throws off. Rows scored since also give the
 strict reading of the same clips, and their clips are kept as bench_runs/ROW[-wW]-clips.npz. Since 2026-11-25 the
 detector told shapes by the nearest rendered template at the found box's size, not by fill and top-half ratios, and
-since 2026-11-26 by a least-squares fit of the rendered shapes to the frame's brightness, each shape at its best
+later that day by a least-squares fit of the rendered shapes to the frame's brightness, each shape at its best
 size and position (shapes.detect's shape_rule "fit"): generated shapes have soft edges that widen the box and cut
 its corners. --reread read the kept clips again each time (rows without kept clips stay as scored); the rows carry
 the older readings of the same clips under "template", "ratio" and "strict".
@@ -100,16 +108,16 @@ from benchmarks.run import rows_main, run, train_run  # noqa: E402
 
 RUNS = ROOT / "bench_runs"
 # The video-diffusion preset before 2026-11-25 (the rows add their settings to it; the preset since is FMAP_DYN's,
-# sampled at guidance 3 since 2026-11-26: GUIDED):
+# sampled at guidance 3 with DDIM eta = 1 since late 2026-11-25):
 PRESET_BEFORE = ["--set", "model.schedule_shift=1", "--set", "model.window_start0=0", "--set", "model.frame_map=false",
-                 "--set", 'model.temporal_conv="1d"', "--set", "model.guidance=2.0"]
+                 "--set", 'model.temporal_conv="1d"', "--set", "model.guidance=2.0", "--set", "model.eta=0.0"]
 WHOLE16 = ["--set", "model.train_frames=0", "--set", "data.batch_size=16"]     # the previous preset: whole clips
 SHIFT3_W0 = ["--set", "model.schedule_shift=3", "--set", "model.window_start0=0.5"]   # row diffusion-shift3-w0
 FMAP = [*SHIFT3_W0, "--set", "model.frame_map=true"]                        # row ...-fmap-40min
 ACT_FMAP = [*FMAP, "--set", "model.emb_act=true"]                           # rows ...-act-fmap[-40min]
 FMAP_DYN = [*FMAP, "--set", 'model.temporal_conv="dynamic"']                 # rows ...-fmap-dyn[-3001steps]
 QUIET = ["--set", "train.eval_every=0", "--set", "train.sample_every=0"]   # no progress evals/samples in the budget
-GUIDED = ["--set", "model.guidance=3.0"]                                   # the preset's guidance since 2026-11-26
+GUIDED = ["--set", "model.guidance=3.0"]                                   # the preset's guidance since late 2026-11-25
 OUT = ROOT / "benchmarks" / "results" / "video.json"
 TRAIN = {
     "gan": ("video-gan-20min", "video-gan", []),
@@ -170,6 +178,10 @@ RESAMPLED = {
     "diffusion-shift3-w0-st-win8": ("diffusion-shift3-w0-st", {"sample_window": 8}),
     "diffusion-shift3-w0-dpm": ("diffusion-shift3-w0-rerun", {"sampler": "dpm++2m"}),
     "diffusion-shift3-w0-fmap-dyn-quiet-ddim50": ("diffusion-shift3-w0-fmap-dyn-quiet", {"sample_steps": 50}),
+    "diffusion-shift3-w0-fmap-dyn-quiet-w3-eta1": ("diffusion-shift3-w0-fmap-dyn-quiet", {"guidance": 3.0, "eta": 1.0}),
+    "diffusion-shift3-w0-fmap-dyn-quiet-w4": ("diffusion-shift3-w0-fmap-dyn-quiet", {"guidance": 4.0}),
+    "diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1-eta1": ("diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1", {"eta": 1.0}),
+    "diffusion-shift3-w0-fmap-dyn-w3-eta1": ("diffusion-shift3-w0-fmap-dyn", {"guidance": 3.0, "eta": 1.0}),
 }
 KEYS = ("frame_accuracy", "shape_frame_accuracy", "color_frame_accuracy", "direction_accuracy",
         "temporal_consistency", "prompt_accuracy", "motion_smoothness", "mean_speed", "stray_share")
@@ -339,7 +351,12 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-shift3-w0-fmap-dyn-quiet": "the same in 20 minutes of training only (no progress evaluations or "
                                                "samples within them, as the image benchmarks train)",
          "diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1": "the same trained again from seed 1, sampled at guidance 3 "
-                                                        "(the preset since 2026-11-26, DDIM-25)",
+                                                        "(the preset since late 2026-11-25, DDIM-25)",
+         "diffusion-shift3-w0-fmap-dyn-quiet-w3-eta1": "the quiet model sampled at guidance 3 with DDIM eta = 1",
+         "diffusion-shift3-w0-fmap-dyn-quiet-w4": "the quiet model sampled at guidance 4",
+         "diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1-eta1": "the seed-1 model sampled at guidance 3 with DDIM eta = 1",
+         "diffusion-shift3-w0-fmap-dyn-w3-eta1": "the preset's model with progress evaluations (row ...-fmap-dyn), "
+                                                 "sampled at guidance 3 with DDIM eta = 1",
          "diffusion-shift3-w0-fmap-dyn-quiet-ddim50": "that model sampled with 50 DDIM steps instead of 25",
          "diffusion-shift3-w0-fmap-dyn-40min": "the same, 40 minutes (twice the budget)",
          "diffusion-shift3-w0-fmap-40min": "shift 3, frame-0 windows, frame_map, no emb_act, 40 minutes (twice the "

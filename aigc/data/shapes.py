@@ -191,7 +191,7 @@ def detect(images: torch.Tensor, threshold: int = 100, component: bool = True,
                   strict reading) stretches the box to the speck and gets shape and position wrong
       color       nearest palette color to the mean foreground RGB
       size        small if the bounding box's longer side is < 11 px (8 vs 14)
-      shape       `shape_rule` "fit" (since 2026-11-26): the shape whose rendering (`shape_masks`) best
+      shape       `shape_rule` "fit" (the default since late 2026-11-25): the shape whose rendering (`shape_masks`) best
                   explains the frame's brightness near the found pixels (brightest channel, divided by its
                   median over the found pixels, capped at 1) in least squares, each shape at its best side
                   (the box's longer side minus 0 to 3 px) and centre (the box centre +-1 px in 0.5 px steps),
