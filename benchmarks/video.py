@@ -351,7 +351,7 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-shift3-w0-fmap-dyn-quiet": "the same in 20 minutes of training only (no progress evaluations or "
                                                "samples within them, as the image benchmarks train)",
          "diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1": "the same trained again from seed 1, sampled at guidance 3 "
-                                                        "(the preset since late 2026-11-25, DDIM-25)",
+                                                        "(DDIM-25, eta 0)",
          "diffusion-shift3-w0-fmap-dyn-quiet-w3-eta1": "the quiet model sampled at guidance 3 with DDIM eta = 1",
          "diffusion-shift3-w0-fmap-dyn-quiet-w4": "the quiet model sampled at guidance 4",
          "diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1-eta1": "the seed-1 model sampled at guidance 3 with DDIM eta = 1",
