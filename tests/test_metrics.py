@@ -58,7 +58,7 @@ def test_shapes_detector_reads_real_data():
 
 
 def test_shape_rules_read_rendered_shapes_exactly_and_the_fit_rule_survives_soft_edges():
-    images, a = shapes.generate(2000, seed=5)
+    images, a = shapes.generate(1000, seed=5)
     for rule in shapes.SHAPE_RULES:
         assert torch.equal(shapes.detect(images, shape_rule=rule)["shape"], a["shape"]), rule
     g = torch.Generator().manual_seed(0)
@@ -77,7 +77,8 @@ def test_shape_rules_read_rendered_shapes_exactly_and_the_fit_rule_survives_soft
     right = {name: {r: (shapes.detect(x, shape_rule=r)["shape"] == a["shape"]).double().mean().item()
                     for r in shapes.SHAPE_RULES} for name, x in (("holes", holes), ("blur", blurred), ("soft", soft))}
     for name in ("holes", "blur"):
-        assert right[name]["fit"] >= 0.98 and right[name]["template"] >= 0.98 and right[name]["ratio"] <= 0.95, right
+        assert right[name]["fit"] >= 0.98 and right[name]["template"] >= 0.98, right
+        assert right[name]["ratio"] <= right[name]["fit"] - 0.03, right
     assert right["soft"]["fit"] >= 0.98 and right["soft"]["template"] <= 0.975 and right["soft"]["ratio"] <= 0.95, right
     with pytest.raises(AigcError, match="shape_rule"):
         shapes.detect(images[:2], shape_rule="fill")
