@@ -258,12 +258,11 @@ def reread() -> None:
             z = np.load(path)
             videos, prompts = torch.from_numpy(z["videos"]).permute(0, 4, 1, 2, 3), [str(p) for p in z["prompts"]]
             new = read_both(data, videos, prompts or None)
-            stored = {"template": {k: d.get(k) for k in STRICT_KEYS}, "ratio": d.get("ratio")} \
-                if d.get("detector") == "template" else {"fit": {k: d.get(k) for k in STRICT_KEYS}, "ratio": d.get("ratio")}
-            for name, before in stored.items():
-                now = {k: new.get(k) for k in STRICT_KEYS} if name == "fit" else new[name]
-                if now != before:
-                    raise SystemExit(f"{path}: the {name} reading {now} is not the stored {before}: not the same clips?")
+            main = "template" if d.get("detector") == "template" else "fit"    # the rule of the row's own figures
+            now = {"fit": {k: new.get(k) for k in STRICT_KEYS}, **new}
+            for name, before in ((main, {k: d.get(k) for k in STRICT_KEYS}), ("ratio", d.get("ratio"))):
+                if now[name] != before:
+                    raise SystemExit(f"{path}: the {name} reading {now[name]} is not the stored {before}: not the same clips?")
             d.update({k: v for k, v in new.items() if k in d or k in ("detector", "template", "ratio")})
         print(row, {k: r.get(k) for k in STRICT_KEYS}, "template reading:", r["template"], flush=True)
     OUT.write_text(json.dumps(results, indent=1) + "\n")

@@ -191,9 +191,9 @@ def detect(images: torch.Tensor, threshold: int = 100, component: bool = True,
                   strict reading) stretches the box to the speck and gets shape and position wrong
       color       nearest palette color to the mean foreground RGB
       size        small if the bounding box's longer side is < 11 px (8 vs 14)
-      shape       `shape_rule` "fit" (the default since late 2026-11-25): the shape whose rendering (`shape_masks`) best
-                  explains the frame's brightness near the found pixels (brightest channel, divided by its
-                  median over the found pixels, capped at 1) in least squares, each shape at its best side
+      shape       `shape_rule` "fit" (the default since late 2026-11-25): the shape whose rendering
+                  (`shape_masks`) best explains the frame's brightness near the found pixels (brightest channel,
+                  divided by its median over the found pixels, capped at 1) in least squares, each at its best side
                   (the box's longer side minus 0 to 3 px) and centre (the box centre +-1 px in 0.5 px steps),
                   see `fit_errors`. Generated shapes have soft edges: a ring of pixels at part brightness, some
                   over `threshold`, widens the box and cuts its corners, so the rules below, which read the
@@ -211,7 +211,8 @@ def detect(images: torch.Tensor, threshold: int = 100, component: bool = True,
     x = images if images.dtype == torch.uint8 else (images.clamp(0, 1) * 255).round().to(torch.uint8)
     x = x.long()
     n = x.shape[0]
-    fore = x.max(1).values > threshold                                # (N, H, W)
+    brightest = x.max(1).values                                       # (N, H, W)
+    fore = brightest > threshold
     mask = largest_component(fore) if component else fore
     area = mask.sum((1, 2))
     found = area > 0
@@ -230,7 +231,7 @@ def detect(images: torch.Tensor, threshold: int = 100, component: bool = True,
     size = (side >= 11).long()
     cx, cy = (x0 + x1 + 1) / 2, (y0 + y1 + 1) / 2
     if shape_rule == "fit":
-        bright = x.max(1).values.double()
+        bright = brightest.double()
         median = torch.where(mask, bright, float("nan")).flatten(1).nanmedian(1).values.nan_to_num(255)
         near = torch.nn.functional.max_pool2d(mask[:, None].float(), 5, 1, 2)[:, 0] > 0   # within 2 px
         bright = torch.where(near, bright / median.clamp(min=1)[:, None, None], 0).clamp(max=1).float()
