@@ -95,6 +95,24 @@ def test_fit_errors_prefer_the_rendered_shape_and_cost_its_missing_pixels():
     assert shapes.fit_errors(square, side, cx, cy)[0].argmin() == 1
 
 
+def test_fit_errors_windows_equal_the_whole_canvas_sums():
+    g = torch.Generator().manual_seed(0)
+    n = 40
+    bright = torch.rand(n, 32, 32, generator=g)
+    side = torch.randint(1, 33, (n,), generator=g)
+    cx = torch.randint(0, 65, (n,), generator=g) / 2                   # half-pixel centres, at the edges too
+    cy = torch.randint(0, 65, (n,), generator=g) / 2
+    got = shapes.fit_errors(bright, side, cx, cy, chunk=7)
+    offsets = [(ds, dx, dy) for ds in shapes.FIT_SIZES for dx in shapes.FIT_SHIFTS for dy in shapes.FIT_SHIFTS]
+    weight = 1 - 2 * bright
+    for i in range(n):
+        s = torch.tensor([max(2, int(side[i]) + ds) for ds, _, _ in offsets])
+        x = torch.tensor([float(cx[i]) + dx for _, dx, _ in offsets])
+        y = torch.tensor([float(cy[i]) + dy for _, _, dy in offsets])
+        full = torch.stack([(t.float() * weight[i]).sum((1, 2)).min() for t in shapes.all_shape_masks(s, x, y)])
+        torch.testing.assert_close(got[i], full, atol=1e-3, rtol=0)
+
+
 def test_largest_component_keeps_the_biggest_8_connected_blob():
     m = torch.zeros(3, 32, 32, dtype=torch.bool)
     m[0, 2:5, 2:5] = True                                           # 9 px

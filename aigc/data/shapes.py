@@ -156,23 +156,36 @@ FIT_SHIFTS = (-1.0, -0.5, 0.0, 0.5, 1.0)   # centres tried, relative to the box 
 
 
 def fit_errors(bright: torch.Tensor, side: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor,
-               chunk: int = 16) -> torch.Tensor:
+               chunk: int = 64) -> torch.Tensor:
     """How well each shape explains a brightness map: (N, 3) in SHAPES order, the least squared error
     sum((bright - template)^2) over the templates of sides side + FIT_SIZES and centres (cx, cy) + FIT_SHIFTS,
-    less the constant sum(bright^2). bright: float (N, H, W) in [0, 1]; side, cx, cy: (N,)."""
+    less the constant sum(bright^2). bright: float (N, H, W) in [0, 1]; side, cx, cy: (N,).
+    Every template lies within a window of side + 6 px around the box, so the sums run over that window of
+    each image (zero outside the canvas, where templates own no pixels): 2.5x fewer pixels than the whole
+    32 x 32 canvas for the largest shapes, more for the small ones."""
     n, hh, ww = bright.shape
     offsets = torch.tensor([(ds, dx, dy) for ds in FIT_SIZES for dx in FIT_SHIFTS for dy in FIT_SHIFTS])
     k = len(offsets)
+    weight = 1 - 2 * bright.float()                                    # (b - t)^2 - b^2 = t (1 - 2b) for t in {0, 1}
+    reach = side.clamp(min=2).float() / 2 + max(-min(FIT_SHIFTS), max(FIT_SHIFTS)) + 1
     out = []
     for i in range(0, n, chunk):
-        b = bright[i:i + chunk]
-        m = len(b)
-        weight = (1 - 2 * b).reshape(m, 1, hh * ww)                   # (b - t)^2 - b^2 = t (1 - 2b) for t in {0, 1}
-        s = (side[i:i + chunk, None] + offsets[:, 0]).clamp(min=2).flatten()
-        x = (cx[i:i + chunk, None] + offsets[:, 1]).flatten()
-        y = (cy[i:i + chunk, None] + offsets[:, 2]).flatten()
-        errs = [(t.reshape(m, k, hh * ww).float() * weight).sum(2).min(1).values
-                for t in all_shape_masks(s, x, y, hh)]
+        m = min(chunk, n - i)
+        c_x, c_y, s0 = cx[i:i + m].float(), cy[i:i + m].float(), side[i:i + m]
+        x0 = (c_x - reach[i:i + m]).floor().long()                       # the window's first column and row
+        y0 = (c_y - reach[i:i + m]).floor().long()
+        win = int((2 * reach[i:i + m]).ceil().max()) + 2
+        ar = torch.arange(win)
+        cols, rows = x0[:, None] + ar, y0[:, None] + ar                   # (m, win) canvas indices
+        inside = ((rows >= 0) & (rows < hh))[:, :, None] & ((cols >= 0) & (cols < ww))[:, None, :]
+        w = weight[i:i + m][torch.arange(m)[:, None, None], rows.clamp(0, hh - 1)[:, :, None],
+                            cols.clamp(0, ww - 1)[:, None, :]]
+        w = torch.where(inside, w, 0.0).reshape(m, 1, win * win)
+        s = (s0[:, None] + offsets[:, 0]).clamp(min=2).flatten()
+        x = (c_x[:, None] - x0[:, None] + offsets[:, 1]).flatten()          # centres in the window's frame
+        y = (c_y[:, None] - y0[:, None] + offsets[:, 2]).flatten()
+        errs = [(t.reshape(m, k, win * win).float() * w).sum(2).min(1).values
+                for t in all_shape_masks(s, x, y, win)]
         out.append(torch.stack(errs, 1))
     return torch.cat(out) if out else torch.zeros(0, len(SHAPES))
 
