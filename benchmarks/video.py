@@ -53,6 +53,11 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
                   seed-0 model (row ...-quiet-w3-eta1), so this checks the choice on a model it was not chosen on
   diffusion-shift3-w0-fmap-dyn-w3-eta1  the preset's model trained with its progress evaluations (row
                   ...-fmap-dyn), sampled at guidance 3 with eta = 1: what a user of the preset gets in 20 minutes
+  diffusion-preset-quiet-seed1, diffusion-preset-quiet-seed2  the preset as it is since late 2026-11-25 (PRESET_NOW:
+                  guidance 3, DDIM eta = 1), 20 minutes with no progress evaluations, from seeds 1 and 2, trained on
+                  2026-11-25 on a machine that ran the same training step 2.2x faster than the earlier AMD EPYC rows
+                  (about 0.19 s against 0.42 s; the same CPU name, the same torch 2.13.0): how often does the preset
+                  meet the goals, and what do twice the steps in the same 20 minutes buy?
   diffusion-shift3-w0-fmap-dyn-quiet-ddim50  the quiet row's model (no new training) sampled with 50 DDIM steps: is
                   part of the inconsistency between frames the sampler's error rather than the model's?
   diffusion-shift3-w0-fmap-dyn-40min  the same for 40 minutes: does the sign stay while the shapes sharpen (the
@@ -118,6 +123,7 @@ ACT_FMAP = [*FMAP, "--set", "model.emb_act=true"]                           # ro
 FMAP_DYN = [*FMAP, "--set", 'model.temporal_conv="dynamic"']                 # rows ...-fmap-dyn[-3001steps]
 QUIET = ["--set", "train.eval_every=0", "--set", "train.sample_every=0"]   # no progress evals/samples in the budget
 GUIDED = ["--set", "model.guidance=3.0"]                                   # the preset's guidance since late 2026-11-25
+PRESET_NOW = [*FMAP_DYN, *GUIDED, "--set", "model.eta=1.0"]                  # the preset since late 2026-11-25
 OUT = ROOT / "benchmarks" / "results" / "video.json"
 TRAIN = {
     "gan": ("video-gan-20min", "video-gan", []),
@@ -156,6 +162,10 @@ TRAIN = {
                                            [*FMAP_DYN, *QUIET]),
     "diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1": ("video-diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1-20min",
                                                     "video-diffusion", [*FMAP_DYN, *QUIET, *GUIDED, "--seed", "1"]),
+    "diffusion-preset-quiet-seed1": ("video-diffusion-preset-quiet-seed1-20min", "video-diffusion",
+                                     [*PRESET_NOW, *QUIET, "--seed", "1"]),
+    "diffusion-preset-quiet-seed2": ("video-diffusion-preset-quiet-seed2-20min", "video-diffusion",
+                                     [*PRESET_NOW, *QUIET, "--seed", "2"]),
     "diffusion-shift3-w0-fmap-sep-40min": ("video-diffusion-shift3-w0-fmap-sep-40min", "video-diffusion",
                                            [*FMAP, "--set", 'model.temporal_conv="separated"']),
     "diffusion-shift3-w0-b4": ("video-diffusion-shift3-w0-b4-20min", "video-diffusion",
@@ -356,6 +366,9 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1-eta1": "the seed-1 model sampled at guidance 3 with DDIM eta = 1",
          "diffusion-shift3-w0-fmap-dyn-w3-eta1": "the preset's model with progress evaluations (row ...-fmap-dyn), "
                                                  "sampled at guidance 3 with DDIM eta = 1",
+         "diffusion-preset-quiet-seed1": "the preset since late 2026-11-25 (w = 3, eta 1), 20 minutes with no "
+                                         "progress evaluations, seed 1, on a 2.2x faster machine (same CPU name)",
+         "diffusion-preset-quiet-seed2": "the same from seed 2",
          "diffusion-shift3-w0-fmap-dyn-quiet-ddim50": "that model sampled with 50 DDIM steps instead of 25",
          "diffusion-shift3-w0-fmap-dyn-40min": "the same, 40 minutes (twice the budget)",
          "diffusion-shift3-w0-fmap-40min": "shift 3, frame-0 windows, frame_map, no emb_act, 40 minutes (twice the "
