@@ -53,8 +53,8 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
                   seed-0 model (row ...-quiet-w3-eta1), so this checks the choice on a model it was not chosen on
   diffusion-shift3-w0-fmap-dyn-w3-eta1  the preset's model trained with its progress evaluations (row
                   ...-fmap-dyn), sampled at guidance 3 with eta = 1: what a user of the preset gets in 20 minutes
-  diffusion-preset-quiet-seed1, diffusion-preset-quiet-seed2  the preset as it is since late 2026-11-25 (PRESET_NOW:
-                  guidance 3, DDIM eta = 1), 20 minutes with no progress evaluations, from seeds 1 and 2, trained on
+  diffusion-preset-quiet-seed0, -seed1, -seed2  the preset as it is since late 2026-11-25 (PRESET_NOW:
+                  guidance 3, DDIM eta = 1), 20 minutes with no progress evaluations, from seeds 0, 1 and 2, trained on
                   2026-11-25 on a machine that ran the same training step 2.2x faster than the earlier AMD EPYC rows
                   (about 0.19 s against 0.42 s; the same CPU name, the same torch 2.13.0): how often does the preset
                   meet the goals, and what do twice the steps in the same 20 minutes buy?
@@ -162,6 +162,8 @@ TRAIN = {
                                            [*FMAP_DYN, *QUIET]),
     "diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1": ("video-diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1-20min",
                                                     "video-diffusion", [*FMAP_DYN, *QUIET, *GUIDED, "--seed", "1"]),
+    "diffusion-preset-quiet-seed0": ("video-diffusion-preset-quiet-seed0-20min", "video-diffusion",
+                                     [*PRESET_NOW, *QUIET, "--seed", "0"]),
     "diffusion-preset-quiet-seed1": ("video-diffusion-preset-quiet-seed1-20min", "video-diffusion",
                                      [*PRESET_NOW, *QUIET, "--seed", "1"]),
     "diffusion-preset-quiet-seed2": ("video-diffusion-preset-quiet-seed2-20min", "video-diffusion",
@@ -366,8 +368,9 @@ NAMES = {"real": "real clips (detector ceiling)", "gan": "video GAN + frame-diff
          "diffusion-shift3-w0-fmap-dyn-quiet-w3-seed1-eta1": "the seed-1 model sampled at guidance 3 with DDIM eta = 1",
          "diffusion-shift3-w0-fmap-dyn-w3-eta1": "the preset's model with progress evaluations (row ...-fmap-dyn), "
                                                  "sampled at guidance 3 with DDIM eta = 1",
-         "diffusion-preset-quiet-seed1": "the preset since late 2026-11-25 (w = 3, eta 1), 20 minutes with no "
-                                         "progress evaluations, seed 1, on a 2.2x faster machine (same CPU name)",
+         "diffusion-preset-quiet-seed0": "the preset since late 2026-11-25 (w = 3, eta 1), 20 minutes with no "
+                                         "progress evaluations, seed 0, on a 2.2x faster machine (same CPU name)",
+         "diffusion-preset-quiet-seed1": "the same from seed 1",
          "diffusion-preset-quiet-seed2": "the same from seed 2",
          "diffusion-shift3-w0-fmap-dyn-quiet-ddim50": "that model sampled with 50 DDIM steps instead of 25",
          "diffusion-shift3-w0-fmap-dyn-40min": "the same, 40 minutes (twice the budget)",
@@ -403,7 +406,10 @@ def markdown(results: dict) -> str:
     others = sorted({cpu(r) for k, r in results.items() if k in NAMES and cpu(r) != first})
     if others:
         lines += ["", f"‡ trained and measured on {', '.join(others)} (2 cores), the other rows on {first}: the same "
-                  "20 minutes give a different number of steps, so compare ‡ rows with each other."]
+                  "20 minutes give a different number of steps, so compare ‡ rows with each other. Machines of one "
+                  "name differ too: the diffusion-preset-quiet rows ran the same training step 2.2x faster than "
+                  "the AMD EPYC rows before them (train clips/s); rows since carry a reference speed "
+                  "(benchmarks/run.py reference_ms, 3.8 ms on that machine)."]
     if any(strict(r) for k, r in results.items() if k in NAMES):
         lines += ["", "§ scored before the detector read the largest foreground component: every foreground pixel "
                   "counted as the shape, so one speck of noise anywhere in a frame threw its reading off, and shapes "
