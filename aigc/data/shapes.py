@@ -160,9 +160,9 @@ def fit_errors(bright: torch.Tensor, side: torch.Tensor, cx: torch.Tensor, cy: t
     """How well each shape explains a brightness map: (N, 3) in SHAPES order, the least squared error
     sum((bright - template)^2) over the templates of sides side + FIT_SIZES and centres (cx, cy) + FIT_SHIFTS,
     less the constant sum(bright^2). bright: float (N, H, W) in [0, 1]; side, cx, cy: (N,).
-    Every template lies within a window of side + 6 px around the box, so the sums run over that window of
-    each image (zero outside the canvas, where templates own no pixels): 2.5x fewer pixels than the whole
-    32 x 32 canvas for the largest shapes, more for the small ones."""
+    Every template lies within a window of side + 6 px around the box, so the sums run over such a window
+    (zero outside the canvas, where templates own no pixels), as wide as the widest in each chunk of frames:
+    2.5x fewer pixels than the whole 32 x 32 canvas for the largest shapes, more for the small ones."""
     n, hh, ww = bright.shape
     offsets = torch.tensor([(ds, dx, dy) for ds in FIT_SIZES for dx in FIT_SHIFTS for dy in FIT_SHIFTS])
     k = len(offsets)
