@@ -56,11 +56,15 @@ class Schedule:
         self._abar = torch.cat([torch.ones(1, dtype=torch.float64), a])   # index t + 1
         if shift != 1:
             self.betas = 1 - self._abar[1:] / self._abar[:-1]
+        self._cast: dict[tuple, torch.Tensor] = {}      # _abar per (device, dtype): no host round trip per call
 
     def abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """abar_t for a batch of timesteps, shaped to broadcast against `like` (B, ...); t = -1 gives 1."""
-        a = self._abar[t.cpu() + 1]
-        return a.to(like.device, like.dtype).view(-1, *([1] * (like.dim() - 1)))
+        key = (like.device, like.dtype)
+        if key not in self._cast:
+            self._cast[key] = self._abar.to(like.device, like.dtype)     # cast first, then index: same values
+        a = self._cast[key][t.to(like.device) + 1]
+        return a.view(-1, *([1] * (like.dim() - 1)))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM eq. 4)."""
