@@ -71,6 +71,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | mps
     amp: bool = True                 # bf16 autocast on CUDA (ignored on CPU)
+    compile: str = "none"            # none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile
+                                     # each module's forward in this mode (on CPU it needs a C++ compiler)
     threads: int = 0                 # torch intra-op threads (0 = torch's default)
 
 

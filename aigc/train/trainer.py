@@ -2,7 +2,7 @@
 
 A *recipe* (duck-typed, see `TrainerHooks`) owns the modules and says what one step does; the
 trainer owns everything around it: device, optimisers (AdamW), warm-up + cosine learning rate,
-gradient clipping, EMA, AMP, the step/time budget, periodic eval/samples/checkpoints, the metrics
+gradient clipping, EMA, AMP, torch.compile, the step/time budget, periodic eval/samples/checkpoints, the metrics
 log, the progress bar, signals and exact resume.
 
 Exact resume: the checkpoint holds the weights, EMA weights, optimiser states, the global torch RNG
@@ -29,6 +29,9 @@ from aigc.io import checkpoint as ckpt
 from aigc.io.rundir import CHECKPOINT, LOSS_PNG, METRICS, SAMPLES, read_metrics
 from aigc.train.ema import EMA
 from aigc.train.plots import plot_metrics
+
+
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 
 class TrainerHooks(Protocol):
@@ -143,8 +146,11 @@ class Trainer:
         if cfg.steps <= 0 and cfg.minutes <= 0:
             raise AigcError("no training budget: give --steps N or --minutes M")
         check_choice("train.schedule", cfg.schedule, ("cosine", "constant"))
+        check_choice("train.compile", cfg.compile, COMPILE_MODES)
         for m in recipe.modules.values():
             m.to(device)
+            if cfg.compile != "none":    # in place (nn.Module.compile): parameter names, EMA, checkpoints unchanged
+                m.compile(mode=cfg.compile)
         self.opt = Optimizers(recipe.param_groups(), cfg, device)
         self.ema = EMA(recipe.ema_modules(), cfg.ema) if cfg.ema > 0 else None
         self.step, self.elapsed = 0, 0.0
@@ -260,6 +266,8 @@ class Trainer:
         stopped = "budget"
         with _signals_to_flag(flag):
             while True:
+                if cfg.compile == "reduce-overhead":   # CUDA graphs: this step may overwrite the last one's outputs
+                    torch.compiler.cudagraph_mark_step_begin()
                 batch = _to_device(next(self.batcher), self.device)
                 self.opt.set_lr(lr_scale(self.step, self.progress(), cfg.warmup_steps, cfg.min_lr_ratio, cfg.schedule), self.lrs)
                 try:
