@@ -16,6 +16,8 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
                DDIM-25, DPM-Solver++(2M)-25, DDIM-250 (near the exact ODE), respaced
                DDPM-100 and DDPM-1000 on --solver-num samples each (2000 by default; DDPM-1000 takes ~21 min),
                and each deterministic sampler's FID over DDPM-1000's
+  mnist-v-eta  the same run: DDIM-25 at eta 0, 0.3, 0.6, 1.0 (fresh noise at each step) and DDPM-1000 on
+               --solver-num samples each, and each DDIM's FID over DDPM-1000's
   mnist-v-plain  ablation, the preset before this one (v-prediction, width 48, plain loss, lr 1e-3): FID with
                DDIM-25 on 10k samples, and DDIM-25 vs respaced DDPM-100 on --ddpm-num samples
   mnist-class  class-conditional MNIST with the first preset (eps-prediction, width 48, plain loss, lr 1e-3):
@@ -345,7 +347,8 @@ def markdown(results: dict) -> str:
 
 
 ROWS = {"mnist": row_mnist, "mnist-ddpm": row_mnist_ddpm, "mnist-steps": row_mnist_steps, "mnist-v": row_mnist_v,
-        "mnist-v-ddpm": row_mnist_v_ddpm, "mnist-v-solvers": row_mnist_v_solvers, "mnist-v-eta": row_mnist_v_eta, "mnist-v-plain": row_mnist_v_plain,
+        "mnist-v-ddpm": row_mnist_v_ddpm, "mnist-v-solvers": row_mnist_v_solvers, "mnist-v-eta": row_mnist_v_eta,
+        "mnist-v-plain": row_mnist_v_plain,
         "mnist-class": row_mnist_class, "shapes": row_shapes}
 
 

@@ -2,8 +2,8 @@
 
 A *recipe* (duck-typed, see `TrainerHooks`) owns the modules and says what one step does; the
 trainer owns everything around it: device, optimisers (AdamW), warm-up + cosine learning rate,
-gradient clipping, EMA, AMP, torch.compile, the step/time budget, periodic eval/samples/checkpoints, the metrics
-log, the progress bar, signals and exact resume.
+gradient clipping, EMA, AMP, torch.compile, the step/time budget, periodic eval/samples/checkpoints,
+the metrics log, the progress bar, signals and exact resume.
 
 Exact resume: the checkpoint holds the weights, EMA weights, optimiser states, the global torch RNG
 state and the batcher's position and RNG. Evaluation and sampling run under `fork_rng` with a
