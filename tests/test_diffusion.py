@@ -291,6 +291,24 @@ def tiny_recipe(cond="none"):
     return DiffusionRecipe(RunConfig("diffusion", DataConfig(image_size=size, channels=ch), m, TrainConfig()))
 
 
+def test_guided_sampling_keeps_the_nets_batch_at_sample_batch():
+    """Guidance w not in (0, 1) runs the net on cond + uncond together: sample_for halves its chunks so the net
+    still sees at most sample_batch inputs; w = 1 uses whole chunks."""
+    r = tiny_recipe("class")
+    r.sample_batch = 4
+    seen = []
+    forward = r.net.forward
+    r.net.forward = lambda x, *a, **k: (seen.append(len(x)), forward(x, *a, **k))[1]
+    labels = torch.arange(6)
+    with torch.no_grad():
+        out = r.sample_for(labels=labels, guidance=3.0, steps=2)
+    assert out.shape[0] == 6 and max(seen) == 4 and seen[:2] == [4, 4]
+    seen.clear()
+    with torch.no_grad():
+        r.sample_for(labels=labels, guidance=1.0, steps=2)
+    assert seen == [4, 4, 2, 2]
+
+
 def test_condition_dropout_reaches_the_null_embedding():
     r = tiny_recipe("text")
     batch = {"caption": ["a large red circle in the top"] * 4}
