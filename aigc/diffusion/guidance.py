@@ -12,6 +12,12 @@ def combine(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
     return uncond + w * (cond - uncond)
 
 
+def inputs_per_sample(w: float) -> int:
+    """How many inputs per sample `guided` below gives the net at scale w: 1 at w = 0 or 1, else 2 (cond and
+    null in one batch); samplers size their chunks by it."""
+    return 1 if w in (0, 1) else 2
+
+
 def guided(net, cond, null, w: float):
     """A denoiser fn(x, t) for the samplers from `net(x, t, c)`: `cond` and `null` are batches of
     condition inputs (the same for every step). Only the forward passes the scale needs are run:

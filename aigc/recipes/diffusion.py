@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from aigc.config import RunConfig
-from aigc.diffusion import Schedule, guided
+from aigc.diffusion import Schedule, guided, inputs_per_sample
 from aigc.diffusion import sample as run_sampler
 from aigc.diffusion.samplers import FEW_STEP, SAMPLERS, frame_noise
 from aigc.diffusion.schedule import PREDICTIONS, SCHEDULES
@@ -231,10 +231,10 @@ class DiffusionRecipe(ImageRecipe):
         c = self._cond_for(labels, prompts)
         n = len(c) if c is not None else num
         w = self.cfg.model.guidance if guidance is None else guidance
-        # guidance other than 0 or 1 runs the net on 2B inputs (guided()): half the chunk keeps the net's batch at
-        # sample_batch. On CPU a doubled batch cost 3.2x per call (video, 192 windows: its activations outgrow
-        # the caches), so 32 guided clips took 55 s in one chunk against 36 s in two.
-        per = self.sample_batch if c is None or w in (0, 1) else max(1, self.sample_batch // 2)
+        # chunks sized so that the net's batch stays at sample_batch when guidance runs cond and null together:
+        # on CPU a doubled batch cost 3.2x per call (video, 192 windows: its activations outgrow the caches),
+        # so 32 guided clips took 55 s in one chunk against 36 s in two
+        per = self.sample_batch if c is None else max(1, self.sample_batch // inputs_per_sample(w))
         chunks = []
         for i in range(0, n, per):
             j = min(n, i + per)
