@@ -22,12 +22,13 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.run import machine  # noqa: E402
+from benchmarks.diffusion import SAMPLER_SETTINGS, draw  # noqa: E402
+from benchmarks.run import machine, run  # noqa: E402
+from aigc.io.rundir import read_metrics  # noqa: E402
 
 FAMILIES = {  # row: (family, data arguments, what a sample command needs)
     "diffusion-mnist": ("diffusion", ["--data", "mnist", "--data-dir", "{mnist}"], []),
@@ -44,9 +45,9 @@ QUIET = ["--set", "train.eval_every=0", "--set", "train.sample_every=0", "--set"
 
 
 def aigc(args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "aigc", *args], capture_output=True, text=True)
-    return proc, time.perf_counter() - t0
+    """`aigc ARGS` in a subprocess: (process, wall seconds)."""
+    proc, wall, _ = run([sys.executable, "-m", "aigc", *args])
+    return proc, wall
 
 
 def row(name: str, mode: str, steps: int, paths: dict, runs: Path) -> dict:
@@ -57,7 +58,7 @@ def row(name: str, mode: str, steps: int, paths: dict, runs: Path) -> dict:
                        "--out", str(out), "--quiet", "--overwrite"])
     if proc.returncode:
         return {"error": proc.stderr[-2000:]}
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     train = [r for r in rows if r.get("kind") == "train"]
     evals = [r for r in rows if r.get("kind") == "eval"]
     info = {"steps": train[-1]["step"], "it_per_s": train[-1]["it_per_s"], "wall_s": round(wall, 1),
@@ -69,8 +70,7 @@ def row(name: str, mode: str, steps: int, paths: dict, runs: Path) -> dict:
     return info
 
 
-SAMPLERS = {"ddim25": dict(sampler="ddim", steps=25), "ddim25_eta1.0": dict(sampler="ddim", steps=25, eta=1.0),
-            "dpm25": dict(sampler="dpm++2m", steps=25), "ddpm1000": dict(sampler="ddpm", steps=1000)}
+SAMPLERS = ("ddim25", "ddim25_eta1.0", "dpm25", "ddpm1000")        # names in benchmarks/diffusion.py's SAMPLER_SETTINGS
 GAP_NUM = 2000
 RESULTS = ROOT / "benchmarks" / "results" / "cuda.json"
 
@@ -89,20 +89,14 @@ def gap_samples(steps: int, batch: int, mnist: str, runs: Path, out_dir: Path) -
                        "--set", f"data.batch_size={batch}", "--device", "cuda", *QUIET, "--out", str(out), "--quiet", "--overwrite"])
     if proc.returncode:
         raise SystemExit(proc.stderr[-2000:])
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     info = {"steps": steps, "batch_size": batch, "train_wall_s": round(wall, 1),
-            "eval_loss": [r for r in rows if r.get("kind") == "eval"][-1].get("eval_loss")}
+            "eval_loss": [r for r in read_metrics(out) if r.get("kind") == "eval"][-1].get("eval_loss")}
     cfg, recipe = open_run(out, torch.device("cuda"))
     data = recipe.load_data(cfg, out)
     arrays = {}
-    for name, kw in SAMPLERS.items():
-        kw = dict(kw)
-        cfg.model.eta = kw.pop("eta", 0.0)
-        torch.manual_seed(0)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            images, _, _ = recipe.generate_for_eval(data, GAP_NUM, **kw)
-        info[f"{name}_sampling_s"] = round(time.perf_counter() - t0, 1)
+    for name in SAMPLERS:
+        images, _, _, secs = draw(recipe, data, GAP_NUM, **SAMPLER_SETTINGS[name])
+        info[f"{name}_sampling_s"] = round(secs, 1)
         arrays[name] = to_uint8(images)
     np.savez_compressed(out_dir / f"gap-{steps}.npz", **arrays)
     return info
@@ -137,15 +131,15 @@ def markdown(results: dict) -> str:
     """The README tables from cuda.json: it/s per preset and mode (one column per speed run's modes), and the
     sampler gap of the GPU-trained MNIST models."""
     out = []
-    for i, run in enumerate(results.get("speed_runs", []), 1):
-        m = run["machine"]
-        modes = [mode for mode in MODES if any(k.endswith(" " + mode) for k in run["rows"])]
-        out += [f"Speed run {i} ({m['gpu']}, torch {m['torch']}; {run.get('note', '')}): training it/s over the last "
+    for i, speed in enumerate(results.get("speed_runs", []), 1):
+        m = speed["machine"]
+        modes = [mode for mode in MODES if any(k.endswith(" " + mode) for k in speed["rows"])]
+        out += [f"Speed run {i} ({m['gpu']}, torch {m['torch']}; {speed.get('note', '')}): training it/s over the last "
                 "50 of 300 steps (whole command's wall s in brackets: start-up and compilation)", "",
                 "| preset | " + " | ".join(modes) + " | `aigc sample --num 64` s |",
                 "|---|" + "---:|" * (len(modes) + 1)]
         for name in FAMILIES:
-            cells = [run["rows"].get(f"{name} {mode}") for mode in modes]
+            cells = [speed["rows"].get(f"{name} {mode}") for mode in modes]
             if not any(cells):
                 continue
             text = [f"{c['it_per_s']} ({c['wall_s']})" if c and "it_per_s" in c else "-" for c in cells]

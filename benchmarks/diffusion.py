@@ -77,11 +77,9 @@ def open_recipe(run_dir: Path):
     return cfg, recipe, data
 
 
-def scored(recipe, data, num, seed=0, eta=None, **kw) -> dict:
-    """Sample-quality scores of `num` samples (`eta`: DDIM's eta for these samples instead of the run's)."""
-    from aigc.evaluation import score_images
-    from aigc.io.images import to_uint8
-
+def draw(recipe, data, num, seed=0, eta=None, **kw):
+    """(images, labels, prompts, seconds) of `num` evaluation samples drawn from seed `seed` (`eta`: DDIM's
+    eta for these samples instead of the run's)."""
     torch.manual_seed(seed)
     m = recipe.cfg.model
     own_eta, m.eta = m.eta, m.eta if eta is None else eta
@@ -91,7 +89,15 @@ def scored(recipe, data, num, seed=0, eta=None, **kw) -> dict:
             images, labels, prompts = recipe.generate_for_eval(data, num, **kw)
     finally:
         m.eta = own_eta
-    secs = time.perf_counter() - t0
+    return images, labels, prompts, time.perf_counter() - t0
+
+
+def scored(recipe, data, num, seed=0, eta=None, **kw) -> dict:
+    """Sample-quality scores of `num` samples (see `draw`)."""
+    from aigc.evaluation import score_images
+    from aigc.io.images import to_uint8
+
+    images, labels, prompts, secs = draw(recipe, data, num, seed, eta, **kw)
     u8 = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)
     q = score_images(data, u8, labels, prompts)
     keep = ("fid", "precision", "recall", "class_accuracy", "class_entropy", "num_samples")
