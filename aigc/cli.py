@@ -91,32 +91,33 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
 @click.argument("run", type=click.Path())
 @click.option("--num", type=click.IntRange(1, 100000), default=None, help="how many samples (images 64, clips 16, text 1)")
 @click.option("--out", type=click.Path(), help="FILE.png (grid) or FILE.npz (arrays); video: FILE.gif or FILE.npz; "
-              "text: a file (default stdout)")
+              "text: FILE.txt, FILE.jsonl (one JSON object per sample), default stdout")
 @click.option("--prompt", help="text prompt (language models, text-conditional models)")
 @click.option("--prompt-file", type=click.Path(), help="read the prompt from this UTF-8 file")
 @click.option("--label", type=int, help="class label (class-conditional models)")
 @click.option("--steps", type=int, help="sampler steps (diffusion)")
-@click.option("--guidance", type=float, help="classifier-free guidance scale (diffusion): 1 = conditional, 0 = unconditional, >1 guided")
-@click.option("--sampler", help="diffusion sampler: ddim (the default) or dpm++2m (deterministic, second order: closer to the "
-                                  "exact ODE at 10-25 steps), both with --steps model.sample_steps unless given; ddpm "
-                                  "(ancestral, --steps T unless given)")
+@click.option("--guidance", type=float, help="classifier-free guidance scale (conditional diffusion): 1 = conditional, "
+                                               "0 = unconditional, >1 guided")
+@click.option("--sampler", help="diffusion sampler: ddim (the default) or dpm++2m (deterministic, second order), both with "
+                                  "--steps model.sample_steps unless given; ddpm (ancestral, --steps T unless given)")
 @click.option("--frames", type=int, help="video: frames per clip (the model makes the count it was trained on)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--what", type=click.Choice(["samples", "reconstructions", "interpolation", "trajectory"]),
               default="samples", show_default=True,
               help="VAE: reconstructions of test images or latent interpolations; diffusion: the denoising trajectory x_T -> x_0")
-@click.option("--max-new-tokens", type=click.IntRange(1), default=500, show_default=True, help="text: tokens to generate")
-@click.option("--temperature", type=float, default=0.8, show_default=True, help="text: 0 = greedy")
+@click.option("--max-new-tokens", type=click.IntRange(1), help="text: tokens to generate (default 500)")
+@click.option("--temperature", type=float, help="text: 0 = greedy (default 0.8; text GAN 1)")
 @click.option("--top-k", type=int, help="text: sample among the k most likely tokens")
 @click.option("--top-p", type=float, help="text: nucleus sampling, the smallest set with probability >= p")
 @click.option("--stop", multiple=True, help="text: stop a sample at this string (repeatable; \\n and \\t are read as newline/tab)")
 @click.option("--stream", is_flag=True, help="text: print tokens as they are produced")
 @click.option("--no-ema", is_flag=True, help="use the raw weights even when EMA weights exist")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
-def sample(run, num, out, prompt, prompt_file, label, steps, guidance, sampler, frames, seed, what, max_new_tokens, temperature,
-           top_k, top_p, stop, stream, no_ema, device):
+def sample(run, num, out, prompt, prompt_file, label, steps, guidance, sampler, frames, seed, what, max_new_tokens,
+           temperature, top_k, top_p, stop, stream, no_ema, device):
     """Generate samples from a trained RUN: a PNG grid or npz for image models, an animated GIF grid or npz
-    for video models, text for language models."""
+    for video models, text for language models. An option the model does not take is an error."""
+    from aigc.generation import Request
     from aigc.run import sample_run
 
     if prompt_file:
@@ -126,21 +127,20 @@ def sample(run, num, out, prompt, prompt_file, label, steps, guidance, sampler, 
             prompt = Path(prompt_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise AigcError(f"cannot read --prompt-file {prompt_file}: {e}") from None
-    text_options = {}
-    if stream or stop or top_k or top_p or max_new_tokens != 500 or temperature != 0.8:
-        text_options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            stop=tuple(map(unescape_stop, stop)), stream=(lambda piece: click.echo(piece, nl=False)) if stream else None)
-    result = sample_run(run, num=num, out=out, prompt=prompt, label=label, steps=steps, guidance=guidance,
-                        sampler=sampler, frames=frames, seed=seed, what=what, ema=not no_ema, device=device, **text_options)
-    if isinstance(result, list):                     # text
+    request = Request(num=num, seed=seed, prompt=prompt, label=label, steps=steps, guidance=guidance, sampler=sampler,
+                      frames=frames, what=what, temperature=temperature, top_k=top_k, top_p=top_p,
+                      max_new_tokens=max_new_tokens, stop=tuple(map(unescape_stop, stop)))
+    echo = (lambda piece: click.echo(piece, nl=False)) if stream else None
+    result, path = sample_run(run, request, out=out, ema=not no_ema, device=device, stream=echo)
+    if result.kind == "text":
         if stream:
             click.echo()
         elif not out:
-            click.echo("\n\n".join(result))
+            click.echo("\n\n".join(result.texts))
         if out:
-            click.echo(f"wrote {out}", err=True)
+            click.echo(f"wrote {path}", err=True)
     else:
-        click.echo(f"wrote {result}")
+        click.echo(f"wrote {path}")
 
 
 # ------------------------------------------------------------------------------------------ eval

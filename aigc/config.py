@@ -1,7 +1,7 @@
 """Run configuration: typed dataclass sections, TOML files and `--set key=value` overrides.
 
 A run's config has three sections, each a dataclass with defaults:
-    [data]   DataConfig         (shared by every family)
+    [data]   the dataset's own  (a DataConfig subclass in its aigc/data module)
     [model]  the family's own   (recipes/<family>.py)
     [train]  TrainConfig        (the generic trainer)
 Precedence, lowest first: dataclass defaults < preset configs/FAMILY-DATASET.toml < --config FILE
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -30,24 +30,26 @@ SECTIONS = ("data", "model", "train")
 
 @dataclass
 class DataConfig:
-    name: str = "mnist"              # mnist | shapes | images | moving-shapes | moving-mnist | text | code | sft
-    dir: str = ""                    # --data-dir: folder with the files (mnist, images)
+    """Options every dataset has; each dataset adds its own in a subclass (aigc/data: the registry)."""
+    name: str = "mnist"
+    dir: str = ""                    # --data-dir: folder or file with the data
     batch_size: int = 128
-    image_size: int = 0              # 0 = the dataset's own size (28 mnist, 32 shapes, 64 moving-mnist canvas)
-    channels: int = 0                # 0 = the dataset's own (images: 3)
-    binarize: str = "none"           # none | dynamic (resampled every batch; eval split binarised once)
-    num_train: int = 50000           # shapes: how many synthetic training images
-    num_eval: int = 5000             # shapes / video: how many held-out evaluation images / clips
-    frames: int = 16                 # moving-shapes / moving-mnist: frames per clip
-    digits: int = 1                  # moving-mnist: digits per clip (1 or 2)
-    holdout: list = field(default_factory=list)   # shapes: ["green triangle", ...] never trained on
-    caption_dropout: float = 0.1     # shapes: chance of dropping each caption attribute
-    val_fraction: float = 0.1        # images: share of the folder kept for evaluation
-    download: bool = True            # mnist: download when the files are missing and we are online
-    tokenizer: str = "char"          # text/code: char | bpe
-    vocab_size: int = 2048           # bpe: vocabulary size
-    encoding_errors: str = ""        # text/code: strict | replace | skip ("" = strict for text, skip for code)
-    max_chars: int = 0               # text/code: read at most this many characters (0 = all)
+
+
+# Keys of the one flat [data] section that runs made by aigc 0.1 saved for every dataset; on loading such
+# a run, those its dataset has no use for are dropped (they never did anything there).
+LEGACY_DATA_KEYS = ("image_size", "channels", "binarize", "num_train", "num_eval", "frames", "digits", "holdout",
+                    "caption_dropout", "val_fraction", "download", "tokenizer", "vocab_size", "encoding_errors",
+                    "max_chars")
+
+
+def data_config(name: str, **values) -> DataConfig:
+    """The config of dataset `name` with its defaults, `values` set."""
+    from aigc.data import config_class
+
+    cfg = config_class(name)(name=name)
+    update_dataclass(cfg, values, "data")
+    return cfg
 
 
 @dataclass
@@ -181,8 +183,20 @@ def preset_path(family: str, dataset: str) -> Path:
 
 
 def load_run_config(path: Path, model_config_cls) -> RunConfig:
-    """Rebuild the RunConfig saved in a run directory."""
+    """Rebuild the RunConfig saved in a run directory. Runs of aigc 0.1 load too: their unused data keys
+    are dropped, and so are model options since removed, when they hold the only value that still loads
+    (`model_config_cls.REMOVED`); any other value is an error that names the version."""
     d = read_toml(path)
-    cfg = RunConfig(d.get("family", "?"), DataConfig(), model_config_cls(), TrainConfig())
+    data = dict(d.get("data", {}))
+    cfg = RunConfig(d.get("family", "?"), data_config(data.get("name", "mnist")), model_config_cls(), TrainConfig())
+    known = {f.name for f in fields(cfg.data)}
+    d["data"] = {k: v for k, v in data.items() if k in known or k not in LEGACY_DATA_KEYS}
+    model = dict(d.get("model", {}))
+    for key, value in getattr(model_config_cls, "REMOVED", {}).items():
+        old = model.pop(key, value)
+        if old != value:
+            raise AigcError(f"{path} was written by aigc 0.1 with model.{key} = {old!r}; aigc 0.2 removed that "
+                            f"option, so this run cannot be rebuilt (retrain it, or sample it with aigc 0.1)")
+    d["model"] = model
     apply_dict(cfg, d, str(path))
     return cfg

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aigc.errors import AigcError
+from aigc.generation import Request
 from aigc.run import eval_run, sample_run, start_training
 
 
@@ -120,16 +121,17 @@ def run_demo(out: Path, minutes: float, overwrite: bool = False, quiet: bool = F
         ext = "gif" if e.video else "png"
         if e.prompts:
             for i, prompt in enumerate(e.prompts):
-                texts.append((prompt, sample_run(run, 1, prompt=prompt, seed=i, max_new_tokens=200,
-                                                 temperature=0.8, top_k=50)[0]))
+                result, _ = sample_run(run, Request(prompt=prompt, seed=i, max_new_tokens=200, temperature=0.8,
+                                                    top_k=50))
+                texts.append((prompt, result.texts[0]))
         else:
-            images["samples"] = sample_run(run, 16 if e.video else 64, out / f"{e.name}-samples.{ext}", seed=0)
+            images["samples"] = sample_run(run, Request(num=16 if e.video else 64), out / f"{e.name}-samples.{ext}")[1]
         for i, prompt in enumerate(e.image_prompts):
-            images[f"prompt: {prompt}"] = sample_run(run, 4 if e.video else 16, out / f"{e.name}-prompt{i}.{ext}",
-                                                     prompt=prompt, seed=0)
+            images[f"prompt: {prompt}"] = sample_run(run, Request(num=4 if e.video else 16, prompt=prompt),
+                                                     out / f"{e.name}-prompt{i}.{ext}")[1]
         for kind in e.extras:
-            images[kind] = sample_run(run, 8 if kind == "trajectory" else 80, out / f"{e.name}-{kind}.png", what=kind,
-                                      seed=0)
+            images[kind] = sample_run(run, Request(num=8 if kind == "trajectory" else 80, what=kind),
+                                      out / f"{e.name}-{kind}.png")[1]
         shutil.copy(run / "loss.png", out / f"{e.name}-loss.png")
         images["loss curves"] = out / f"{e.name}-loss.png"
         dry_eval = DRY_RUN["video_eval" if e.video else "eval"]

@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 
 from aigc.config import RunConfig
-from aigc.data import load_dataset
 from aigc.errors import AigcError
+from aigc.generation import Request, generate
 from aigc.io import rundir
-from aigc.io.images import save_grid, save_npz
+from aigc.io.samples import check_out, write_result
 from aigc.recipes import build_config, open_run, recipe_class
 from aigc.train import Trainer, pick_device
 
@@ -39,7 +39,7 @@ def _fit(cfg: RunConfig, data, run_dir: Path, device, quiet: bool, resume: bool,
         recipe.init_from(init_from)
     recipe.save_artifacts(run_dir, data)
     batcher = cls.make_batcher(data, cfg)
-    trainer = Trainer(recipe, data, batcher, cfg.train, run_dir, device, quiet=quiet, lrs=getattr(recipe, "lrs", None))
+    trainer = Trainer(recipe, data, batcher, cfg.train, run_dir, device, quiet=quiet, lrs=recipe.lrs)
     if resume:
         trainer.load()
         if total_steps is not None:
@@ -61,8 +61,6 @@ def start_training(family, dataset, config_file, sets, flags, out, overwrite, qu
     init_dir = None
     if init_from:
         init_dir = rundir.check_run_dir(init_from)
-        if not hasattr(cls, "init_from"):
-            raise AigcError(f"--init-from is not supported for the {family} family")
         cls.adopt_init_config(cfg, init_dir, sets)
     torch.manual_seed(cfg.train.seed)
     device = _setup_torch(cfg)
@@ -95,87 +93,22 @@ def _load_cfg(run_dir: Path):
     return load_run_config(run_dir / rundir.CONFIG, cls.ModelConfig), cls
 
 
-def sample_run(run, num, out=None, prompt=None, label=None, steps=None, guidance=None, seed=0, what="samples",
-               ema=True, device="auto", sampler=None, frames=None, **text_options):
-    """Images: write a PNG grid or npz to `out` and return its path; video: an animated GIF grid or npz.
-    Text: return the samples as a list of strings (and write them to `out` when given)."""
+def sample_run(run, request: Request, out=None, ema: bool = True, device: str = "auto", stream=None):
+    """Generate from a trained RUN through the generation contract; write the result to `out` when given
+    (text: optional). Returns (result, path written or None)."""
     run_dir = rundir.check_run_dir(run)
     cfg, recipe = open_run(run_dir, pick_device(device), ema=ema)
-    if recipe.output == "text":
-        if steps is not None or guidance is not None or label is not None or sampler is not None or what != "samples" \
-                or frames is not None:
-            raise AigcError("--steps, --guidance, --sampler, --label, --frames and --what do not apply to a language model")
-        defaults = {"max_new_tokens": 500, "temperature": 0.8}
-        texts = recipe.generate_text(prompt or "", num=num or 1, seed=seed, **{**defaults, **text_options})
-        if out:
-            Path(out).write_text("\n\n".join(texts) + "\n", encoding="utf-8")
-        return texts
-    if text_options:
-        raise AigcError("--stream, --stop, --top-k, --top-p, --temperature and --max-new-tokens are options of "
-                        "language models")
-    if sampler is not None and not getattr(recipe, "has_sampler", False):
-        raise AigcError(f"--sampler is an option of diffusion models, not of the {cfg.family} family")
-    diffusion = {"sampler": sampler} if sampler is not None else {}
-    if recipe.output == "video":
-        return _sample_video(recipe, num or 16, out, prompt, label, steps, guidance, seed, what, frames, diffusion)
-    if frames is not None:
-        raise AigcError("--frames is an option of video models")
-    num = num or (8 if what == "trajectory" else 64)
-    if out is None:
-        raise AigcError("--out FILE.png or FILE.npz is required for image models")
-    out = Path(out)
-    if out.suffix not in (".png", ".npz"):
-        raise AigcError(f"--out must end in .png (a grid) or .npz (arrays), got '{out.name}'")
-    torch.manual_seed(seed)
-    nrow = None
-    with torch.no_grad():
-        if what == "samples":
-            result = recipe.generate(num, label=label, prompt=prompt, steps=steps, guidance=guidance, **diffusion)
-        elif what == "trajectory":
-            if not hasattr(recipe, "trajectory"):
-                raise AigcError("--what trajectory is only for the diffusion family")
-            result = recipe.trajectory(num, label=label, prompt=prompt, steps=steps, guidance=guidance, **diffusion)
-            nrow = result["nrow"]
-        else:
-            if not hasattr(recipe, "reconstructions"):
-                raise AigcError(f"--what {what} is only for the VAE family")
-            data = recipe.load_data(cfg)
-            images = recipe.reconstructions(data, num) if what == "reconstructions" else \
-                recipe.interpolations(data, pairs=max(1, num // 10))
-            result = {"images": images}
-    if out.suffix == ".png":
-        nrow = nrow or (10 if what == "interpolation" else (16 if what == "reconstructions" else None))
-        return save_grid(out, result["images"], nrow=nrow)
-    return save_npz(out, result["images"], labels=result.get("labels"), prompts=result.get("prompts"))
-
-
-def _sample_video(recipe, num, out, prompt, label, steps, guidance, seed, what, frames, diffusion) -> Path:
-    from aigc.io.images import save_gif, video_to_uint8
-
-    if out is None:
-        raise AigcError("--out FILE.gif or FILE.npz is required for video models")
-    out = Path(out)
-    if out.suffix not in (".gif", ".npz"):
-        raise AigcError(f"--out must end in .gif (an animated grid) or .npz (arrays) for video, got '{out.name}'")
-    if what != "samples":
-        raise AigcError(f"--what {what} is for image models; a video model writes clips")
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        result = recipe.generate(num, label=label, prompt=prompt, steps=steps, guidance=guidance, frames=frames,
-                                 **diffusion)
-    videos = video_to_uint8(result["videos"])
-    if out.suffix == ".gif":
-        return save_gif(out, videos)
-    return save_npz(out, videos, prompts=result.get("prompts"), key="videos")
+    check_out(recipe.output, out)                       # a bad --out is reported before any work
+    if stream is not None and recipe.output != "text":
+        raise AigcError(f"--stream prints text as it is made; this {recipe.describe_model()} makes {recipe.output}")
+    result = generate(recipe, request, stream)
+    return result, write_result(result, out)
 
 
 def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False, sample_num=None) -> dict:
-    """The family's own measures (recipe.full_eval) on `num` eval examples (default: all), plus, for
-    image models, sample-quality metrics on `sample_num` (default: num, else 10000) generated samples."""
+    """The family's own measures (recipe.full_eval) on `num` eval examples (default: all), plus the dataset's
+    sample-quality metrics on `sample_num` (default: num, else recipe.EVAL_SAMPLES) generated samples."""
     from tqdm import tqdm
-
-    from aigc.evaluation import score_images
-    from aigc.io.images import to_uint8
 
     run_dir = rundir.check_run_dir(run)
     cfg, recipe = open_run(run_dir, pick_device(device))
@@ -184,27 +117,10 @@ def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False, sample
     torch.manual_seed(0)
     with torch.no_grad(), tqdm(disable=quiet, desc="eval", file=sys.stderr) as bar:
         result = recipe.full_eval(data, num=num, k=k, progress=bar.update)
-    if recipe.output == "video":
-        from aigc.evaluation import score_videos
-        from aigc.io.images import video_to_uint8
-
-        n = sample_num or num or recipe.EVAL_CLIPS
-        videos, _, prompts = recipe.generate_for_eval(data, n)
-        videos = torch.from_numpy(video_to_uint8(videos)).permute(0, 4, 1, 2, 3)
-        result["sample_quality"] = score_videos(data, videos, prompts)
-    elif hasattr(recipe, "generate_for_eval"):
-        n = sample_num or num or 10000
-        images, labels, prompts = recipe.generate_for_eval(data, n)
-        images = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)
-        if getattr(data, "binarize", False):          # compare with the grey test images the classifier knows
-            import dataclasses
-
-            data = load_dataset(dataclasses.replace(cfg.data, binarize="none"))
-        try:
-            quality = score_images(data, images, labels, prompts)
-        except AigcError as e:                        # e.g. an unlabelled image folder: no feature classifier
-            quality = {"feature_metrics": f"skipped: {e}"}
-        result["sample_quality"] = quality
+        samples = recipe.generate_for_eval(data, sample_num or num or recipe.EVAL_SAMPLES) if recipe.EVAL_SAMPLES \
+            else None
+    if samples is not None:                      # outside no_grad: the feature classifier may train first
+        result["sample_quality"] = data.score_result(samples)
     result = {"family": cfg.family, "dataset": cfg.data.name, "run": str(run_dir),
               "step": _last_step(run_dir), **result, "eval_seconds": round(time.perf_counter() - t0, 1)}
     _write_json(result, run_dir / rundir.EVAL, out)
@@ -212,14 +128,9 @@ def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False, sample
 
 
 def eval_samples(path, dataset, data_dir=None, out=None) -> dict:
-    from aigc.config import DataConfig
-    from aigc.data import VIDEO_DATASETS
-    from aigc.evaluation import eval_samples_file, load_samples_npz, load_videos_npz
+    from aigc.evaluation import eval_samples_file
 
-    load = load_videos_npz if dataset in VIDEO_DATASETS else load_samples_npz
-    samples = load(Path(path))                        # a bad file is reported before any data is loaded
-    data = load_dataset(DataConfig(name=dataset, dir=data_dir or ""))
-    result = eval_samples_file(Path(path), data, samples)
+    result = eval_samples_file(Path(path), dataset, data_dir)
     _write_json(result, None, out)
     return result
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from aigc.io.rundir import read_metrics  # noqa: E402
 from benchmarks.diffusion import SAMPLER_SETTINGS, draw  # noqa: E402
 from benchmarks.run import machine, run  # noqa: E402
-from aigc.io.rundir import read_metrics  # noqa: E402
 
 FAMILIES = {  # row: (family, data arguments, what a sample command needs)
     "diffusion-mnist": ("diffusion", ["--data", "mnist", "--data-dir", "{mnist}"], []),
@@ -81,7 +81,6 @@ def gap_samples(steps: int, batch: int, mnist: str, runs: Path, out_dir: Path) -
     import numpy as np
     import torch
 
-    from aigc.io.images import to_uint8
     from aigc.recipes import open_run
 
     out = runs / f"gap-{steps}"
@@ -95,9 +94,9 @@ def gap_samples(steps: int, batch: int, mnist: str, runs: Path, out_dir: Path) -
     data = recipe.load_data(cfg, out)
     arrays = {}
     for name in SAMPLERS:
-        images, _, _, secs = draw(recipe, data, GAP_NUM, **SAMPLER_SETTINGS[name])
+        result, secs = draw(recipe, data, GAP_NUM, **SAMPLER_SETTINGS[name])
         info[f"{name}_sampling_s"] = round(secs, 1)
-        arrays[name] = to_uint8(images)
+        arrays[name] = result.images
     np.savez_compressed(out_dir / f"gap-{steps}.npz", **arrays)
     return info
 
@@ -107,18 +106,17 @@ def score_gap(folder: Path, mnist: str) -> dict:
     import numpy as np
     import torch
 
-    from aigc.config import DataConfig
+    from aigc.config import data_config
     from aigc.data import load_dataset
-    from aigc.evaluation import score_images
 
-    data = load_dataset(DataConfig(name="mnist", dir=mnist))
+    data = load_dataset(data_config("mnist", dir=mnist))
     out = {}
     for f in sorted(folder.glob("gap-*.npz"), key=lambda f: int(f.stem.split("-")[1])):
         arrays = np.load(f)
         scores = {}
         for name in arrays.files:
             u8 = torch.from_numpy(arrays[name]).permute(0, 3, 1, 2)
-            q = score_images(data, u8)
+            q = data.score(u8)
             scores[name] = {k: q[k] for k in ("fid", "precision", "recall", "class_entropy", "num_samples")}
         scores["fid_over_ddpm1000"] = {k: round(scores[k]["fid"] / scores["ddpm1000"]["fid"], 3)
                                        for k in arrays.files if k != "ddpm1000"}

@@ -39,6 +39,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from aigc.generation import Request, generate, images_result  # noqa: E402
 from benchmarks.run import rows_main, train_run  # noqa: E402
 
 RUNS = ROOT / "bench_runs"
@@ -78,28 +79,24 @@ def open_recipe(run_dir: Path):
 
 
 def draw(recipe, data, num, seed=0, eta=None, **kw):
-    """(images, labels, prompts, seconds) of `num` evaluation samples drawn from seed `seed` (`eta`: DDIM's
-    eta for these samples instead of the run's)."""
+    """(an Images result of `num` evaluation samples drawn from seed `seed`, seconds); `eta`: DDIM's eta for
+    these samples instead of the run's."""
     torch.manual_seed(seed)
     m = recipe.cfg.model
     own_eta, m.eta = m.eta, m.eta if eta is None else eta
     t0 = time.perf_counter()
     try:
         with torch.no_grad():
-            images, labels, prompts = recipe.generate_for_eval(data, num, **kw)
+            result = recipe.generate_for_eval(data, num, **kw)
     finally:
         m.eta = own_eta
-    return images, labels, prompts, time.perf_counter() - t0
+    return result, time.perf_counter() - t0
 
 
 def scored(recipe, data, num, seed=0, eta=None, **kw) -> dict:
     """Sample-quality scores of `num` samples (see `draw`)."""
-    from aigc.evaluation import score_images
-    from aigc.io.images import to_uint8
-
-    images, labels, prompts, secs = draw(recipe, data, num, seed, eta, **kw)
-    u8 = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)
-    q = score_images(data, u8, labels, prompts)
+    result, secs = draw(recipe, data, num, seed, eta, **kw)
+    q = data.score_result(result)
     keep = ("fid", "precision", "recall", "class_accuracy", "class_entropy", "num_samples")
     return {**{k: q[k] for k in keep if k in q}, "sampling_s": round(secs, 1)}
 
@@ -109,8 +106,7 @@ def sampling_time_64(recipe) -> tuple[float, list[float]]:
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
-        with torch.no_grad():
-            recipe.generate(64, sampler="ddim", steps=25)
+        generate(recipe, Request(num=64, sampler="ddim", steps=25))
         times.append(time.perf_counter() - t0)
     return round(min(times), 2), [round(t, 2) for t in times]
 
@@ -229,8 +225,6 @@ def holdout_prompts(n: int) -> list[str]:
 
 def row_shapes(args) -> dict:
     from aigc.data import shapes
-    from aigc.evaluation import shapes_prompt_accuracy
-    from aigc.io.images import to_uint8
 
     run_dir, info = train("shapes", args.minutes, args.data_dir)
     _, recipe, data = open_recipe(run_dir)
@@ -246,9 +240,9 @@ def row_shapes(args) -> dict:
             torch.manual_seed(0)
             t0 = time.perf_counter()
             with torch.no_grad():
-                images = recipe.sample_for(prompts=prompts, guidance=w)
-            u8 = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)
-            res[name] = {**shapes_prompt_accuracy(u8, prompts), "num_samples": len(prompts),
+                images = recipe.core.sample_for(prompts=prompts, guidance=w)
+            u8 = images_result(images).channels_first()
+            res[name] = {**shapes.prompt_accuracy(u8, prompts), "num_samples": len(prompts),
                          "sampling_s": round(time.perf_counter() - t0, 1)}
         info["guidance"][str(w)] = res
         print(w, json.dumps(res), flush=True)

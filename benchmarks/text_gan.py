@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--runs", default=str(ROOT / "bench_runs"))
     args = ap.parse_args()
     from aigc.evaluation import gpt_text_nll
+    from aigc.generation import Request, generate
     from aigc.metrics.text import ngram_precision, ngram_set
     from aigc.recipes import open_run
 
@@ -77,9 +78,9 @@ def main() -> None:
         "real validation text": [val[s:s + LENGTH] for s in starts],
         "uniform random characters": ["".join(chars[i] for i in torch.randint(len(chars), (LENGTH,), generator=g))
                                       for _ in range(N)],
-        f"text GAN ({args.minutes:g} min)": gan.generate_text("", num=N, temperature=1.0, seed=0),
-        "GPT 55 s": gpt55.generate_text("", num=N, max_new_tokens=LENGTH, temperature=1.0, seed=0),
-        "GPT 10 min": judge.generate_text("", num=N, max_new_tokens=LENGTH, temperature=1.0, seed=0),
+        f"text GAN ({args.minutes:g} min)": generate(gan, Request(num=N, temperature=1.0)).texts,
+        "GPT 55 s": generate(gpt55, Request(num=N, max_new_tokens=LENGTH, temperature=1.0)).texts,
+        "GPT 10 min": generate(judge, Request(num=N, max_new_tokens=LENGTH, temperature=1.0)).texts,
     }
     rows = {}
     for name, texts in sources.items():

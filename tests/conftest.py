@@ -61,3 +61,10 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> No
     assert "Traceback" not in out, out
     for f in fragments:
         assert f.lower() in out.lower(), f"{f!r} not in:\n{out}"
+
+
+def gen(recipe, **request):
+    """Generate through the generation contract, as `aigc sample` does."""
+    from aigc.generation import Request, generate
+
+    return generate(recipe, Request(**request))

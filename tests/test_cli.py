@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, assert_clean_error, run_cli
 
 TINY = ["--set", "arch=mlp", "--set", "hidden=32", "--set", "z_dim=4", "--set", "batch_size=32",

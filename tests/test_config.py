@@ -1,13 +1,13 @@
 import pytest
 
-from aigc.config import DataConfig, RunConfig, TrainConfig, apply_sets, parse_set_value
+from aigc.config import RunConfig, TrainConfig, apply_sets, data_config, parse_set_value
 from aigc.errors import AigcError
 from aigc.models.vae import VAEConfig
 from aigc.recipes import build_config
 
 
-def cfg():
-    return RunConfig("vae", DataConfig(), VAEConfig(), TrainConfig())
+def cfg(dataset="shapes"):
+    return RunConfig("vae", data_config(dataset), VAEConfig(), TrainConfig())
 
 
 def test_set_values_are_toml():
@@ -31,6 +31,17 @@ def test_set_dotted_bare_and_errors():
         apply_sets(c, ["lr"])
     with pytest.raises(AigcError, match="unknown config section"):
         apply_sets(c, ["foo.lr=1"])
+
+
+def test_each_dataset_has_its_own_options():
+    """A dataset's config holds its own options: another dataset's option is an unknown key, not ignored."""
+    with pytest.raises(AigcError, match="unknown config key 'data.holdout'"):
+        apply_sets(cfg("mnist"), ["data.holdout=[\"green triangle\"]"])
+    with pytest.raises(AigcError, match="unknown config key 'tokenizer'"):
+        apply_sets(cfg("shapes"), ["tokenizer=bpe"])
+    c = cfg("moving-mnist")
+    apply_sets(c, ["digits=2", "frames=8"])
+    assert (c.data.digits, c.data.frames) == (2, 8)
 
 
 def test_precedence_preset_config_flags_set(tmp_path):

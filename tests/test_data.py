@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from aigc.config import DataConfig
+from aigc.config import data_config
 from aigc.data import Batcher, load_dataset, shapes
 from aigc.data.idx import read_idx, write_idx
 from aigc.data.mnist import load_mnist
@@ -54,9 +54,9 @@ def test_mnist_loads_as_uint8_tensors(mnist_dir):
 
 
 def test_binarize_dynamic(mnist_dir):
-    ds = load_dataset(DataConfig(name="mnist", dir=str(mnist_dir), binarize="dynamic"))
+    ds = load_dataset(data_config("mnist", dir=str(mnist_dir), binarize="dynamic"))
     assert set(ds.eval.images.unique().tolist()) <= {0, 255}               # binarised once
-    again = load_dataset(DataConfig(name="mnist", dir=str(mnist_dir), binarize="dynamic"))
+    again = load_dataset(data_config("mnist", dir=str(mnist_dir), binarize="dynamic"))
     assert torch.equal(ds.eval.images, again.eval.images)                 # with a fixed seed
     b = next(Batcher(ds, 64, seed=0))["image"]
     assert set(b.unique().tolist()) <= {0.0, 1.0}
@@ -129,7 +129,7 @@ def test_image_folder(tmp_path):
         sub.mkdir(exist_ok=True)
         Image.fromarray(np.full((40, 60, 3), i * 40, np.uint8)).save(sub / f"{i}.png")
     (tmp_path / "dogs" / "broken.jpg").write_bytes(b"not an image")
-    ds = load_dataset(DataConfig(name="images", dir=str(tmp_path), image_size=16, channels=1, val_fraction=0.34))
+    ds = load_dataset(data_config("images", dir=str(tmp_path), image_size=16, channels=1, val_fraction=0.34))
     assert ds.image_shape == (1, 16, 16)
     assert len(ds.train) + len(ds.eval) == 6
     assert "skipped 1" in ds.note
@@ -138,17 +138,17 @@ def test_image_folder(tmp_path):
 
 def test_image_folder_errors(tmp_path):
     with pytest.raises(AigcError, match="no image files"):
-        load_dataset(DataConfig(name="images", dir=str(tmp_path)))
+        load_dataset(data_config("images", dir=str(tmp_path)))
     (tmp_path / "a.png").write_bytes(b"garbage")
     with pytest.raises(AigcError, match="could be read"):
-        load_dataset(DataConfig(name="images", dir=str(tmp_path)))
+        load_dataset(data_config("images", dir=str(tmp_path)))
     with pytest.raises(AigcError, match="unknown dataset"):
-        load_dataset(DataConfig(name="cifar"))
+        load_dataset(data_config("cifar"))
 
 
 # ---------------------------------------------------------------- batcher
 def test_batcher_epochs_and_state(mnist_dir):
-    ds = load_dataset(DataConfig(name="mnist", dir=str(mnist_dir)))
+    ds = load_dataset(data_config("mnist", dir=str(mnist_dir)))
     b = Batcher(ds, 100, seed=0)
     first = [next(b)["label"] for _ in range(3)]
     state = b.state_dict()

@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import assert_clean_error, run_cli
 
 from aigc.diffusion import Schedule, ddim_sample, ddpm_sample, dpm_solver_sample, guided, timesteps
 from aigc.diffusion.guidance import combine
-from aigc.models.unet import DiffusionConfig, UNet
-from conftest import assert_clean_error, run_cli
+from aigc.models.unet import UNet
+from aigc.recipes.diffusion import DiffusionConfig
 
 TINY = ["--set", "model.width=8", "--set", "model.groups=4", "--set", "model.heads=2", "--set", "model.mults=[1,2]",
         "--set", "model.patch=1", "--set", "model.cond_dim=16", "--set", "train.eval_batches=1",
@@ -202,9 +203,11 @@ def test_timesteps_and_trajectory():
     with pytest.raises(ValueError):
         timesteps(1000, 0)
     s = Schedule("linear", 100)
-    x, frames = ddim_sample(gaussian_oracle(s, 0.0, 0.5), s, (4, 1), 10, record=5, clip=False)
-    assert len(frames) == 6 and torch.equal(frames[-1], x)
-    assert frames[0].std() > frames[-1].std()          # from noise (std ~1) to data (std 0.5)
+    seen = []
+    x = ddim_sample(gaussian_oracle(s, 0.0, 0.5), s, (4000, 1), 10, clip=False,
+                    callback=lambda i, n, x_i: seen.append((i, n, x_i.clone())))
+    assert [(i, n) for i, n, _ in seen] == [(i, 10) for i in range(10)] and torch.equal(seen[-1][2], x)
+    assert seen[0][2].std() > seen[-1][2].std()        # from noise (std ~1) to data (std 0.5)
 
 
 def test_guidance_formula():
@@ -281,44 +284,44 @@ def test_condition_map_gives_the_condition_a_spatial_path():
 
 
 def tiny_recipe(cond="none"):
-    from aigc.config import DataConfig, RunConfig, TrainConfig
+    from aigc.config import RunConfig, TrainConfig, data_config
     from aigc.data import shapes
     from aigc.recipes.diffusion import DiffusionRecipe
 
     m = DiffusionConfig(width=8, groups=4, heads=2, mults=[1, 2], cond=cond, cond_dim=16, num_classes=10,
                         text_vocab=list(shapes.VOCAB), sample_steps=3)
     size, ch = (32, 3) if cond == "text" else (28, 1)
-    return DiffusionRecipe(RunConfig("diffusion", DataConfig(image_size=size, channels=ch), m, TrainConfig()))
+    return DiffusionRecipe(RunConfig("diffusion", data_config("mnist", image_size=size, channels=ch), m, TrainConfig()))
 
 
 def test_guided_sampling_keeps_the_nets_batch_at_sample_batch():
     """Guidance w not in (0, 1) runs the net on cond + uncond together: sample_for halves its chunks so the net
     still sees at most sample_batch inputs; w = 1 uses whole chunks."""
     r = tiny_recipe("class")
-    r.sample_batch = 4
+    r.core.sample_batch = 4
     seen = []
     forward = r.net.forward
     r.net.forward = lambda x, *a, **k: (seen.append(len(x)), forward(x, *a, **k))[1]
     labels = torch.arange(6)
     with torch.no_grad():
-        out = r.sample_for(labels=labels, guidance=3.0, steps=2)
+        out = r.core.sample_for(labels=labels, guidance=3.0, steps=2)
     assert out.shape[0] == 6 and max(seen) == 4 and seen[:2] == [4, 4]
     seen.clear()
     with torch.no_grad():
-        r.sample_for(labels=labels, guidance=1.0, steps=2)
+        r.core.sample_for(labels=labels, guidance=1.0, steps=2)
     assert seen == [4, 4, 2, 2]
 
 
 def test_condition_dropout_reaches_the_null_embedding():
     r = tiny_recipe("text")
     batch = {"caption": ["a large red circle in the top"] * 4}
-    kept = r._condition(batch, 0.0)
-    dropped = r._condition(batch, 1.0)
+    kept = r.core.condition(batch, 0.0)
+    dropped = r.core.condition(batch, 1.0)
     assert kept.abs().sum() > 0 and torch.equal(dropped, torch.zeros_like(kept))
     emb = r.net.text(dropped)
     torch.testing.assert_close(emb, r.net.text.null.expand_as(emb))
     r = tiny_recipe("class")
-    dropped = r._condition({"label": torch.tensor([1, 2, 3])}, 1.0)
+    dropped = r.core.condition({"label": torch.tensor([1, 2, 3])}, 1.0)
     assert dropped.tolist() == [10, 10, 10]                       # the null class index
 
 
@@ -329,11 +332,11 @@ def test_a_few_steps_reduce_the_loss():
     opt = torch.optim.Adam(r.net.parameters(), lr=3e-3)
 
     def fixed_loss():
-        return r._loss(x0, None, torch.Generator().manual_seed(0)).mean()
+        return r.core.loss(x0, None, torch.Generator().manual_seed(0)).mean()
 
     before = fixed_loss().item()
     for _ in range(40):
-        loss = r._loss(x0, None).mean()
+        loss = r.core.loss(x0, None).mean()
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -391,7 +394,7 @@ def test_cli_text_to_image_and_bad_input(tmp_path, mnist_dir):
     assert_clean_error(run_cli("sample", tmp_path / "u", "--num", 2, "--prompt", "a 3", "--out", tmp_path / "x.png"),
                        "text-conditional")
     assert_clean_error(run_cli("sample", tmp_path / "u", "--num", 2, "--guidance", 2, "--out", tmp_path / "x.png"),
-                       "conditional model")
+                       "for conditional diffusion models")
     assert_clean_error(run_cli("train", "diffusion", "--data", "mnist", "--data-dir", mnist_dir, "--steps", 2,
                                "--out", tmp_path / "bad", "--set", "model.mults=[1,2,2,2]", "--set", "model.patch=1"),
                        "divisible")
@@ -399,12 +402,11 @@ def test_cli_text_to_image_and_bad_input(tmp_path, mnist_dir):
 
 def test_prompt_accuracy_splits_seen_and_held_out_pairs():
     from aigc.data import shapes
-    from aigc.evaluation import shapes_prompt_accuracy
 
     imgs, attrs = shapes.generate(300, seed=3)
     caps = shapes.captions(attrs, torch.arange(300))
     held = (attrs["color"] == 1) & (attrs["shape"] == 2)                 # green triangles
     imgs[held] = 0                                                        # "failed" on every held-out prompt
-    out = shapes_prompt_accuracy(imgs, caps, ["green triangle"])
+    out = shapes.prompt_accuracy(imgs, caps, ["green triangle"])
     assert out["prompt_accuracy_seen"] == 1.0 and out["prompt_accuracy_holdout"] == 0.0
     assert out["num_holdout"] == int(held.sum()) > 0 and out["num_seen"] == 300 - int(held.sum())

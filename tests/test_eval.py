@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import assert_clean_error, make_mnist_dir, run_cli
 
 from aigc.data.idx import read_idx
-from conftest import assert_clean_error, make_mnist_dir, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -87,19 +87,18 @@ def test_eval_bad_invocations(tmp_path, mnist_dir):
 def test_eval_images_without_labels_has_no_feature_metrics(tmp_path):
     from PIL import Image
 
-    from aigc.config import DataConfig
+    from aigc.config import data_config
     from aigc.data import load_dataset
     from aigc.errors import AigcError
-    from aigc.evaluation import score_images
 
     d = tmp_path / "imgs"
     d.mkdir()
     for i in range(4):
         Image.fromarray(np.full((8, 8, 3), i * 50, np.uint8)).save(d / f"{i}.png")
-    data = load_dataset(DataConfig(name="images", dir=str(d), image_size=8))
+    data = load_dataset(data_config("images", dir=str(d), image_size=8))
     import torch
 
+    out = data.score(torch.zeros(300, 3, 8, 8, dtype=torch.uint8))
+    assert "fid" not in out and "no class labels" in out["feature_metrics"] and out["num_samples"] == 300
     with pytest.raises(AigcError, match="no class labels"):
-        score_images(data, torch.zeros(300, 3, 8, 8, dtype=torch.uint8))
-    with pytest.raises(AigcError, match="no class labels"):
-        score_images(data, torch.zeros(3, 3, 8, 8, dtype=torch.uint8), labels=torch.zeros(3, dtype=torch.long))
+        data.score(torch.zeros(3, 3, 8, 8, dtype=torch.uint8), labels=torch.zeros(3, dtype=torch.long))

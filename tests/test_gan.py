@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import assert_clean_error, gen, run_cli
 
-from aigc.config import DataConfig, RunConfig, TrainConfig
+from aigc.config import RunConfig, TrainConfig, data_config
 from aigc.models.gan import Discriminator, GANConfig, Generator
 from aigc.recipes.gan import GANRecipe, d_loss, g_loss, r1_penalty
 from aigc.train.trainer import Optimizers
-from conftest import assert_clean_error, run_cli
 
 LOGITS_R = torch.tensor([2.0, -1.0])
 LOGITS_F = torch.tensor([0.5, -3.0])
@@ -41,7 +41,7 @@ def test_minimax_generator_loss_saturates_and_ns_does_not():
 
 
 def _cfg(**model):
-    return RunConfig("gan", DataConfig(channels=1, image_size=28, batch_size=16),
+    return RunConfig("gan", data_config("mnist", channels=1, image_size=28, batch_size=16),
                      GANConfig(**model), TrainConfig(lr=1e-3, beta1=0.5))
 
 
@@ -136,34 +136,34 @@ def test_class_conditional_sampling_passes_label_through():
     torch.manual_seed(0)
     r = GANRecipe(_cfg(arch="mlp", hidden=32, cond="class", num_classes=10))
     r.G.eval()
-    out = r.generate(6, label=3)
-    assert out["labels"].tolist() == [3] * 6 and out["images"].shape == (6, 1, 28, 28)
+    out = gen(r, num=6, label=3)
+    assert out.labels.tolist() == [3] * 6 and out.images.shape == (6, 28, 28, 1)
     z = torch.randn(1, r.cfg.model.z_dim)
     a, b = r.G(z, torch.tensor([1])), r.G(z, torch.tensor([7]))
     assert not torch.allclose(a, b)                            # the label reaches the generator
     from aigc.errors import AigcError
     with pytest.raises(AigcError, match="out of range"):
-        r.generate(2, label=10)
+        gen(r, num=2, label=10)
 
 
 def test_text_conditional_prompts_and_null_caption():
     from aigc.data import shapes
 
     torch.manual_seed(0)
-    cfg = RunConfig("gan", DataConfig(name="shapes", channels=3, image_size=32),
+    cfg = RunConfig("gan", data_config("shapes", channels=3, image_size=32),
                     GANConfig(arch="dcgan", g_width=8, d_width=8, cond="text", text_vocab=list(shapes.VOCAB)),
                     TrainConfig())
     r = GANRecipe(cfg)
     r.G.eval()
-    out = r.generate(4, prompt="a red circle")
-    assert out["prompts"] == ["a red circle"] * 4 and out["images"].shape == (4, 3, 32, 32)
+    out = gen(r, num=4, prompt="a red circle")
+    assert out.prompts == ["a red circle"] * 4 and out.images.shape == (4, 32, 32, 3)
     ids = r.vocab.encode(["", "a big red circle"])
     assert ids[0].sum() == 0 and ids[1].tolist()[:3] == [r.vocab.index[w] for w in ("a", "red", "circle")]
     enc = r.G.cond.net
     assert torch.allclose(enc(ids[:1])[0], enc.null)          # the empty caption is the learned null embedding
     from aigc.errors import AigcError
     with pytest.raises(AigcError, match="known words"):
-        r.generate(2, prompt="a purple dog")
+        gen(r, num=2, prompt="a purple dog")
 
 
 def test_training_separates_real_from_fake_on_tiny_data():

@@ -4,14 +4,14 @@ import json
 
 import pytest
 import torch
+from conftest import assert_clean_error, run_cli
 
-from aigc.config import DataConfig
+from aigc.config import data_config
 from aigc.data.text import TokenBatcher, load_token_data
 from aigc.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 from aigc.errors import AigcError
 from aigc.models.gpt import GPT, Decoder, GPTConfig, KVCache
 from aigc.recipes.gpt import _filter_logits, sample_tokens
-from conftest import assert_clean_error, run_cli
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 60
         + "Ünïcödé line: naïve café — 東京\n")
@@ -111,7 +111,7 @@ def test_sft_loss_only_on_response_tokens(tmp_path):
     tok_path.write_text(CharTokenizer.train([TEXT]).to_json())
     lines = [json.dumps({"prompt": "All: hi\n", "response": "A: speak\n"})] * 5
     (tmp_path / "s.jsonl").write_text("\n".join(lines))
-    data = load_token_data(DataConfig(name="sft", dir=str(tmp_path / "s.jsonl")), 32, tok_path)
+    data = load_token_data(data_config("sft", dir=str(tmp_path / "s.jsonl")), 32, tok_path)
     tokens, mask = data.sft[0]
     tok = load_tokenizer(tok_path)
     assert tok.decode(tokens[1:][mask].tolist()) == "A: speak\n"          # exactly the response is scored
@@ -140,7 +140,7 @@ def test_training_reduces_loss_on_a_repeated_corpus(tmp_path):
 
 
 def test_corpus_errors(tmp_path):
-    cfg = DataConfig(name="text", dir=str(tmp_path / "e.txt"))
+    cfg = data_config("text", dir=str(tmp_path / "e.txt"))
     (tmp_path / "e.txt").write_text("")
     with pytest.raises(AigcError, match="empty"):
         load_token_data(cfg, 16)
@@ -155,7 +155,7 @@ def test_corpus_errors(tmp_path):
 
 
 def test_code_corpus_default_is_the_stdlib():
-    data = load_token_data(DataConfig(name="code", max_chars=200_000), 64)
+    data = load_token_data(data_config("code", max_chars=200_000), 64)
     assert "def " in data.tokenizer.decode(data.train[:5000].tolist())
 
 

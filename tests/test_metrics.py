@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from aigc.data import shapes
-from aigc.errors import AigcError
 from aigc.metrics import classifier
 from aigc.metrics.features import fid, kid, precision_recall
 from aigc.metrics.images import class_entropy
@@ -57,10 +56,9 @@ def test_shapes_detector_reads_real_data():
     assert (shapes.detect(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))["shape"] == -1).all()
 
 
-def test_shape_rules_read_rendered_shapes_exactly_and_the_fit_rule_survives_soft_edges():
+def test_shape_detector_reads_rendered_shapes_exactly_and_survives_holes_blur_and_soft_edges():
     images, a = shapes.generate(1000, seed=5)
-    for rule in shapes.SHAPE_RULES:
-        assert torch.equal(shapes.detect(images, shape_rule=rule)["shape"], a["shape"]), rule
+    assert torch.equal(shapes.detect(images)["shape"], a["shape"])
     g = torch.Generator().manual_seed(0)
     holes = images * (torch.rand(len(images), 1, 32, 32, generator=g) > 0.1)       # 10% of the pixels dropped
     blurred = torch.nn.functional.avg_pool2d(images.float(), 3, 1, 1).round().to(torch.uint8)
@@ -74,14 +72,9 @@ def test_shape_rules_read_rendered_shapes_exactly_and_the_fit_rule_survives_soft
     big = shapes.render_at(a["shape"], a["color"], side * 4, cx * 4, cy * 4, canvas=128)
     soft = torch.nn.functional.avg_pool2d(big.float(), 4)
     soft = (soft + torch.randn(soft.shape, generator=g) * 25).clamp(0, 255).round().to(torch.uint8)
-    right = {name: {r: (shapes.detect(x, shape_rule=r)["shape"] == a["shape"]).double().mean().item()
-                    for r in shapes.SHAPE_RULES} for name, x in (("holes", holes), ("blur", blurred), ("soft", soft))}
-    for name in ("holes", "blur"):
-        assert right[name]["fit"] >= 0.98 and right[name]["template"] >= 0.98, right
-        assert right[name]["ratio"] <= right[name]["fit"] - 0.03, right
-    assert right["soft"]["fit"] >= 0.98 and right["soft"]["template"] <= 0.975 and right["soft"]["ratio"] <= 0.95, right
-    with pytest.raises(AigcError, match="shape_rule"):
-        shapes.detect(images[:2], shape_rule="fill")
+    right = {name: (shapes.detect(x)["shape"] == a["shape"]).double().mean().item()
+             for name, x in (("holes", holes), ("blur", blurred), ("soft", soft))}
+    assert min(right.values()) >= 0.98, right
 
 
 def test_fit_errors_prefer_the_rendered_shape_and_cost_its_missing_pixels():

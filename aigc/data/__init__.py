@@ -1,30 +1,94 @@
-"""Datasets and batching.
+"""Datasets and batching; the registry of every dataset.
 
-Every dataset is held in memory as uint8 tensors [N, C, H, W]; a `Batcher` slices random batches
-from it (no per-item Python), so the data pipeline never limits a CPU run. Batches are dicts:
+Adding a dataset = a module under aigc/data/ with its config (a subclass of config.DataConfig), a
+`load(cfg) -> Dataset` and, for captioned data, `random_prompts(n, generator)`, plus one line in DATASETS.
+A dataset owns what is specific to it: its options, the prompts or labels evaluation uses (its eval split),
+its reference split and how generated samples are scored against it (`Dataset.score`).
+
+Image datasets are held in memory as uint8 tensors [N, C, H, W]; a `Batcher` slices random batches
+from them (no per-item Python), so the data pipeline never limits a CPU run. Batches are dicts:
     {"image": float (B, C, H, W) in [0, 1], "label": int64 (B,)?, "caption": list[str]?}
-A Batcher's position and random state are part of the trainer's checkpoint, so a resumed run
-sees exactly the batches an uninterrupted run would have seen."""
+Clips (video datasets) are (N, C, T, H, W) under the key "video". A Batcher's position and random state
+are part of the trainer's checkpoint, so a resumed run sees exactly the batches an uninterrupted run would."""
 
 from __future__ import annotations
 
+import importlib
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
+from aigc.config import DataConfig
 from aigc.errors import AigcError, check_choice, did_you_mean
 
-DATASETS = ("mnist", "shapes", "images")
-VIDEO_DATASETS = ("moving-shapes", "moving-mnist")
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str                            # images | video | text: which families can train on it
+    module: str                          # aigc.data.X with Config (or a named config class) and load(cfg)
+    config: str = "Config"
+    prompts: bool = False                # the module has random_prompts(n, generator): captioned data
+
+
+DATASETS = {
+    "mnist": Entry("images", "aigc.data.mnist"),
+    "shapes": Entry("images", "aigc.data.shapes", prompts=True),
+    "images": Entry("images", "aigc.data.images"),
+    "moving-shapes": Entry("video", "aigc.data.video", "MovingShapesConfig", prompts=True),
+    "moving-mnist": Entry("video", "aigc.data.video", "MovingMnistConfig"),
+    "text": Entry("text", "aigc.data.text"),
+    "code": Entry("text", "aigc.data.text"),
+    "sft": Entry("text", "aigc.data.text"),
+}
+
+
+def entry(name: str) -> Entry:
+    if name not in DATASETS:
+        raise AigcError(f"unknown dataset '{name}'{did_you_mean(name, DATASETS)}; datasets: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def names_of(kind: str) -> list[str]:
+    return [n for n, e in DATASETS.items() if e.kind == kind]
+
+
+def config_class(name: str) -> type:
+    e = entry(name)
+    return getattr(importlib.import_module(e.module), e.config)
+
+
+def check_kind(name: str, kind: str, family: str) -> None:
+    """A clear error when `family` (which trains on `kind` data) is given a dataset of another kind."""
+    if entry(name).kind != kind:
+        hint = {"video": " (train video-gan or video-diffusion on video data)",
+                "text": " (train gpt or text-gan on text data)"}.get(entry(name).kind, "")
+        raise AigcError(f"the {family} family trains on {kind} ({', '.join(names_of(kind))}), not '{name}'{hint}")
+
+
+def random_prompts(name: str, n: int, generator: torch.Generator | None = None) -> list[str]:
+    """Captions of n random examples of a captioned dataset (without loading it)."""
+    if not entry(name).prompts:
+        raise AigcError(f"dataset '{name}' has no captions")
+    return importlib.import_module(entry(name).module).random_prompts(n, generator)
+
+
+@dataclass
+class ImageConfig(DataConfig):
+    """Options of every image dataset."""
+    image_size: int = 0              # 0 = the dataset's own size (28 mnist, 32 shapes)
+    channels: int = 0                # 0 = the dataset's own (images: 3)
+    binarize: str = "none"           # none | dynamic (resampled every batch; eval split binarised once)
 
 
 @dataclass
 class Split:
-    images: torch.Tensor                               # uint8 (N, C, H, W)
-    labels: torch.Tensor | None = None                 # int64 (N,)
+    images: torch.Tensor                               # uint8 (N, C, H, W) images or (N, C, T, H, W) clips
+    labels: torch.Tensor | None = None                 # int64 (N,) (moving-mnist: (N, digits))
     captions: Callable | None = None                   # (index, dropout, generator) -> list[str]
-    attrs: dict = field(default_factory=dict)          # per-item attributes (shapes)
+    attrs: dict = field(default_factory=dict)          # per-item attributes (shapes, moving-shapes)
+    key: str = "image"                                 # the batch entry: "image" or "video"
 
     def __len__(self) -> int:
         return len(self.images)
@@ -34,7 +98,7 @@ class Split:
         x = self.images[index].float().div_(255)
         if binarize:
             x = torch.bernoulli(x, generator=generator)
-        out = {"image": x}
+        out = {self.key: x}
         if self.labels is not None:
             out["label"] = self.labels[index]
         if self.captions is not None:
@@ -44,16 +108,20 @@ class Split:
 
 @dataclass
 class Dataset:
+    """An image dataset in memory. Subclasses (shapes, the video datasets) say how samples are scored."""
     name: str
-    train: Split
+    train: Split | None                                 # None: training data made per batch (video)
     eval: Split                                         # test split (mnist) or held-out part
     num_classes: int = 0
     class_names: list = field(default_factory=list)
     binarize: bool = False                              # dynamic binarisation of training batches
     caption_dropout: float = 0.0
-    holdout: list = field(default_factory=list)         # shapes: (color, shape) pairs never trained on
+    holdout: list = field(default_factory=list)         # (color, shape) pairs never trained on
     text_vocab: list = field(default_factory=list)      # captioned data: the caption words
     note: str = ""                                      # said once when loaded (e.g. skipped files)
+    reference_split: str = "eval"                       # what the sample metrics compare against
+    reference: torch.Tensor | None = None               # those images (default: eval.images, before binarising)
+    class_scored = True                                 # samples' labels are the classes the classifier reads
 
     def describe(self) -> str:
         return f"{len(self.train)} training images {'x'.join(map(str, self.image_shape))}"
@@ -67,6 +135,56 @@ class Dataset:
         n = len(self.eval) if limit is None else min(limit, len(self.eval))
         for i in range(0, n, batch_size):
             yield self.eval.batch(torch.arange(i, min(i + batch_size, n)))
+
+    # ---------------------------------------------------------------- scoring generated samples
+    def feature_classes(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(training labels, reference labels, number of classes) the feature classifier learns."""
+        if self.train.labels is None or self.num_classes < 2:
+            raise AigcError(f"dataset '{self.name}' has no class labels, so aigc cannot train the feature classifier "
+                            "that FID/KID/precision-recall use; put the images into one sub-folder per class")
+        return self.train.labels, self.eval.labels, self.num_classes
+
+    def classifier(self):
+        """The cached feature classifier (trained on the training split the first time) and its info."""
+        from aigc.metrics.classifier import get_classifier
+
+        train_labels, ref_labels, k = self.feature_classes()
+        ref = self.reference if self.reference is not None else self.eval.images
+        return get_classifier(self.name, self.train.images, train_labels, k, test=(ref, ref_labels),
+                              log=lambda msg: print(msg, file=sys.stderr))
+
+    def score(self, images: torch.Tensor, labels: torch.Tensor | None = None, prompts: list[str] | None = None) -> dict:
+        """Sample quality of generated images, uint8 (N, C, H, W) in the dataset's layout: FID / KID /
+        precision-recall on the feature classifier, class accuracy for `labels`, class entropy."""
+        from aigc.metrics.images import MIN_SAMPLES, image_report
+
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise AigcError(f"samples are {tuple(images.shape[1:])} (C, H, W) but {self.name} images are "
+                            f"{self.image_shape}")
+        if labels is not None:
+            if self.num_classes == 0:
+                raise AigcError(f"dataset '{self.name}' has no class labels to score class accuracy against")
+            if labels.min() < 0 or labels.max() >= self.num_classes:
+                raise AigcError(f"labels must lie in 0..{self.num_classes - 1}")
+        if prompts is not None:
+            raise AigcError(f"prompt accuracy needs the built-in 'shapes' data (a detector reads its attributes off "
+                            f"the pixels), not '{self.name}'")
+        if len(images) < MIN_SAMPLES:
+            return {"feature_metrics": f"skipped: {len(images)} samples (< {MIN_SAMPLES}) are too few for FID/KID/PR",
+                    "num_samples": len(images)}
+        try:
+            net, info = self.classifier()
+        except AigcError as e:                      # e.g. an unlabelled image folder: no feature classifier
+            return {"feature_metrics": f"skipped: {e}", "num_samples": len(images)}
+        ref = self.reference if self.reference is not None else self.eval.images
+        report = image_report(net, self.name, ref, images, self.train.images[:len(images)],
+                              labels=labels if self.class_scored else None, ref_split=self.reference_split)
+        report["classifier_test_accuracy"] = info.get("test_accuracy")
+        return report
+
+    def score_result(self, result) -> dict:
+        """Score a generation result (aigc/generation.py) of this dataset's kind."""
+        return self.score(result.channels_first(), result.label_tensor(), result.prompts)
 
 
 class Batcher:
@@ -130,53 +248,18 @@ def _channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     raise AigcError(f"data.channels must be 1 or 3, got {channels}")
 
 
-def load_dataset(cfg, seed: int = 0) -> Dataset:
-    """Build the dataset named in a DataConfig (a VideoDataset for the video datasets)."""
+def finish_images(ds: Dataset, cfg, resize: bool = True) -> Dataset:
+    """Resize / convert channels as the config asks (`resize`) and binarise the eval split once when asked."""
     check_choice("data.binarize", cfg.binarize, ("none", "dynamic"))
-    if cfg.name == "mnist":
-        from aigc.data.mnist import load_mnist
-
-        m = load_mnist(cfg.dir, cfg.download)
-        train, test = m["train_images"], m["test_images"]
-        ds = Dataset("mnist", Split(train, m["train_labels"]), Split(test, m["test_labels"]),
-                     num_classes=10, class_names=[str(i) for i in range(10)])
-    elif cfg.name == "shapes":
-        from aigc.data import shapes
-
-        if cfg.num_train < 1 or cfg.num_eval < 1:
-            raise AigcError("data.num_train and data.num_eval must be positive for shapes")
-        tr_img, tr_attr = shapes.generate(cfg.num_train, seed=1234, holdout=cfg.holdout)
-        ev_img, ev_attr = shapes.generate(cfg.num_eval, seed=4321)   # eval covers every pair, holdout too
-
-        def cap(attrs):
-            return lambda index, dropout=0.0, g=None: shapes.captions(attrs, index, dropout, g)
-
-        ds = Dataset("shapes", Split(tr_img, tr_attr["shape"], cap(tr_attr), tr_attr),
-                     Split(ev_img, ev_attr["shape"], cap(ev_attr), ev_attr),
-                     num_classes=3, class_names=list(shapes.SHAPES), caption_dropout=cfg.caption_dropout,
-                     holdout=list(cfg.holdout), text_vocab=list(shapes.VOCAB))
-    elif cfg.name == "images":
-        from aigc.data.images import load_folder
-
-        size = cfg.image_size or 32
-        images, labels, names, skipped = load_folder(cfg.dir, size, cfg.channels or 3)
-        n_val = max(1, int(len(images) * cfg.val_fraction)) if len(images) > 1 else 0
-        perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-        tr, va = perm[n_val:], perm[:n_val] if n_val else perm
-        lab = (lambda i: labels[i]) if labels is not None else (lambda i: None)
-        ds = Dataset("images", Split(images[tr], lab(tr)), Split(images[va], lab(va)),
-                     num_classes=len(names), class_names=names,
-                     note=f"skipped {skipped} unreadable image file(s)" if skipped else "")
-    elif cfg.name in VIDEO_DATASETS:
-        from aigc.data.video import load_video_dataset
-
-        return load_video_dataset(cfg)
-    else:
-        raise AigcError(f"unknown dataset '{cfg.name}'{did_you_mean(cfg.name, DATASETS + VIDEO_DATASETS)}")
-    if cfg.name != "images":
-        for split in (ds.train, ds.eval):
-            split.images = _channels(_resize(split.images, cfg.image_size), cfg.channels)
+    for split in (ds.train, ds.eval) if resize else ():
+        split.images = _channels(_resize(split.images, cfg.image_size), cfg.channels)
     if cfg.binarize == "dynamic":
         ds.binarize = True
+        ds.reference = ds.eval.images                              # grey: what the feature classifier knows
         ds.eval.images = _binarize_once(ds.eval.images, seed=2024)  # fixed: every run scores the same test set
     return ds
+
+
+def load_dataset(cfg) -> Dataset:
+    """Build the dataset a data config names (its module's `load`)."""
+    return importlib.import_module(entry(cfg.name).module).load(cfg)

@@ -4,12 +4,14 @@ Images in sub-folders get the sub-folder's name as their class label (like Image
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from aigc.data import Dataset, ImageConfig, Split, finish_images
 from aigc.errors import AigcError
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -51,3 +53,22 @@ def load_folder(folder: str | Path, size: int, channels: int) -> tuple[torch.Ten
     names = sorted(set(classes))
     labels = torch.tensor([names.index(c) for c in classes]) if len(names) > 1 else None
     return torch.from_numpy(np.stack(images)), labels, names if labels is not None else [], skipped
+
+
+# ---------------------------------------------------------------- the `images` dataset
+@dataclass
+class Config(ImageConfig):
+    val_fraction: float = 0.1        # share of the folder kept for evaluation
+
+
+def load(cfg: Config) -> Dataset:
+    size = cfg.image_size or 32
+    images, labels, names, skipped = load_folder(cfg.dir, size, cfg.channels or 3)
+    n_val = max(1, int(len(images) * cfg.val_fraction)) if len(images) > 1 else 0
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    tr, va = perm[n_val:], perm[:n_val] if n_val else perm
+    lab = (lambda i: labels[i]) if labels is not None else (lambda i: None)
+    ds = Dataset("images", Split(images[tr], lab(tr)), Split(images[va], lab(va)),
+                 num_classes=len(names), class_names=names,
+                 note=f"skipped {skipped} unreadable image file(s)" if skipped else "")
+    return finish_images(ds, cfg, resize=False)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from aigc.data import Dataset, ImageConfig, Split, finish_images
 from aigc.data.idx import read_idx
 from aigc.errors import AigcError
 
@@ -82,3 +84,18 @@ def load_mnist(folder: str | Path = "", download: bool = True) -> dict[str, torc
         out[f"{split}_images"] = torch.from_numpy(images.copy()).unsqueeze(1)
         out[f"{split}_labels"] = torch.from_numpy(labels.astype(np.int64))
     return out
+
+
+# ---------------------------------------------------------------- the `mnist` dataset
+
+
+@dataclass
+class Config(ImageConfig):
+    download: bool = True            # download when the files are missing and the machine is online
+
+
+def load(cfg: Config) -> Dataset:
+    m = load_mnist(cfg.dir, cfg.download)
+    ds = Dataset("mnist", Split(m["train_images"], m["train_labels"]), Split(m["test_images"], m["test_labels"]),
+                 num_classes=10, class_names=[str(i) for i in range(10)], reference_split="test")
+    return finish_images(ds, cfg)

@@ -10,8 +10,11 @@ Pixel (px, py) covers [px, px+1) x [py, py+1); a shape of size s centred at (cx,
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
+from aigc.data import Dataset, ImageConfig, Split, finish_images
 from aigc.errors import AigcError
 
 SIZE = 32
@@ -150,7 +153,6 @@ def largest_component(mask: torch.Tensor) -> torch.Tensor:
     return (flat == sizes.argmax(1, keepdim=True)).view(n, h, w) & mask
 
 
-SHAPE_RULES = ("fit", "template", "ratio")
 FIT_SIZES = (-3, -2, -1, 0)            # sides tried, relative to the found box's longer side (soft edges widen it)
 FIT_SHIFTS = (-1.0, -0.5, 0.0, 0.5, 1.0)   # centres tried, relative to the box centre, per axis (px)
 
@@ -190,8 +192,7 @@ def fit_errors(bright: torch.Tensor, side: torch.Tensor, cx: torch.Tensor, cy: t
     return torch.cat(out) if out else torch.zeros(0, len(SHAPES))
 
 
-def detect(images: torch.Tensor, threshold: int = 100, component: bool = True,
-           shape_rule: str = "fit") -> dict[str, torch.Tensor]:
+def detect(images: torch.Tensor, threshold: int = 100, component: bool = True) -> dict[str, torch.Tensor]:
     """Attributes of one-shape images, read off the pixels with no training (the inverse of `render`).
 
     images: uint8 (N, 3, 32, 32) (or float in [0, 1]). Returns int64 tensors color, shape, size,
@@ -204,23 +205,13 @@ def detect(images: torch.Tensor, threshold: int = 100, component: bool = True,
                   strict reading) stretches the box to the speck and gets shape and position wrong
       color       nearest palette color to the mean foreground RGB
       size        small if the bounding box's longer side is < 11 px (8 vs 14)
-      shape       `shape_rule` "fit" (the default since late 2026-11-25): the shape whose rendering
-                  (`shape_masks`) best explains the frame's brightness near the found pixels (brightest channel,
-                  divided by its median over the found pixels, capped at 1) in least squares, each at its best side
-                  (the box's longer side minus 0 to 3 px) and centre (the box centre +-1 px in 0.5 px steps),
-                  see `fit_errors`. Generated shapes have soft edges: a ring of pixels at part brightness, some
-                  over `threshold`, widens the box and cuts its corners, so the rules below, which read the
-                  thresholded pixels at the box's size, call such a square a circle
-                  "template" (2026-11-25): the shape whose rendering at the box's centre, with the box's longer
-                  side, overlaps the found pixels most (intersection over union)
-                  "ratio" (before 2026-11-25): triangle if under 40% of the area lies in the top half of the box
-                  (apex up: ~29%, circle and square: 50%), else square if it fills > 90% of its box (circle:
-                  ~79%); a few missing pixels inside or at a corner make a small square a circle.
-                  All three read rendered shapes exactly; tests/test_metrics.py and the README's video results
-                  compare them on damaged and on generated shapes
+      shape       the shape whose rendering (`shape_masks`) best explains the frame's brightness near the
+                  found pixels (brightest channel, divided by its median over the found pixels, capped at 1) in
+                  least squares, each at its best side (the box's longer side minus 0 to 3 px) and centre (the
+                  box centre +-1 px in 0.5 px steps), see `fit_errors`. Generated shapes have soft edges: a
+                  ring of pixels at part brightness, some over `threshold`, widens the box and cuts its
+                  corners; fitting whole shapes reads them where rules on the thresholded pixels do not
       position    nearest grid point (8, 16, 24) to the box centre, per axis"""
-    if shape_rule not in SHAPE_RULES:
-        raise AigcError(f"shape_rule must be one of {', '.join(SHAPE_RULES)}; got {shape_rule!r}")
     x = images if images.dtype == torch.uint8 else (images.clamp(0, 1) * 255).round().to(torch.uint8)
     x = x.long()
     n = x.shape[0]
@@ -243,23 +234,11 @@ def detect(images: torch.Tensor, threshold: int = 100, component: bool = True,
     side = torch.maximum(h, w)
     size = (side >= 11).long()
     cx, cy = (x0 + x1 + 1) / 2, (y0 + y1 + 1) / 2
-    if shape_rule == "fit":
-        bright = brightest.double()
-        median = torch.where(mask, bright, float("nan")).flatten(1).nanmedian(1).values.nan_to_num(255)
-        near = torch.nn.functional.max_pool2d(mask[:, None].float(), 5, 1, 2)[:, 0] > 0   # within 2 px
-        bright = torch.where(near, bright / median.clamp(min=1)[:, None, None], 0).clamp(max=1).float()
-        shape = fit_errors(bright, side, cx, cy).argmin(1)
-    elif shape_rule == "template":
-        overlap = []
-        for k in range(len(SHAPES)):
-            t = shape_masks(torch.full((n,), k), side, cx, cy, SIZE)
-            overlap.append((t & mask).sum((1, 2)) / (t | mask).sum((1, 2)).clamp(min=1))
-        shape = torch.stack(overlap, 1).argmax(1)
-    else:
-        top_half = (mask & (idx[None, :, None] < (y0 + h / 2)[:, None, None])).sum((1, 2))
-        top_frac = top_half.double() / area.clamp(min=1)
-        fill = area.double() / (h * w)
-        shape = torch.where(top_frac < 0.4, 2, torch.where(fill > 0.9, 1, 0))
+    bright = brightest.double()
+    median = torch.where(mask, bright, float("nan")).flatten(1).nanmedian(1).values.nan_to_num(255)
+    near = torch.nn.functional.max_pool2d(mask[:, None].float(), 5, 1, 2)[:, 0] > 0   # within 2 px
+    bright = torch.where(near, bright / median.clamp(min=1)[:, None, None], 0).clamp(max=1).float()
+    shape = fit_errors(bright, side, cx, cy).argmin(1)
     grid = torch.tensor(GRID, dtype=torch.float64)
     col = (cx.double()[:, None] - grid).abs().argmin(1)
     row = (cy.double()[:, None] - grid).abs().argmin(1)
@@ -284,3 +263,70 @@ def parse_caption(text: str) -> dict[str, int]:
             out["position"] = i
             break
     return out
+
+
+# ---------------------------------------------------------------- the `shapes` dataset
+@dataclass
+class Config(ImageConfig):
+    num_train: int = 50000           # how many synthetic training images
+    num_eval: int = 5000             # how many held-out evaluation images (every pair, holdout too)
+    holdout: list = field(default_factory=list)   # ["green triangle", ...]: (color, shape) pairs never trained on
+    caption_dropout: float = 0.1     # chance of dropping each caption attribute in training
+
+
+def random_prompts(n: int, generator: torch.Generator | None = None) -> list[str]:
+    """Full captions of n random images."""
+    return captions(sample_attributes(n, generator), torch.arange(n))
+
+
+class ShapesDataset(Dataset):
+    """Scored with 18-class features (every (color, shape) pair) and, for prompts, the detector above."""
+    class_scored = False
+
+    def feature_classes(self):
+        return self.train.attrs["color"] * 3 + self.train.attrs["shape"], \
+            self.eval.attrs["color"] * 3 + self.eval.attrs["shape"], len(COLORS) * len(SHAPES)
+
+    def score(self, images, labels=None, prompts=None) -> dict:
+        out = super().score(images, labels, None)
+        if prompts is not None:
+            out.update(prompt_accuracy(images, prompts, self.holdout))
+        return out
+
+
+def prompt_accuracy(images: torch.Tensor, prompts: list[str], holdout: list | None = None) -> dict:
+    """Prompt accuracy and per-attribute accuracy; with `holdout` (color, shape) pairs that the model never
+    saw, also `prompt_accuracy_seen` / `prompt_accuracy_holdout` over the prompts naming seen / held-out pairs."""
+    from aigc.metrics.prompts import prompt_accuracy as accuracy
+
+    det = detect(images)
+    parsed = [parse_caption(p) for p in prompts]
+    if not any(parsed):
+        raise AigcError("none of the prompts names a known shape, color, size or position")
+    requested = {k: torch.tensor([p.get(k, -1) for p in parsed]) for k in ("color", "shape", "size", "position")}
+    out = {**accuracy(det, requested), "stray_share": round(float(det["stray"].double().mean()), 4)}
+    if holdout:
+        pairs = parse_holdout(holdout)
+        held = torch.tensor([(p.get("color", -1), p.get("shape", -1)) in pairs for p in parsed])
+        for name, sel in (("seen", ~held), ("holdout", held)):
+            if sel.any():
+                sub = accuracy({k: v[sel] for k, v in det.items()}, {k: v[sel] for k, v in requested.items()})
+                out[f"prompt_accuracy_{name}"] = sub["prompt_accuracy"]
+                out[f"num_{name}"] = int(sel.sum())
+    return out
+
+
+def load(cfg: Config) -> ShapesDataset:
+    if cfg.num_train < 1 or cfg.num_eval < 1:
+        raise AigcError("data.num_train and data.num_eval must be positive for shapes")
+    tr_img, tr_attr = generate(cfg.num_train, seed=1234, holdout=cfg.holdout)
+    ev_img, ev_attr = generate(cfg.num_eval, seed=4321)   # eval covers every pair, holdout too
+
+    def cap(attrs):
+        return lambda index, dropout=0.0, g=None: captions(attrs, index, dropout, g)
+
+    ds = ShapesDataset("shapes", Split(tr_img, tr_attr["shape"], cap(tr_attr), tr_attr),
+                       Split(ev_img, ev_attr["shape"], cap(ev_attr), ev_attr),
+                       num_classes=3, class_names=list(SHAPES), caption_dropout=cfg.caption_dropout,
+                       holdout=list(cfg.holdout), text_vocab=list(VOCAB))
+    return finish_images(ds, cfg)

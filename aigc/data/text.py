@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aigc.config import DataConfig
 from aigc.data.tokenizers import TOKENIZERS, load_tokenizer
 from aigc.errors import AigcError, check_choice, did_you_mean
 
@@ -75,6 +76,15 @@ def read_corpus(kind: str, folder: str, errors: str, max_chars: int = 0) -> tupl
     if not texts:
         raise AigcError(f"the corpus at {folder or 'the standard library'} is empty")
     return texts, used, skipped
+
+
+@dataclass
+class Config(DataConfig):
+    """Options of `text`, `code` and `sft`."""
+    tokenizer: str = "char"          # char | bpe
+    vocab_size: int = 2048           # bpe: vocabulary size
+    encoding_errors: str = ""        # strict | replace | skip ("" = strict for text, skip for code)
+    max_chars: int = 0               # read at most this many characters (0 = all)
 
 
 def cache_dir() -> Path:
@@ -180,8 +190,9 @@ def _encode_to_file(tokenizer, texts: list[str], path: Path, sep) -> int:
     return n
 
 
-def load_token_data(cfg, block_size: int, tokenizer_path: Path | None = None) -> TokenData:
-    """cfg: DataConfig (name text | code | sft, dir, tokenizer, vocab_size, encoding_errors, max_chars)."""
+def load_token_data(cfg: Config, block_size: int = 256, tokenizer_path: Path | None = None) -> TokenData:
+    """The token streams of `text` or `code`, or the examples of `sft`, in windows of block_size + 1 tokens;
+    the tokenizer is read from `tokenizer_path` when it exists, else trained on the corpus."""
     kind = cfg.name
     if cfg.tokenizer not in TOKENIZERS:
         raise AigcError(f"unknown tokenizer '{cfg.tokenizer}'{did_you_mean(cfg.tokenizer, TOKENIZERS)}")
@@ -250,3 +261,6 @@ def _load_sft(cfg, block_size: int, tokenizer_path: Path | None) -> TokenData:
     n_val = max(1, len(examples) // 10)
     empty = np.zeros(0, dtype=np.int64)
     return TokenData("sft", tokenizer, empty, empty, block_size, sft=examples[:-n_val], sft_val=examples[-n_val:])
+
+
+load = load_token_data

@@ -19,12 +19,13 @@ combined by max. Training clips use MNIST training digits, evaluation clips the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from aigc.data import VIDEO_DATASETS, shapes
+from aigc.config import DataConfig
+from aigc.data import Dataset, Split, shapes
 from aigc.errors import AigcError
 
 DIRECTIONS = ("left", "right", "up", "down")
@@ -37,18 +38,32 @@ DIGIT = 28
 
 
 @dataclass
-class VideoDataset:
-    name: str
-    frames: int
-    size: int
-    channels: int
-    make: Callable                                   # (n, generator, caption_dropout) -> clip dict (uint8 video)
-    eval: dict                                       # the fixed evaluation clips: video uint8 (N, C, T, H, W), ...
-    caption_dropout: float = 0.0
-    text_vocab: list = field(default_factory=list)   # moving-shapes: caption words
-    digits: object = None                            # moving-mnist: the MNIST Dataset (feature classifier)
-    holdout: list = field(default_factory=list)
-    note: str = ""
+class VideoConfig(DataConfig):
+    image_size: int = 0              # 0 = the dataset's own canvas (32 moving-shapes, 64 moving-mnist)
+    channels: int = 0                # set from the data
+    frames: int = 16                 # frames per clip
+    num_eval: int = 5000             # how many held-out evaluation clips
+
+
+@dataclass
+class MovingShapesConfig(VideoConfig):
+    caption_dropout: float = 0.1     # chance of dropping each caption attribute in training
+
+
+@dataclass
+class MovingMnistConfig(VideoConfig):
+    digits: int = 1                  # digits per clip (1 or 2)
+    download: bool = True            # MNIST: download when the files are missing and the machine is online
+
+
+@dataclass
+class VideoDataset(Dataset):
+    """Clips made on the fly: `make(n, generator, caption_dropout)` -> {"video": uint8 (n, C, T, H, W), ...};
+    the fixed evaluation clips are the eval split (key "video")."""
+    frames: int = 16
+    size: int = 32
+    channels: int = 3
+    make: Callable | None = None
 
     @property
     def video_shape(self) -> tuple[int, int, int, int]:
@@ -57,14 +72,57 @@ class VideoDataset:
     def describe(self) -> str:
         return f"clips of {self.frames} frames {self.size}x{self.size}x{self.channels}, generated on the fly"
 
-    def eval_batches(self, batch_size: int, limit: int | None = None):
-        n = len(self.eval["video"]) if limit is None else min(limit, len(self.eval["video"]))
-        for i in range(0, n, batch_size):
-            j = min(i + batch_size, n)
-            out = {"video": self.eval["video"][i:j].float().div_(255)}
-            if "caption" in self.eval:
-                out["caption"] = self.eval["caption"][i:j]
-            yield out
+    def check_shape(self, videos: torch.Tensor) -> None:
+        if tuple(videos.shape[1:]) != self.video_shape:
+            raise AigcError(f"samples are {tuple(videos.shape[1:])} (C, T, H, W) but these {self.name} clips are "
+                            f"{self.video_shape}: a different frame count or size")
+
+
+class MovingShapes(VideoDataset):
+    def score(self, videos, labels=None, prompts=None) -> dict:
+        """The text-to-video metrics of metrics/video.py, read off the pixels by `detect_shape_clips`."""
+        from aigc.metrics.video import clip_metrics
+
+        self.check_shape(videos)
+        requested = None
+        if prompts is not None:
+            parsed = [parse_clip_caption(p) for p in prompts]
+            if not any(parsed):
+                raise AigcError("none of the prompts names a known shape, color or direction")
+            requested = {k: torch.tensor([p.get(k, -1) for p in parsed]) for k in ("color", "shape", "direction")}
+        return {"num_samples": len(videos), **clip_metrics(detect_shape_clips(videos), requested)}
+
+
+class MovingMnist(VideoDataset):
+    digits: Dataset | None = None        # the MNIST Dataset (its feature classifier scores the digit crops)
+
+    def score(self, videos, labels=None, prompts=None) -> dict:
+        """Per-frame FID etc. on 28x28 crops around each digit, against crops of the evaluation clips
+        (test digits) found the same way, and the share of clips whose digits are classified the same in
+        every frame (digit_consistency; as a multiset of classes for 2 digits)."""
+        from aigc.metrics.classifier import extract
+        from aigc.metrics.images import MIN_SAMPLES, image_report
+
+        self.check_shape(videos)
+        if prompts is not None:
+            raise AigcError(f"prompt metrics need moving-shapes clips, not {self.name}")
+        k = self.eval.labels.shape[1]
+        net, info = self.digits.classifier()
+        fake = digit_crops(videos, k)                                    # (N, T, D, 1, 28, 28)
+        real = digit_crops(self.eval.images, k)
+        train = digit_crops(self.make(max(1, len(videos)), torch.Generator().manual_seed(99))["video"], k)
+        flat = lambda c: c.flatten(0, 2)                                 # noqa: E731
+        out = {"num_samples": len(videos), "crops_per_clip": fake.shape[1] * k}
+        if len(flat(fake)) >= MIN_SAMPLES:
+            out.update(image_report(net, "mnist", flat(real), flat(fake), flat(train),
+                                    ref_split="moving-mnist eval crops"))
+        else:
+            out["feature_metrics"] = f"skipped: {len(flat(fake))} crops (< {MIN_SAMPLES}) are too few for FID/KID/PR"
+        _, probs = extract(net, flat(fake))
+        pred = probs.argmax(1).view(fake.shape[0], fake.shape[1], k).sort(-1).values.cpu()
+        out["digit_consistency"] = round(float((pred == pred[:, :1]).all(-1).all(-1).double().mean()), 4)
+        out["classifier_test_accuracy"] = info.get("test_accuracy")
+        return out
 
 
 class VideoBatcher:
@@ -167,18 +225,16 @@ def parse_clip_caption(text: str) -> dict[str, int]:
     return out
 
 
-def detect_shape_clips(videos: torch.Tensor, min_move: float = 1.5, component: bool = True,
-                       shape_rule: str = "fit") -> dict[str, torch.Tensor]:
+def detect_shape_clips(videos: torch.Tensor, min_move: float = 1.5, component: bool = True) -> dict[str, torch.Tensor]:
     """Read moving-shapes clips back off the pixels, with no training.
 
     videos: uint8 (N, 3, T, 32, 32). Per frame (N, T): color, shape, found, cx, cy, stray from `shapes.detect`
-    (`component`: the shape is the frame's largest foreground component; False reads every foreground pixel;
-    `shape_rule`: how the shape is told, see there).
+    (`component`: the shape is the frame's largest foreground component; False reads every foreground pixel).
     Per clip (N,): direction = the way the shape's box centre first gets `min_move` px away from where it
     started (the axis with the larger move), -1 if it never does or a frame before that has no shape."""
     n, c, t, h, w = videos.shape
     frames = videos.transpose(1, 2).reshape(n * t, c, h, w)
-    det = shapes.detect(frames, component=component, shape_rule=shape_rule)
+    det = shapes.detect(frames, component=component)
     per = {k: det[k].view(n, t) for k in ("color", "shape", "cx", "cy", "stray")}
     found = per["shape"] >= 0
     dx, dy = per["cx"] - per["cx"][:, :1], per["cy"] - per["cy"][:, :1]
@@ -235,34 +291,47 @@ def digit_crops(videos: torch.Tensor, num_digits: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- loading
-def load_video_dataset(cfg) -> VideoDataset:
-    frames = cfg.frames
-    if frames < 2:
-        raise AigcError(f"data.frames must be at least 2 for video, got {frames}")
+def random_prompts(n: int, generator: torch.Generator | None = None) -> list[str]:
+    """moving-shapes: full captions of n random clips."""
+    return shape_clip_captions(shape_clip_attributes(n, generator))
+
+
+def _check(cfg: VideoConfig) -> None:
+    if cfg.frames < 2:
+        raise AigcError(f"data.frames must be at least 2 for video, got {cfg.frames}")
     if cfg.num_eval < 1:
         raise AigcError("data.num_eval must be positive")
+
+
+def _eval_split(clips: dict) -> Split:
+    caps = clips.get("caption")
+    captions = (lambda index, dropout=0.0, g=None: [caps[i] for i in index.tolist()]) if caps is not None else None
+    return Split(clips["video"], clips.get("labels"), captions, clips.get("attrs", {}), key="video")
+
+
+def load(cfg: VideoConfig) -> VideoDataset:
+    _check(cfg)
+    frames = cfg.frames
     if cfg.name == "moving-shapes":
         if cfg.image_size not in (0, CANVAS):
             raise AigcError(f"moving-shapes clips are {CANVAS}x{CANVAS} (DESIGN.md); data.image_size = "
                             f"{cfg.image_size} is not available")
         ev = make_shape_clips(cfg.num_eval, torch.Generator().manual_seed(4321), frames)
-        return VideoDataset("moving-shapes", frames, CANVAS, 3,
-                            lambda n, g, drop=0.0: make_shape_clips(n, g, frames, drop), ev,
-                            caption_dropout=cfg.caption_dropout, text_vocab=list(VOCAB))
-    if cfg.name == "moving-mnist":
-        from aigc.data import Dataset, Split
-        from aigc.data.mnist import load_mnist
+        return MovingShapes("moving-shapes", None, _eval_split(ev), caption_dropout=cfg.caption_dropout,
+                            text_vocab=list(VOCAB), frames=frames, size=CANVAS, channels=3,
+                            make=lambda n, g, drop=0.0: make_shape_clips(n, g, frames, drop))
+    from aigc.data.mnist import load_mnist
 
-        size = cfg.image_size or 64
-        if size < DIGIT:
-            raise AigcError(f"the moving-mnist canvas must be at least {DIGIT} px, got {size}")
-        if cfg.digits not in (1, 2):
-            raise AigcError(f"data.digits must be 1 or 2, got {cfg.digits}")
-        m = load_mnist(cfg.dir, cfg.download)
-        tr, te = (m["train_images"], m["train_labels"]), (m["test_images"], m["test_labels"])
-        ev = make_digit_clips(*te, cfg.num_eval, torch.Generator().manual_seed(4321), frames, size, cfg.digits)
-        mnist = Dataset("mnist", Split(*tr), Split(*te), num_classes=10, class_names=[str(i) for i in range(10)])
-        return VideoDataset("moving-mnist", frames, size, 1,
-                            lambda n, g, drop=0.0: make_digit_clips(*tr, n, g, frames, size, cfg.digits), ev,
-                            digits=mnist)
-    raise AigcError(f"unknown video dataset '{cfg.name}'; video datasets: {', '.join(VIDEO_DATASETS)}")
+    size = cfg.image_size or 64
+    if size < DIGIT:
+        raise AigcError(f"the moving-mnist canvas must be at least {DIGIT} px, got {size}")
+    if cfg.digits not in (1, 2):
+        raise AigcError(f"data.digits must be 1 or 2, got {cfg.digits}")
+    m = load_mnist(cfg.dir, cfg.download)
+    tr, te = (m["train_images"], m["train_labels"]), (m["test_images"], m["test_labels"])
+    ev = make_digit_clips(*te, cfg.num_eval, torch.Generator().manual_seed(4321), frames, size, cfg.digits)
+    data = MovingMnist("moving-mnist", None, _eval_split(ev), frames=frames, size=size, channels=1,
+                       make=lambda n, g, drop=0.0: make_digit_clips(*tr, n, g, frames, size, cfg.digits))
+    data.digits = Dataset("mnist", Split(*tr), Split(*te), num_classes=10, class_names=[str(i) for i in range(10)],
+                          reference_split="test")
+    return data

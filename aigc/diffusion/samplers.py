@@ -25,7 +25,10 @@ schedule's parameterisation (eps or v); the samplers convert it with `Schedule.s
 All three draw their Gaussian noise (x_T and the fresh noise of each stochastic step) from `noise(shape,
 generator, device, dtype)`, i.i.d. N(0, I) by default. A model trained with correlated noise N(0, S)
 (`frame_noise`) is sampled with the same: the whole process is then the i.i.d. one in the coordinates
-S^(-1/2) x, and the updates above are linear in x_0, eps and z, so they hold unchanged."""
+S^(-1/2) x, and the updates above are linear in x_0, eps and z, so they hold unchanged.
+
+Every sampler returns x_0; `callback(i, n, x)` sees x after each of its n steps (progress bars,
+trajectories, and cancelling: an exception raised there stops the sampler)."""
 
 from __future__ import annotations
 
@@ -71,11 +74,9 @@ def frame_noise(corr: float) -> Callable:
 
 
 def _run(step: Callable, fn, schedule: Schedule, shape, steps, generator, device, dtype, x_T, clip,
-         record: int, progress, noise):
+         callback, noise) -> torch.Tensor:
     x = noise(shape, generator, device, dtype) if x_T is None else x_T.to(device, dtype)
     ts = timesteps(schedule.T, steps or schedule.T)
-    keep = set(torch.linspace(0, len(ts) - 1, record).round().long().tolist()) if record > 0 else set()
-    frames = [x.clone()] if record > 0 else []
     for i, t in enumerate(ts):
         prev = ts[i + 1] if i + 1 < len(ts) else -1
         tt = torch.full((shape[0],), t, dtype=torch.long, device=device)
@@ -83,18 +84,15 @@ def _run(step: Callable, fn, schedule: Schedule, shape, steps, generator, device
         a_t = schedule.abar(tt, x)
         a_prev = schedule.abar(torch.full_like(tt, prev), x)
         x = step(x, x0, eps, a_t, a_prev, prev)                     # prev = -1: the step to the clean image
-        if i in keep:
-            frames.append(x.clone())
-        if progress:
-            progress(1)
-    return (x, frames) if record > 0 else x
+        if callback is not None:
+            callback(i, len(ts), x)
+    return x
 
 
 @torch.no_grad()
 def ddpm_sample(fn, schedule: Schedule, shape, steps: int | None = None, generator=None, device="cpu",
-                dtype=torch.float32, x_T=None, clip: bool = True, record: int = 0, progress=None, noise=_noise):
-    """Ancestral sampling (DDPM eq. 11 / 7). Returns x_0, or (x_0, frames) with `record` + 1 snapshots of
-    x_t from x_T to x_0 when record > 0."""
+                dtype=torch.float32, x_T=None, clip: bool = True, callback=None, noise=_noise) -> torch.Tensor:
+    """Ancestral sampling (DDPM eq. 11 / 7); returns x_0."""
 
     def step(x, x0, eps, a_t, a_prev, prev):
         beta = 1 - a_t / a_prev
@@ -104,12 +102,12 @@ def ddpm_sample(fn, schedule: Schedule, shape, steps: int | None = None, generat
         var = (1 - a_prev) / (1 - a_t) * beta
         return mean + var.sqrt() * noise(x.shape, generator, x.device, x.dtype)
 
-    return _run(step, fn, schedule, shape, steps, generator, device, dtype, x_T, clip, record, progress, noise)
+    return _run(step, fn, schedule, shape, steps, generator, device, dtype, x_T, clip, callback, noise)
 
 
 @torch.no_grad()
 def ddim_sample(fn, schedule: Schedule, shape, steps: int = 50, eta: float = 0.0, generator=None, device="cpu",
-                dtype=torch.float32, x_T=None, clip: bool = True, record: int = 0, progress=None, noise=_noise):
+                dtype=torch.float32, x_T=None, clip: bool = True, callback=None, noise=_noise) -> torch.Tensor:
     """DDIM (eq. 12 with sigma of eq. 16); eta = 0 deterministic given x_T (or the generator's seed)."""
 
     def step(x, x0, eps, a_t, a_prev, prev):
@@ -119,13 +117,13 @@ def ddim_sample(fn, schedule: Schedule, shape, steps: int = 50, eta: float = 0.0
             x = x + sigma * noise(x.shape, generator, x.device, x.dtype)
         return x
 
-    return _run(step, fn, schedule, shape, steps, generator, device, dtype, x_T, clip, record, progress, noise)
+    return _run(step, fn, schedule, shape, steps, generator, device, dtype, x_T, clip, callback, noise)
 
 
 @torch.no_grad()
 def dpm_solver_sample(fn, schedule: Schedule, shape, steps: int = 25, generator=None, device="cpu",
-                      dtype=torch.float32, x_T=None, clip: bool = True, record: int = 0, progress=None,
-                      noise=_noise):
+                      dtype=torch.float32, x_T=None, clip: bool = True, callback=None,
+                      noise=_noise) -> torch.Tensor:
     """DPM-Solver++(2M): the multistep second-order solver of the probability-flow ODE in its data-prediction
     form (see the module docstring); deterministic given x_T (or the generator's seed)."""
     before: dict[str, torch.Tensor] = {}
@@ -142,7 +140,7 @@ def dpm_solver_sample(fn, schedule: Schedule, shape, steps: int = 25, generator=
         before.update(x0=x0, h=h)
         return ((1 - a_prev) / (1 - a_t)).sqrt() * x - a_prev.sqrt() * torch.expm1(-h) * d
 
-    return _run(step, fn, schedule, shape, steps, generator, device, dtype, x_T, clip, record, progress, noise)
+    return _run(step, fn, schedule, shape, steps, generator, device, dtype, x_T, clip, callback, noise)
 
 
 def sample(kind: str, fn, schedule: Schedule, shape, steps: int | None = None, **kw):

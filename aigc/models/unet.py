@@ -4,62 +4,37 @@ improved versions (Nichol & Dhariwal 2021), sized for 28/32/64 px images on a CP
 - time: sinusoidal embedding of t (Transformer positions, Vaswani et al. 2017) -> 2-layer MLP;
 - condition: a class embedding (index `num_classes` = the learned empty condition) or the pooled
   output of the caption encoder (models/text_encoder.py, whose null embedding is the empty caption),
-  projected and *added to the time embedding*. We chose this pooled embedding over cross-attention:
-  a shapes caption names four attributes from a closed vocabulary, one vector holds them, and it costs
-  nothing per pixel on a CPU; cross-attention pays off for long captions that describe several objects;
+  projected and added to the time embedding (one vector holds a short caption from a closed vocabulary,
+  at no cost per pixel; cross-attention pays off for long captions of several objects);
 - residual blocks: GroupNorm -> SiLU -> 3x3 conv, the embedding applied as a scale and shift of the
   second GroupNorm ("scale-shift norm", Nichol & Dhariwal 2021), dropout, 3x3 conv, plus a 1x1 skip;
-- self-attention blocks at the lowest `attn_levels` resolutions (7x7 and 14x14 for MNIST), and in the middle;
+- self-attention blocks at the lowest `attn_levels` resolutions, and in the middle;
 - down-sampling by stride-2 convolutions, up-sampling by nearest-neighbour x2 + conv, skip connections
   from every down block to its mirror block;
+- `patch`: space-to-depth, the U-Net runs at size/patch with C*patch^2 channels;
 - `coords`: two input channels holding each pixel's x and y in [-1, 1] (CoordConv, Liu et al. 2018);
 - `cond_map`: the condition embedding projected by a Linear layer to that many channels at the working
-  resolution and appended to the input, as the GAN generator projects its condition to a spatial map.
-  Convolutions are translation-equivariant and a pooled condition only scales and shifts whole channels,
-  so it has no direct way to say "in the top left"; the map (and the coordinates) give it one.
+  resolution and appended to the input. Convolutions are translation-equivariant and a pooled condition
+  only scales and shifts whole channels, so it has no direct way to say "in the top left"; the map (and
+  the coordinates) give it one.
 
-Where a caption must decide the layout (shapes positions, video directions), use v-prediction
-(`prediction = "v"`, Salimans & Ho 2022). Measured on shapes: with eps-prediction the trained model did
-not use the position words at all (a wrong position raised its x_0 error by 0.2%, a wrong color by 67%;
-position accuracy stayed at chance, 0.11 for 9 positions). Layout is only undecided at the highest noise
-levels, where x_t shows nothing, and there the eps loss hardly depends on x_0 (its x_0 error is weighted
-by abar_t / (1 - abar_t), near 0), so nothing teaches the net to read the layout from the caption; its x_0
-estimate at t = 999 was worse than predicting zeros (MSE 1.6). The v loss weights the x_0 error by
-1 / (1 - abar_t) >= 1: trained as long, a wrong position raises the x_0 error 7 to 9x at t >= 900
-(benchmarks/condition_use.py).
-
-Video (`frames` > 0, the video-diffusion family): the same U-Net runs on every frame as a batch of images
-(B*T, C, H, W), and each block adds the temporal half of a factorised (2+1)D layer (Tran et al. 2018, as in
-Video Diffusion Models, Ho et al. 2022): a residual 1D convolution over the frames at every pixel, and,
-where the block has spatial self-attention, attention across the frames at every pixel. A sinusoidal
-frame-index embedding is added to each frame's time embedding. Clips are (B, C, T, H, W).
-`temporal_conv = "separated"` makes the temporal convolution a channel-separated 3D one (Tran et al. 2019):
-a depthwise 3x3x3 kernel per channel, then a 1x1x1 mix; one such channel can be a filter tilted in space-time,
-"the same thing one pixel further in the next frame", which the per-pixel 1D kernel cannot be.
-`temporal_conv = "dynamic"` keeps the 1D convolution and adds a depthwise 3x3x3 branch whose kernels each clip
-gets from its embedding (the noise level and the caption; dynamic filters, Jia et al. 2016), so the caption can
-tilt the space-time filters itself instead of picking channels of fixed ones. Measured on moving-shapes
-(benchmarks/video.py, the fmap row with and without it, 3001 steps each): direction accuracy 0.75 against 0.35;
-of the clips on the captioned axis, the sign was right in 75% against 57% (every earlier setting was near
-chance, 50%, on the sign), at 1.19x the cost of a training step (0.42 s against 0.35 s on 2 AMD EPYC cores).
-`emb_act` puts a SiLU on the embedding before each block's scale/shift Linear, as ADM does: without it the
-scale and shift are a sum of separate functions of the time, the condition and the frame index, so no block
-can react to "frame 12 of a clip moving left" other than through the features. Measured on moving-shapes
-(benchmarks/video.py, rows ...-fmap-40min with and without it, one setting apart): with it the motion's
-axis followed the caption in 50% of clips (chance), without it in 100%; so it stays off for video.
-`frame_map` makes the caption map (`cond_map`) differ per frame: the caption embedding plus a frame-index
-embedding through a SiLU, then the map's Linear. At the highest noise levels the noisy clip shows nothing and the
-best estimate of x_0 is the mean clip of the caption, in which the shape drifts the captioned way frame by frame
-(moving-shapes: about 0.65 px/frame over frames 0-11, benchmarks/condition_use.py). Without
-the option the input channels, the one place where the caption can draw *where*, are the same for every frame,
-and the embedding path adds the caption's and the frame's parts. Measured (benchmarks/video.py row
-diffusion-shift3-w0-act-fmap): it did not make the model learn that drift, in 20 or 40 minutes (its x_0
-estimate at t = 999 stays put, as without it); it did cut the frames with specks of noise from 23% to 7%.
-`temporal_pos = "relative"` adds a learned bias per frame offset to the temporal attention (TemporalAttention).
-`spacetime_attention = "all"` makes the spatial attention blocks ("mid": the middle block's only) attend over
-every pixel of every frame of a clip at once (Attention): factorised layers relate frames only at the same
-pixel, so "where the shape is now, given where it was" takes many layers; joint attention relates any two
-places in any two frames in one."""
+Video (`frames` > 0, the video-diffusion family; VideoUNetConfig): the same U-Net runs on every frame as a
+batch of images (B*T, C, H, W), and each block adds the temporal half of a factorised (2+1)D layer (Tran et
+al. 2018, as in Video Diffusion Models, Ho et al. 2022): a residual 1D convolution over the frames at every
+pixel and, where the block has spatial self-attention, attention across the frames at every pixel. A
+sinusoidal frame-index embedding is added to each frame's time embedding. Clips are (B, C, T, H, W).
+- `temporal_conv = "separated"`: a channel-separated 3D convolution (Tran et al. 2019), a depthwise 3x3x3
+  kernel per channel then a 1x1x1 mix; a channel can be a filter tilted in space-time ("the same thing one
+  pixel further in the next frame"), which the per-pixel 1D kernel cannot be;
+- `temporal_conv = "dynamic"`: the 1D convolution plus a depthwise 3x3x3 branch whose kernels each clip gets
+  from its embedding (noise level and caption; dynamic filters, Jia et al. 2016), so the caption can tilt
+  the space-time filters itself;
+- `frame_map`: the caption map (`cond_map`) differs per frame: the caption embedding plus a frame-index
+  embedding through a SiLU, then the map's Linear;
+- `temporal_pos = "relative"`: a learned bias per frame offset in the temporal attention;
+- `spacetime_attention = "all"` ("mid": the middle block's only): the spatial attention blocks attend over
+  every pixel of every frame of a clip at once, relating any two places in any two frames in one layer.
+Measurements of these options: docs/video.md."""
 
 from __future__ import annotations
 
@@ -74,60 +49,34 @@ from aigc.models.text_encoder import TextEncoder
 
 
 @dataclass
-class DiffusionConfig:
-    # denoiser
+class UNetConfig:
+    """The denoising network and its condition input."""
     width: int = 32                  # channels at full resolution
     mults: list = field(default_factory=lambda: [1, 2, 2])   # channel multiplier per resolution level
     blocks: int = 1                  # residual blocks per level (down path; the up path has blocks + 1)
     attn_levels: int = 1             # self-attention in the lowest N levels (0 = middle block only)
     patch: int = 1                   # space-to-depth factor: the U-Net runs at size/patch with C*patch^2 channels
     coords: bool = False             # append x, y coordinate channels to the input (CoordConv)
-    cond_map: int = 0                # channels of a spatial map computed from the condition and appended to the
-                                     # input: what lets a caption say *where* (shapes positions), see the docstring
+    cond_map: int = 0                # channels of a spatial map computed from the condition, appended to the input
     heads: int = 4
     groups: int = 8                  # GroupNorm groups
     dropout: float = 0.0
-    emb_act: bool = False            # SiLU on the embedding before each block's scale/shift Linear (as in ADM): the
-                                     # time, condition and frame embeddings then interact instead of adding up
-    # noise schedule and objective
-    schedule: str = "cosine"         # linear (DDPM) | cosine (improved DDPM)
-    T: int = 1000
-    schedule_shift: float = 1.0      # > 1 divides every step's SNR by its square (diffusion/schedule.py)
-    prediction: str = "eps"          # eps | v
-    min_snr: float = 0.0             # > 0: min-SNR-gamma loss weighting with this gamma (Hang et al. 2023; 5 is usual)
-    # conditioning
     cond: str = "none"               # none | class | text
     cond_dim: int = 64               # caption encoder width
     text_layers: int = 1
-    p_uncond: float = 0.1            # chance of training on the empty condition (classifier-free guidance)
     num_classes: int = 0             # set from the data
     text_vocab: list = field(default_factory=list)   # set from the data
-    # sampling defaults (aigc sample / eval / training grids)
-    sampler: str = "ddim"            # ddim | dpm++2m | ddpm
-    sample_steps: int = 50           # ddim / dpm++2m steps (ddpm uses T unless --steps)
-    eta: float = 0.0                 # ddim noise (0 = deterministic)
-    guidance: float = 1.0            # classifier-free guidance scale (1 = plain conditional)
-    clip: bool = True                # clamp the x_0 estimate to [-1, 1] while sampling
-    # video (video-diffusion)
+
+
+@dataclass
+class VideoUNetConfig:
+    """The temporal layers of the space-time U-Net (frames > 0)."""
     temporal_attention: bool = True  # attention across frames in the blocks that have spatial attention
-    spacetime_attention: str = "none"  # none | mid | all: those attention blocks (the middle block's, or every
-                                       # one) attend over all of a clip's pixels at once (frames * H * W tokens)
-                                       # instead of each frame's own
-    temporal_conv: str = "1d"        # 1d: over the frames at each pixel | separated: depthwise 3x3x3 + 1x1x1 |
-                                     # dynamic: 1d plus depthwise 3x3x3 kernels made per clip from its caption
-    temporal_pos: str = "none"       # none | relative: a learned per-head bias of the temporal attention for each
-                                     # frame offset (Video Diffusion Models' relative positions)
-    joint_images: int = 0            # of each batch of clips, how many are cut to one random frame each and
-                                     # trained as 1-frame clips: joint image-video training (recipes/video.py)
-    window_start0: float = 0.0       # share of the training windows that start at frame 0 (the others start anywhere)
-    train_frames: int = 0            # train on random windows of this many consecutive frames of each clip (0 or
-                                     # >= the clip length = whole clips); sampling makes whole clips (recipes/video.py)
-    noise_corr: float = 0.0          # correlation of the noise between a clip's frames, in training and sampling
-                                     # (0 = i.i.d.; diffusion/samplers.py frame_noise)
-    sample_window: int = 0           # sampling: denoise overlapping windows of this many frames (half-overlapping)
-                                     # and average them, 0 = the whole clip at once (recipes/video.py windowed)
-    frame_map: bool = False          # the caption map (cond_map) differs per frame: a function of the caption and
-                                     # the frame's index through one SiLU layer, not the same map for every frame
+    spacetime_attention: str = "none"  # none | mid | all: those attention blocks attend over all of a clip's pixels
+    temporal_conv: str = "1d"        # 1d (per pixel) | separated (depthwise 3x3x3 + 1x1x1) | dynamic (1d + per-clip
+                                     # depthwise 3x3x3 kernels made from the embedding)
+    temporal_pos: str = "none"       # none | relative: a learned per-head bias for each frame offset
+    frame_map: bool = False          # the caption map (cond_map) differs per frame
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -139,9 +88,8 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, emb: int, groups: int, dropout: float, emb_act: bool = False):
+    def __init__(self, cin: int, cout: int, emb: int, groups: int, dropout: float):
         super().__init__()
-        self.emb_act = emb_act
         self.norm1 = nn.GroupNorm(min(groups, cin), cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb, 2 * cout)
@@ -154,7 +102,7 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(F.silu(emb) if self.emb_act else emb)[:, :, None, None].chunk(2, 1)
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, 1)
         h = self.norm2(h) * (1 + scale) + shift
         return self.skip(x) + self.conv2(self.drop(F.silu(h)))
 
@@ -295,15 +243,15 @@ class Block(nn.Module):
     """A residual block, optionally followed by self-attention; for video, each followed by its temporal
     counterpart (a temporal convolution, temporal attention)."""
 
-    def __init__(self, cin, cout, emb, cfg: DiffusionConfig, attn: bool, frames: int = 0, mid: bool = False):
+    def __init__(self, cin, cout, emb, cfg: UNetConfig, attn: bool, frames: int = 0, mid: bool = False):
         super().__init__()
         video = frames > 0
-        self.res = ResBlock(cin, cout, emb, cfg.groups, cfg.dropout, cfg.emb_act)
+        self.res = ResBlock(cin, cout, emb, cfg.groups, cfg.dropout)
         spacetime = video and cfg.spacetime_attention in (("mid", "all") if mid else ("all",))
         self.attn = Attention(cout, cfg.heads, cfg.groups, spacetime) if attn else None
         self.tconv = TemporalConv(cout, cfg.groups, cfg.temporal_conv == "separated",
                                   emb if cfg.temporal_conv == "dynamic" else 0) if video else None
-        rel = frames if cfg.temporal_pos == "relative" else 0
+        rel = frames if video and cfg.temporal_pos == "relative" else 0
         self.tattn = TemporalAttention(cout, cfg.heads, cfg.groups, rel) if video and attn and cfg.temporal_attention \
             else None
 
@@ -325,7 +273,7 @@ def check_size(size: int, levels: int) -> None:
 
 
 class UNet(nn.Module):
-    def __init__(self, cfg: DiffusionConfig, shape: tuple[int, int, int], frames: int = 0):
+    def __init__(self, cfg: UNetConfig, shape: tuple[int, int, int], frames: int = 0):
         """shape: one image's (C, H, W); frames > 0 makes it a video denoiser of (B, C, frames, H, W) clips."""
         super().__init__()
         C, H, _ = shape

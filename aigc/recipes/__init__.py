@@ -8,8 +8,16 @@ from pathlib import Path
 
 import torch
 
-from aigc.config import DataConfig, RunConfig, TrainConfig, apply_dict, apply_sets, load_run_config, \
-    preset_path, read_toml
+from aigc.config import (
+    RunConfig,
+    TrainConfig,
+    apply_dict,
+    apply_sets,
+    data_config,
+    load_run_config,
+    preset_path,
+    read_toml,
+)
 from aigc.errors import AigcError, did_you_mean
 from aigc.io import checkpoint as ckpt
 from aigc.io.rundir import CHECKPOINT, CONFIG
@@ -31,7 +39,7 @@ def recipe_class(family: str):
 def build_config(family: str, dataset: str, config_file: str | None, sets: list[str], flags: dict) -> RunConfig:
     """Defaults < preset configs/FAMILY-DATASET.toml (if no --config) < --config < flags < --set."""
     cls = recipe_class(family)
-    cfg = RunConfig(family, DataConfig(name=dataset), cls.ModelConfig(), TrainConfig())
+    cfg = RunConfig(family, data_config(dataset), cls.ModelConfig(), TrainConfig())
     if config_file:
         apply_dict(cfg, read_toml(Path(config_file)), config_file)
     elif preset_path(family, dataset).is_file():

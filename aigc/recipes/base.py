@@ -12,26 +12,56 @@ import torch
 
 
 class Recipe:
+    """What every family declares for the trainer (see train.TrainerHooks) and for the generation
+    contract (aigc/generation.py): the kind of result it produces, the request fields it accepts and
+    the `--what` variants it makes."""
+    family: str
+    output: str                          # text | images | video | audio
+    WHATS: tuple = ("samples",)          # the request's `what` values this family makes
+    EVAL_SAMPLES = 0                     # generated samples `aigc eval` scores by default (0: none)
     modules: dict
+    lrs: dict | None = None              # base learning rate per parameter group (None: train.lr for all)
+
+    @staticmethod
+    def adopt_init_config(cfg, init_dir: Path, sets: list[str]) -> None:
+        """--init-from RUN: take what must stay the same from that run's config (families that fine-tune)."""
+        from aigc.errors import AigcError
+
+        raise AigcError(f"--init-from is not supported for the {cfg.family} family")
+
+    def init_from(self, init_dir: Path) -> None:
+        raise NotImplementedError
 
     def device_of(self) -> torch.device:
         return next(iter(self.modules.values())).parameters().__next__().device
 
+    def accepts(self) -> set[str]:
+        """The request fields (beyond num and seed) this trained model takes."""
+        return set()
+
+    def describe_model(self) -> str:
+        return f"{self.family} model"
+
+    def generate(self, request, stream=None):
+        """A Result of kind `self.output` for `request` (already checked by aigc.generation.generate)."""
+        raise NotImplementedError
+
+    def generate_for_eval(self, data, num: int):
+        """`num` samples for the dataset's sample-quality metrics (only when EVAL_SAMPLES > 0)."""
+        raise NotImplementedError
+
 
 class ImageRecipe(Recipe):
-    output = "images"                    # what `aigc sample` writes: images (png/npz), video (gif/npz) or text
+    output = "images"
     data_key = "image"                   # the batch entry holding the data
+    EVAL_SAMPLES = 10000
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
         """Load the dataset and write its resolved image shape into the config (to rebuild the model)."""
-        from aigc.data import DATASETS, VIDEO_DATASETS, load_dataset
-        from aigc.errors import AigcError
+        from aigc.data import check_kind, load_dataset
 
-        if cfg.data.name in ("text", "code", "sft") or cfg.data.name in VIDEO_DATASETS:
-            hint = " (train video-gan or video-diffusion on video data)" if cfg.data.name in VIDEO_DATASETS else ""
-            raise AigcError(f"the {cfg.family} family trains on images ({', '.join(DATASETS)}), not "
-                            f"'{cfg.data.name}'{hint}")
+        check_kind(cfg.data.name, "images", cfg.family)
         data = load_dataset(cfg.data)
         c, h, _ = data.image_shape
         cfg.data.channels, cfg.data.image_size = c, h
@@ -54,22 +84,25 @@ class ImageRecipe(Recipe):
                                 f"'{data.name}' has none")
             m.text_vocab = list(data.text_vocab)
 
-    @staticmethod
-    def random_prompts(n: int, generator=None) -> list[str]:
-        """Full shapes captions of n random images (from the global RNG when no generator is given)."""
-        from aigc.data import shapes
+    def condition_fields(self) -> set[str]:
+        """The request field that carries this model's condition: label, prompt or none."""
+        return {"class": {"label"}, "text": {"prompt"}}.get(self.cfg.model.cond, set())
 
-        return shapes.captions(shapes.sample_attributes(n, generator), torch.arange(n))
+    def describe_model(self) -> str:
+        kind = {"class": "class-conditional", "text": "text-conditional"}.get(self.cfg.model.cond, "unconditional")
+        return f"{kind} {self.family} model"
 
-    def check_condition_args(self, label, prompt, noun: str = "model") -> None:
-        """Clear errors for --label / --prompt that this model (`noun` in the messages) cannot take."""
+    def random_prompts(self, n: int, generator=None) -> list[str]:
+        """Captions of n random examples of the training data (from the global RNG without a generator)."""
+        from aigc.data import random_prompts
+
+        return random_prompts(self.cfg.data.name, n, generator)
+
+    def check_condition_args(self, label, prompt) -> None:
+        """Clear errors for a --label or --prompt value this model cannot take (out of range, no known word)."""
         from aigc.errors import AigcError
 
         m = self.cfg.model
-        if label is not None and m.cond != "class":
-            raise AigcError(f"--label needs a class-conditional {noun}; this one has cond = \"{m.cond}\"")
-        if prompt is not None and m.cond != "text":
-            raise AigcError(f"--prompt needs a text-conditional {noun}; this one has cond = \"{m.cond}\"")
         if label is not None and not 0 <= label < m.num_classes:
             raise AigcError(f"--label {label} is out of range: this model knows classes 0..{m.num_classes - 1}")
         if prompt is not None:
@@ -124,7 +157,7 @@ class VideoRecipe(ImageRecipe):
     `aigc sample` writes an animated GIF grid or an npz of `videos`."""
     output = "video"
     data_key = "video"
-    EVAL_CLIPS = 500                     # default number of generated clips that `aigc eval` scores
+    EVAL_SAMPLES = 500
 
     @staticmethod
     def frames_per_step(cfg) -> int:
@@ -133,12 +166,9 @@ class VideoRecipe(ImageRecipe):
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
-        from aigc.data import VIDEO_DATASETS, load_dataset
-        from aigc.errors import AigcError
+        from aigc.data import check_kind, load_dataset
 
-        if cfg.data.name not in VIDEO_DATASETS:
-            raise AigcError(f"the {cfg.family} family trains on video ({', '.join(VIDEO_DATASETS)}), "
-                            f"not '{cfg.data.name}'")
+        check_kind(cfg.data.name, "video", cfg.family)
         data = load_dataset(cfg.data)
         cfg.data.channels, cfg.data.image_size = data.channels, data.size
         return data
@@ -146,19 +176,6 @@ class VideoRecipe(ImageRecipe):
     @staticmethod
     def video_shape(cfg) -> tuple[int, int, int, int]:
         return cfg.data.channels, cfg.data.frames, cfg.data.image_size, cfg.data.image_size
-
-    @staticmethod
-    def random_prompts(n: int, generator=None) -> list[str]:
-        from aigc.data import video
-
-        return video.shape_clip_captions(video.shape_clip_attributes(n, generator))
-
-    def eval_conditions(self, data, num: int):
-        """(None, prompts): the eval clips' full captions in turn (text-conditional), else (None, None)."""
-        if self.cfg.model.cond != "text":
-            return None, None
-        caps = data.eval["caption"]
-        return None, [caps[i % len(caps)] for i in range(num)]
 
     def check_frames(self, frames: int | None) -> None:
         from aigc.errors import AigcError
@@ -198,9 +215,11 @@ class TextRecipe(Recipe):
 
     @classmethod
     def load_data(cls, cfg, run_dir: Path | None = None):
+        from aigc.data import check_kind
         from aigc.data.text import load_token_data
         from aigc.errors import AigcError
 
+        check_kind(cfg.data.name, "text", cfg.family)
         tok = Path(run_dir) / cls.TOKENIZER_FILE if run_dir else None
         data = load_token_data(cfg.data, cls.window(cfg), tok)
         if cfg.model.vocab_size and cfg.model.vocab_size != data.tokenizer.vocab_size:

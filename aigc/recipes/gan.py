@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from aigc.config import RunConfig
 from aigc.errors import AigcError, check_choice
+from aigc.generation import DEFAULT_NUM, images_result
 from aigc.io.images import save_grid
 from aigc.models.gan import Discriminator, GANConfig, Generator, base_size
 from aigc.models.text_encoder import WordVocab
@@ -241,15 +242,20 @@ class GANRecipe(Adversarial, ImageRecipe):
     def _images(self, z, y=None) -> torch.Tensor:
         return (self.G(z, y).float() + 1).mul_(0.5).clamp_(0, 1)
 
-    def generate(self, num: int, label=None, prompt=None, steps=None, guidance=None, **_) -> dict:
-        if steps is not None or guidance is not None:
-            raise AigcError("--steps and --guidance are options of diffusion models, not of a GAN")
-        self.check_condition_args(label, prompt, "GAN")
-        out = self.requested_conditions(num, label, prompt)
-        y = out["labels"].to(self.device_of()) if "labels" in out else \
-            self.vocab.encode(out["prompts"]).to(self.device_of()) if "prompts" in out else None
-        out["images"] = self._images(self._z(num), y)
-        return out
+    def accepts(self) -> set[str]:
+        return self.condition_fields()
+
+    def _y(self, labels=None, prompts=None):
+        if labels is not None:
+            return labels.to(self.device_of())
+        return self.vocab.encode(prompts).to(self.device_of()) if prompts is not None else None
+
+    def generate(self, request, stream=None):
+        self.check_condition_args(request.label, request.prompt)
+        num = request.num or DEFAULT_NUM["images"]
+        out = self.requested_conditions(num, request.label, request.prompt)
+        images = self._images(self._z(num), self._y(out.get("labels"), out.get("prompts")))
+        return images_result(images, out.get("labels"), out.get("prompts"))
 
     def generate_for_eval(self, data, num: int):
         """`num` samples for the sample-quality metrics: classes in equal shares (class-conditional) or
@@ -258,10 +264,9 @@ class GANRecipe(Adversarial, ImageRecipe):
         chunks = []
         for i in range(0, num, 1000):
             j = min(num, i + 1000)
-            y = labels[i:j].to(self.device_of()) if labels is not None else \
-                self.vocab.encode(prompts[i:j]).to(self.device_of()) if prompts is not None else None
+            y = self._y(labels[i:j] if labels is not None else None, prompts[i:j] if prompts is not None else None)
             chunks.append(self._images(self._z(j - i), y))
-        return torch.cat(chunks), labels, prompts
+        return images_result(torch.cat(chunks), labels, prompts)
 
     def full_eval(self, data, num=None, k=None, progress=None) -> dict:
         """A GAN has no likelihood to report: D's outputs on the eval split; the sample-quality metrics follow."""

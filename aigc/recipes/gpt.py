@@ -15,6 +15,7 @@ import torch
 
 from aigc.config import RunConfig
 from aigc.errors import AigcError
+from aigc.generation import Text
 from aigc.io import checkpoint as ckpt
 from aigc.models.gpt import GPT, Decoder, GPTConfig, KVCache
 from aigc.recipes.base import TextRecipe
@@ -122,6 +123,17 @@ class GPTRecipe(TextRecipe):
                 "units": "val_loss: nats per token; val_bpc: bits per character"}
 
     # ---------------------------------------------------------------- sampling
+    def accepts(self) -> set[str]:
+        return {"prompt", "temperature", "top_k", "top_p", "max_new_tokens", "stop"}
+
+    def generate(self, request, stream=None) -> Text:
+        """Defaults: temperature 0.8, 500 new tokens, no top-k / top-p."""
+        r = request
+        texts = self.generate_text(r.prompt or "", num=r.num or 1, max_new_tokens=r.max_new_tokens or 500,
+                                   temperature=0.8 if r.temperature is None else r.temperature, top_k=r.top_k,
+                                   top_p=r.top_p, stop=r.stop, seed=r.seed, stream=stream)
+        return Text(texts, [r.prompt or ""] * len(texts))
+
     def encode_prompt(self, prompt: str) -> list[int]:
         ids = self.tokenizer.encode(prompt).tolist() if prompt else []
         if not ids:                                        # an empty prompt starts from a newline / end-of-text

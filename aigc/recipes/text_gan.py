@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from aigc.config import RunConfig
 from aigc.errors import AigcError, check_choice
+from aigc.generation import Text
 from aigc.metrics.text import ngram_precision, ngram_set
 from aigc.models.text_gan import TextDiscriminator, TextGANConfig, TextGenerator, gumbel_softmax
 from aigc.recipes.base import TextRecipe
@@ -93,19 +94,20 @@ class TextGANRecipe(Adversarial, TextRecipe):
             ids = torch.distributions.Categorical(logits=logits / temperature).sample()
         return [self.tokenizer.decode(r) for r in ids.tolist()]
 
+    def accepts(self) -> set[str]:
+        return {"temperature"}
+
+    def describe_model(self) -> str:
+        return "text GAN (it generates fixed-length sequences from noise, with no prompt)"
+
     @torch.inference_mode()
-    def generate_text(self, prompt: str = "", num: int = 1, temperature: float = 1.0, seed: int = 0,
-                      top_k=None, top_p=None, stop=(), stream=None, max_new_tokens=None) -> list[str]:
-        """`num` sequences of seq_len characters. A GAN takes no prompt and has a fixed length."""
-        if prompt:
-            raise AigcError("the text GAN generates from noise only: --prompt does not apply")
-        if top_k is not None or top_p is not None or stop:
-            raise AigcError("--top-k, --top-p and --stop apply to GPT sampling, not to the text GAN")
+    def generate(self, request, stream=None) -> Text:
+        """`num` sequences of seq_len characters, each position sampled at `temperature` (default 1)."""
+        temperature = 1.0 if request.temperature is None else request.temperature
         if temperature < 0:
             raise AigcError("--temperature must be >= 0")
-        torch.manual_seed(seed)
-        texts = self.sample_texts(num, temperature)
+        texts = self.sample_texts(request.num or 1, temperature)
         if stream is not None:
             for t in texts:
                 stream(t + "\n")
-        return texts
+        return Text(texts)

@@ -8,6 +8,7 @@ import torch
 
 from aigc.config import RunConfig
 from aigc.errors import AigcError, check_choice
+from aigc.generation import DEFAULT_NUM, images_result
 from aigc.io.images import save_grid
 from aigc.metrics.likelihood import iwae_nll
 from aigc.models.vae import VAE, VAEConfig
@@ -17,6 +18,7 @@ from aigc.recipes.base import ImageRecipe
 class VAERecipe(ImageRecipe):
     family = "vae"
     ModelConfig = VAEConfig
+    WHATS = ("samples", "reconstructions", "interpolation")
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -61,15 +63,21 @@ class VAERecipe(ImageRecipe):
         save_grid(path, self.model.sample(64), nrow=8)
 
     # ---------------------------------------------------------------- sampling and evaluation
-    def generate(self, num: int, label=None, prompt=None, **_) -> dict:
-        if label is not None or prompt is not None:
-            raise AigcError("this VAE is unconditional: --label and --prompt do not apply")
-        return {"images": self.model.sample(num)}
+    def describe_model(self) -> str:
+        return "unconditional VAE"
+
+    def generate(self, request, stream=None):
+        num = request.num or DEFAULT_NUM["images"]
+        if request.what == "samples":
+            return images_result(self.model.sample(num))
+        data = self.load_data(self.cfg)
+        if request.what == "reconstructions":
+            return images_result(self.reconstructions(data, num), nrow=16)
+        return images_result(self.interpolations(data, pairs=max(1, num // 10)), nrow=10)
 
     def generate_for_eval(self, data, num: int):
         """`num` samples (Bernoulli means, as in the grids) for the sample-quality metrics."""
-        images = torch.cat([self.model.sample(min(1000, num - i)) for i in range(0, num, 1000)])
-        return images, None, None
+        return images_result(torch.cat([self.model.sample(min(1000, num - i)) for i in range(0, num, 1000)]))
 
     def reconstructions(self, data, num: int) -> torch.Tensor:
         """Rows of (original, reconstruction) pairs from the eval split."""

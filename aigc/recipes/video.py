@@ -6,20 +6,47 @@ classifier-free guidance of aigc/diffusion (the video denoiser is just another `
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from aigc.config import RunConfig
+from aigc.diffusion.samplers import frame_noise
 from aigc.errors import AigcError, check_choice
+from aigc.generation import DEFAULT_NUM, video_result
 from aigc.models.text_encoder import WordVocab
-from aigc.models.unet import DiffusionConfig, UNet
+from aigc.models.unet import UNet, VideoUNetConfig
 from aigc.models.video import VideoDiscriminator, VideoGANConfig, VideoGenerator, spatial_doublings
 from aigc.recipes.base import VideoRecipe
-from aigc.recipes.diffusion import DiffusionRecipe
+from aigc.recipes.diffusion import (
+    DiffusionConfig,
+    DiffusionCore,
+    channels_last_convs,
+    check_diffusion_config,
+    check_unet_size,
+)
 from aigc.recipes.gan import LOSSES, Adversarial, d_loss, g_loss
 
 SAMPLE_CLIPS = 16                        # clips in the training-time sample GIF
+
+
+@dataclass
+class VideoTrainingConfig:
+    """How video diffusion trains on and samples clips (see VideoDiffusionRecipe)."""
+    joint_images: int = 0            # of each batch of clips, how many are cut to one random frame each and
+                                     # trained as 1-frame clips (joint image-video training)
+    train_frames: int = 0            # train on random windows of this many consecutive frames (0 = whole clips)
+    window_start0: float = 0.0       # share of the training windows that start at frame 0
+    noise_corr: float = 0.0          # correlation of the noise between a clip's frames (0 = i.i.d.)
+    sample_window: int = 0           # sampling: denoise half-overlapping windows of this many frames (0 = whole clip)
+
+
+@dataclass
+class VideoDiffusionConfig(VideoTrainingConfig, VideoUNetConfig, DiffusionConfig):
+    """[model] of video-diffusion: DiffusionConfig plus the temporal layers and the clip training options."""
+    REMOVED: ClassVar[dict] = {"emb_act": False}
 
 
 def _check_cond(cond: str) -> None:
@@ -120,14 +147,15 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
     def _clips(self, z, y=None) -> torch.Tensor:
         return (self.G(z, y).float() + 1).mul_(0.5).clamp_(0, 1)
 
-    def generate(self, num: int, label=None, prompt=None, steps=None, guidance=None, frames=None, **_) -> dict:
-        if steps is not None or guidance is not None:
-            raise AigcError("--steps and --guidance are options of diffusion models, not of a GAN")
-        self.check_condition_args(label, prompt, "video GAN")
-        self.check_frames(frames)
-        out = self.requested_conditions(num, label, prompt)
-        out["videos"] = self.clips_for(out.get("prompts"), num)
-        return out
+    def accepts(self) -> set[str]:
+        return {"frames"} | self.condition_fields()
+
+    def generate(self, request, stream=None):
+        self.check_condition_args(request.label, request.prompt)
+        self.check_frames(request.frames)
+        num = request.num or DEFAULT_NUM["video"]
+        prompts = self.requested_conditions(num, request.label, request.prompt).get("prompts")
+        return video_result(self.clips_for(prompts, num), prompts)
 
     def clips_for(self, prompts=None, num=None, batch: int = 250) -> torch.Tensor:
         n = len(prompts) if prompts is not None else num
@@ -136,7 +164,7 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
 
     def generate_for_eval(self, data, num: int):
         _, prompts = self.eval_conditions(data, num)
-        return self.clips_for(prompts, num), None, prompts
+        return video_result(self.clips_for(prompts, num), prompts)
 
     def full_eval(self, data, num=None, k=None, progress=None) -> dict:
         return {**self.evaluate(data), "note": "GANs define no likelihood; see sample_quality"}
@@ -178,8 +206,8 @@ def windowed(net, frames: int, window: int):
     return fn
 
 
-class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
-    """DDPM on clips: the diffusion recipe with a space-time U-Net (models/unet.py, frames > 0).
+class VideoDiffusionRecipe(VideoRecipe):
+    """DDPM on clips: the diffusion core (recipes/diffusion.py) with a space-time U-Net (models/unet.py, frames > 0).
 
     Joint image-video training (`model.joint_images` = k, Ho et al. 2022, sec. 3): of each batch of clips, k
     are cut to one random frame each and trained as 1-frame clips, on which the temporal layers see no other
@@ -196,42 +224,49 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
     `model.sample_window` = k samples as the model trained: every denoising step runs half-overlapping windows
     of k frames and averages them (`windowed`)."""
     family = "video-diffusion"
-    ModelConfig = DiffusionConfig
-    sample_batch = 32
+    ModelConfig = VideoDiffusionConfig
 
-    @staticmethod
-    def build_net(cfg: RunConfig):
-        c, t, h, w = VideoRecipe.video_shape(cfg)
-        return (c, t, h, w), UNet(cfg.model, (c, h, w), frames=t)
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        m = cfg.model
+        c, t, h, w = self.video_shape(cfg)
+        self.net = channels_last_convs(UNet(m, (c, h, w), frames=t))
+        self.modules = {"unet": self.net}
+        self.core = DiffusionCore(m, self.net, (c, t, h, w), frame_noise(m.noise_corr),
+                                  windowed(self.net, t, m.sample_window), sample_batch=32)
+        self.vocab = self.core.vocab
 
     @staticmethod
     def check_config(cfg: RunConfig) -> None:
-        DiffusionRecipe.check_config(cfg)
-        _check_cond(cfg.model.cond)
-        if cfg.model.train_frames < 0:
+        m = cfg.model
+        check_diffusion_config(m)
+        _check_cond(m.cond)
+        if not 0 <= m.noise_corr < 1:
+            raise AigcError(f"model.noise_corr must be in [0, 1) (the noise correlation between frames), "
+                            f"got {m.noise_corr}")
+        if m.train_frames < 0:
             raise AigcError(f"model.train_frames must be >= 0: the length of the windows cut from each clip "
-                            f"(0 = whole clips); got {cfg.model.train_frames}")
-        if not 0 <= cfg.model.joint_images < cfg.data.batch_size:
+                            f"(0 = whole clips); got {m.train_frames}")
+        if not 0 <= m.joint_images < cfg.data.batch_size:
             raise AigcError(f"model.joint_images must be in 0..data.batch_size - 1 ({cfg.data.batch_size - 1}): "
-                            f"at least one clip of each batch trains as a clip; got {cfg.model.joint_images}")
-        if not 0 <= cfg.model.window_start0 <= 1:
+                            f"at least one clip of each batch trains as a clip; got {m.joint_images}")
+        if not 0 <= m.window_start0 <= 1:
             raise AigcError(f"model.window_start0 is the share of training windows that start at frame 0, in [0, 1]; "
-                            f"got {cfg.model.window_start0}")
-        if cfg.model.sample_window < 0:
+                            f"got {m.window_start0}")
+        if m.sample_window < 0:
             raise AigcError(f"model.sample_window must be >= 0: the frames of each denoising window at sampling "
-                            f"(0 = the whole clip at once); got {cfg.model.sample_window}")
-        if cfg.model.frame_map and not (cfg.model.cond_map > 0 and cfg.model.cond != "none"):
+                            f"(0 = the whole clip at once); got {m.sample_window}")
+        if m.frame_map and not (m.cond_map > 0 and m.cond != "none"):
             raise AigcError("model.frame_map makes the caption map differ per frame: it needs a condition "
-                            f"(model.cond) and model.cond_map > 0; got cond = {cfg.model.cond!r}, "
-                            f"cond_map = {cfg.model.cond_map}")
-        check_choice("model.temporal_conv", cfg.model.temporal_conv, ("1d", "separated", "dynamic"))
-        check_choice("model.spacetime_attention", cfg.model.spacetime_attention, ("none", "mid", "all"))
-        check_choice("model.temporal_pos", cfg.model.temporal_pos, ("none", "relative"))
+                            f"(model.cond) and model.cond_map > 0; got cond = {m.cond!r}, cond_map = {m.cond_map}")
+        check_choice("model.temporal_conv", m.temporal_conv, ("1d", "separated", "dynamic"))
+        check_choice("model.spacetime_attention", m.spacetime_attention, ("none", "mid", "all"))
+        check_choice("model.temporal_pos", m.temporal_pos, ("none", "relative"))
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
         data = VideoRecipe.load_data(cfg, run_dir)
-        DiffusionRecipe.check_unet_size(cfg, "frame")
+        check_unet_size(cfg, "frame")
         VideoRecipe.set_condition(cfg, data)
         return data
 
@@ -246,12 +281,22 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
         j = cfg.model.joint_images
         return (cfg.data.batch_size - j) * VideoDiffusionRecipe.window(cfg) + j
 
+    # ---------------------------------------------------------------- trainer hooks
+    def param_groups(self):
+        return {"unet": list(self.net.parameters())}
+
+    def ema_modules(self):
+        return self.modules
+
+    def evaluate(self, data, max_batches=None, num=None) -> dict[str, float]:
+        return self.core.evaluate(data, max_batches, num)
+
     def train_step(self, batch, opt):
-        m = self.cfg.model
+        m, core = self.cfg.model, self.core
         if not (m.joint_images or m.train_frames):
-            return DiffusionRecipe.train_step(self, batch, opt)
-        x0 = batch["video"].to(self.device_of()) * 2 - 1
-        c = self._condition(batch, m.p_uncond)
+            return core.train_step(batch, "video", opt)
+        x0 = batch["video"].to(core.device()) * 2 - 1
+        c = core.condition(batch, m.p_uncond)
         part = lambda a, b: c[a:b] if c is not None else None                     # noqa: E731
         T, n, k = x0.shape[2], len(x0) - m.joint_images, self.window(self.cfg)
         first = torch.randint(T - k + 1, (n,))                                     # windows of k frames
@@ -259,33 +304,39 @@ class VideoDiffusionRecipe(VideoRecipe, DiffusionRecipe):
             first = first.masked_fill(torch.rand(n) < m.window_start0, 0)
         index = first[:, None] + torch.arange(k)
         clips = torch.stack([x0[i, :, f:f + k] for i, f in enumerate(first.tolist())])
-        clip_loss = self._loss(clips, part(0, n), weighted=True, frame_index=index)
+        clip_loss = core.loss(clips, part(0, n), weighted=True, frame_index=index)
         out, loss = {"clip_loss": clip_loss.mean().detach()}, clip_loss.sum() * k
         if m.joint_images:                                                        # one frame of each other clip
             pick = torch.randint(T, (m.joint_images,))
             frames = x0[n:][torch.arange(m.joint_images), :, pick].unsqueeze(2)   # (j, C, 1, H, W)
-            image_loss = self._loss(frames, part(n, None), weighted=True)
+            image_loss = core.loss(frames, part(n, None), weighted=True)
             out["image_loss"] = image_loss.mean().detach()
             loss = loss + image_loss.sum()
         loss = loss / (n * k + m.joint_images)
         opt.update("unet", loss)
         return {"loss": loss.detach(), **out}
 
-    def sampling_net(self):
-        return windowed(self.net, self.shape[1], self.cfg.model.sample_window)
-
     def save_samples(self, path: Path) -> None:
         g = torch.Generator().manual_seed(1234)
         prompts = self.random_prompts(SAMPLE_CLIPS, g) if self.cfg.model.cond == "text" else None
-        self.save_clips(path, self._sample(SAMPLE_CLIPS, self._cond_for(None, prompts), generator=g))
+        self.save_clips(path, self.core.sample(SAMPLE_CLIPS, self.core.cond_for(None, prompts), generator=g))
 
-    def generate(self, num: int, label=None, prompt=None, steps=None, guidance=None, sampler=None, frames=None,
-                 **_) -> dict:
-        self._check_options(label, prompt, steps, guidance, sampler)
-        self.check_frames(frames)
-        out = self.requested_conditions(num, label, prompt)
-        out["videos"] = self.sample_for(None, out.get("prompts"), num, sampler, steps, guidance)
-        return out
+    # ---------------------------------------------------------------- generation
+    def accepts(self) -> set[str]:
+        return self.core.accepts() | {"frames"} | self.condition_fields()
 
-    def trajectory(self, *args, **kwargs):
-        raise AigcError("--what trajectory is for image diffusion models; a video model writes clips")
+    def generate(self, request, stream=None):
+        self.core.check_request(request)
+        self.check_condition_args(request.label, request.prompt)
+        self.check_frames(request.frames)
+        num = request.num or DEFAULT_NUM["video"]
+        prompts = self.requested_conditions(num, request.label, request.prompt).get("prompts")
+        clips = self.core.sample_for(None, prompts, num, request.sampler, request.steps, request.guidance)
+        return video_result(clips, prompts)
+
+    def generate_for_eval(self, data, num: int, sampler=None, steps=None, guidance=None, progress=None):
+        _, prompts = self.eval_conditions(data, num)
+        return video_result(self.core.sample_for(None, prompts, num, sampler, steps, guidance, progress), prompts)
+
+    def full_eval(self, data, num=None, k=None, progress=None) -> dict:
+        return {**self.evaluate(data, num=num), **self.core.summary()}

@@ -30,7 +30,6 @@ from aigc.io.rundir import CHECKPOINT, LOSS_PNG, METRICS, SAMPLES, read_metrics
 from aigc.train.ema import EMA
 from aigc.train.plots import plot_metrics
 
-
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 

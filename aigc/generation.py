@@ -1,0 +1,165 @@
+"""The generation contract (DESIGN.md): one typed request and one typed result per output kind.
+
+`aigc sample`, the demo, the benchmarks (and the server) generate through `generate(recipe, request)`:
+
+    request = Request(num=16, prompt="a red circle", guidance=3.0, seed=0)
+    result = generate(recipe, request)          # an Images result: uint8 (N, H, W, C) + the prompts used
+
+A recipe declares the kind it produces (`recipe.output`: text | images | video | audio) and the request
+fields it accepts (`recipe.accepts()`, which may depend on the trained model: `prompt` only for a
+text-conditional one). A field given that the recipe does not accept is a clear error, never ignored.
+Same request + same seed = same result, whoever asks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable, Union
+
+import numpy as np
+import torch
+
+from aigc.errors import AigcError
+
+KINDS = ("text", "images", "video", "audio")
+DEFAULT_NUM = {"text": 1, "images": 64, "video": 16, "audio": 8}
+# the command-line spelling of each field, for error messages
+FLAGS = {"num": "--num", "seed": "--seed", "prompt": "--prompt", "label": "--label", "image": "--image",
+         "steps": "--steps", "guidance": "--guidance", "sampler": "--sampler", "frames": "--frames",
+         "what": "--what", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
+         "max_new_tokens": "--max-new-tokens", "stop": "--stop"}
+ALWAYS = frozenset({"num", "seed"})
+# what each field is for, said when a model refuses it
+FOR = {"prompt": "text-conditional models and language models", "label": "class-conditional models",
+       "image": "captioning models", "steps": "diffusion models", "guidance": "conditional diffusion models",
+       "sampler": "diffusion models", "frames": "video models",
+       "what": "image models (VAE: reconstructions, interpolation; diffusion: trajectory)",
+       "temperature": "text models", "top_k": "language models", "top_p": "language models",
+       "max_new_tokens": "language models", "stop": "language models"}
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to generate. None (or the empty tuple, or what="samples") means "not given": the model's default."""
+    num: int | None = None               # how many samples (default: DEFAULT_NUM of the kind)
+    seed: int = 0
+    prompt: str | None = None            # text-conditional models and language models
+    label: int | None = None             # class-conditional models
+    image: str | None = None             # models that take an input image (captioners)
+    steps: int | None = None             # diffusion sampler steps
+    guidance: float | None = None        # classifier-free guidance scale
+    sampler: str | None = None           # diffusion sampler name
+    frames: int | None = None            # video: frames per clip
+    what: str = "samples"                # samples | reconstructions | interpolation (VAE) | trajectory (diffusion)
+    temperature: float | None = None     # language models ...
+    top_k: int | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def given(self) -> set[str]:
+        """The names of the fields set to something other than 'not given'."""
+        out = set()
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ALWAYS or v is None or v == () or (f.name == "what" and v == "samples"):
+                continue
+            out.add(f.name)
+        return out
+
+
+@dataclass
+class Text:
+    texts: list[str]
+    prompts: list[str] | None = None
+    kind = "text"
+
+
+@dataclass
+class Images:
+    images: np.ndarray                   # uint8 (N, H, W, C), C = 1 or 3
+    labels: np.ndarray | None = None     # int64 (N,) for class-conditional samples
+    prompts: list[str] | None = None     # for text-conditional samples
+    nrow: int | None = None              # how a grid of them reads best (trajectories, reconstructions)
+    kind = "images"
+
+    def channels_first(self) -> torch.Tensor:
+        """uint8 (N, C, H, W), the layout the datasets score."""
+        return torch.from_numpy(self.images).permute(0, 3, 1, 2)
+
+    def label_tensor(self) -> torch.Tensor | None:
+        return None if self.labels is None else torch.from_numpy(self.labels)
+
+
+@dataclass
+class Video:
+    videos: np.ndarray                   # uint8 (N, T, H, W, C)
+    prompts: list[str] | None = None
+    kind = "video"
+
+    def channels_first(self) -> torch.Tensor:
+        """uint8 (N, C, T, H, W), the layout the datasets score."""
+        return torch.from_numpy(self.videos).permute(0, 4, 1, 2, 3)
+
+    def label_tensor(self) -> None:
+        return None
+
+
+@dataclass
+class Audio:
+    audio: np.ndarray                    # float32 (N, S) in [-1, 1]
+    sample_rate: int
+    prompts: list[str] | None = None
+    labels: np.ndarray | None = None
+    kind = "audio"
+
+
+Result = Union[Text, Images, Video, Audio]
+
+
+def images_result(x: torch.Tensor, labels=None, prompts=None, nrow=None) -> Images:
+    """float (N, C, H, W) in [0, 1] -> Images."""
+    from aigc.io.images import to_uint8
+
+    return Images(to_uint8(x), None if labels is None else np.asarray(torch.as_tensor(labels).cpu(), np.int64),
+                  None if prompts is None else list(prompts), nrow)
+
+
+def video_result(x: torch.Tensor, prompts=None) -> Video:
+    """float clips (N, C, T, H, W) in [0, 1] -> Video."""
+    from aigc.io.images import video_to_uint8
+
+    return Video(video_to_uint8(x), None if prompts is None else list(prompts))
+
+
+def check_request(recipe, request: Request) -> None:
+    """A clear error for every field the recipe does not accept, naming what it does accept."""
+    accepted = set(recipe.accepts()) | ALWAYS
+    if len(recipe.WHATS) > 1:
+        accepted.add("what")
+    extra = sorted(request.given() - accepted, key=list(FLAGS).index)
+    if extra:
+        f = extra[0]
+        raise AigcError(f"{', '.join(FLAGS[f] for f in extra)} {'does' if len(extra) == 1 else 'do'} not apply to "
+                        f"this {recipe.describe_model()} ({FLAGS[f]} is for {FOR[f]}); it accepts "
+                        f"{', '.join(FLAGS[f] for f in FLAGS if f in accepted)}")
+    if request.num is not None and request.num < 1:
+        raise AigcError(f"--num must be at least 1, got {request.num}")
+    if request.what not in recipe.WHATS:
+        raise AigcError(f"--what {request.what} does not apply to this {recipe.describe_model()}; "
+                        f"it makes: {', '.join(recipe.WHATS)}")
+
+
+def generate(recipe, request: Request, stream: Callable[[str], None] | None = None) -> Result:
+    """Check the request against the recipe's declaration, seed the global RNG, and generate.
+    `stream(piece)` receives text as it is produced (text models, num = 1)."""
+    check_request(recipe, request)
+    torch.manual_seed(request.seed)
+    with torch.no_grad():
+        result = recipe.generate(request, stream=stream)
+    if result.kind != recipe.output:
+        raise AssertionError(f"{type(recipe).__name__} declared {recipe.output!r} but produced {result.kind!r}")
+    return result
+
+
+__all__ = ["Request", "Text", "Images", "Video", "Audio", "Result", "generate", "check_request", "KINDS",
+           "DEFAULT_NUM", "images_result", "video_result"]

@@ -1,0 +1,57 @@
+"""Write a generation result (aigc/generation.py) to the sample files of DESIGN.md 'Sample files'."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from aigc.errors import AigcError
+from aigc.io.images import save_gif, save_grid, save_npz
+
+SUFFIXES = {"text": (".txt", ".jsonl", "any other"), "images": (".png", ".npz"), "video": (".gif", ".npz"),
+            "audio": (".wav", ".npz")}
+
+
+def check_out(kind: str, out: str | Path | None) -> Path | None:
+    """The output path for a result of `kind`, checked before any work is done."""
+    if out is None:
+        if kind == "text":
+            return None
+        raise AigcError(f"--out FILE{' or FILE'.join(SUFFIXES[kind])} is required for {kind} models")
+    out = Path(out)
+    if kind != "text" and out.suffix not in SUFFIXES[kind]:
+        raise AigcError(f"--out must end in {' or '.join(SUFFIXES[kind])} for {kind}, got '{out.name}'")
+    return out
+
+
+def write_result(result, out: str | Path | None) -> Path | None:
+    """Write `result` to `out` by its kind and the file's suffix; text with no `out` is not written."""
+    out = check_out(result.kind, out)
+    if out is None:
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if result.kind == "text":
+        if out.suffix == ".jsonl":
+            prompts = result.prompts or [None] * len(result.texts)
+            lines = [json.dumps({"prompt": p, "text": t}, ensure_ascii=False) for p, t in zip(prompts, result.texts)]
+            out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        else:
+            out.write_text("\n\n".join(result.texts) + "\n", encoding="utf-8")
+        return out
+    if result.kind == "images":
+        if out.suffix == ".png":
+            return save_grid(out, result.images, nrow=result.nrow)
+        return save_npz(out, result.images, labels=result.labels, prompts=result.prompts)
+    if result.kind == "video":
+        if out.suffix == ".gif":
+            return save_gif(out, result.videos)
+        return save_npz(out, result.videos, prompts=result.prompts, key="videos")
+    if out.suffix == ".npz":
+        arrays = {"audio": result.audio.astype(np.float32), "sample_rate": np.int64(result.sample_rate)}
+        if result.prompts is not None:
+            arrays["prompts"] = np.asarray(result.prompts, dtype=np.str_)
+        np.savez_compressed(out, **arrays)
+        return out
+    raise AigcError("WAV output needs the audio writer of the speech family, which aigc does not have yet")
