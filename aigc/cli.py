@@ -89,27 +89,32 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
 # ------------------------------------------------------------------------------------------ sample
 @cli.command()
 @click.argument("run", type=click.Path())
-@click.option("--num", type=click.IntRange(1, 100000), default=None, help="how many samples (images 64, clips 16, text 1)")
+@click.option("--num", type=click.IntRange(1, 100000), default=None,
+              help="how many samples (images 64, clips 16, text 1)")
 @click.option("--out", type=click.Path(), help="FILE.png (grid) or FILE.npz (arrays); video: FILE.gif or FILE.npz; "
               "text: FILE.txt, FILE.jsonl (one JSON object per sample), default stdout")
 @click.option("--prompt", help="text prompt (language models, text-conditional models)")
 @click.option("--prompt-file", type=click.Path(), help="read the prompt from this UTF-8 file")
 @click.option("--label", type=int, help="class label (class-conditional models)")
 @click.option("--steps", type=int, help="sampler steps (diffusion)")
-@click.option("--guidance", type=float, help="classifier-free guidance scale (conditional diffusion): 1 = conditional, "
+@click.option("--guidance", type=float, help="classifier-free guidance scale (conditional diffusion): 1 = "
+                                             "conditional, "
                                                "0 = unconditional, >1 guided")
-@click.option("--sampler", help="diffusion sampler: ddim (the default) or dpm++2m (deterministic, second order), both with "
+@click.option("--sampler", help="diffusion sampler: ddim (the default) or dpm++2m (deterministic, second "
+                                "order), both with "
                                   "--steps model.sample_steps unless given; ddpm (ancestral, --steps T unless given)")
 @click.option("--frames", type=int, help="video: frames per clip (the model makes the count it was trained on)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--what", type=click.Choice(["samples", "reconstructions", "interpolation", "trajectory"]),
               default="samples", show_default=True,
-              help="VAE: reconstructions of test images or latent interpolations; diffusion: the denoising trajectory x_T -> x_0")
+              help="VAE: reconstructions of test images or latent interpolations; diffusion: the denoising "
+                   "trajectory x_T -> x_0")
 @click.option("--max-new-tokens", type=click.IntRange(1), help="text: tokens to generate (default 500)")
 @click.option("--temperature", type=float, help="text: 0 = greedy (default 0.8; text GAN 1)")
 @click.option("--top-k", type=int, help="text: sample among the k most likely tokens")
 @click.option("--top-p", type=float, help="text: nucleus sampling, the smallest set with probability >= p")
-@click.option("--stop", multiple=True, help="text: stop a sample at this string (repeatable; \\n and \\t are read as newline/tab)")
+@click.option("--stop", multiple=True, help="text: stop a sample at this string (repeatable; \\n and \\t are "
+                                            "read as newline/tab)")
 @click.option("--stream", is_flag=True, help="text: print tokens as they are produced")
 @click.option("--no-ema", is_flag=True, help="use the raw weights even when EMA weights exist")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
@@ -146,11 +151,13 @@ def sample(run, num, out, prompt, prompt_file, label, steps, guidance, sampler, 
 # ------------------------------------------------------------------------------------------ eval
 @cli.command(name="eval")
 @click.argument("run", type=click.Path(), required=False)
-@click.option("--num", type=click.IntRange(1), help="test examples and generated samples to use (default: all / 10000)")
+@click.option("--num", type=click.IntRange(1),
+              help="test examples and generated samples to use (default: all / 10000)")
 @click.option("--k", "iwae_k", type=click.IntRange(1), default=1000, show_default=True,
               help="VAE: importance samples for the IWAE bound")
 @click.option("--samples", "samples_file", type=click.Path(), help="score this npz sample file instead of a run")
-@click.option("--data", "dataset", help="with --samples: the dataset to compare against (mnist | shapes | images | moving-shapes | moving-mnist)")
+@click.option("--data", "dataset", help="with --samples: the dataset to compare against (mnist | shapes | "
+                                        "images | moving-shapes | moving-mnist)")
 @click.option("--data-dir", type=click.Path(), help="with --samples: folder of the dataset's files")
 @click.option("--out", type=click.Path(), help="also write the JSON here")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)

@@ -42,7 +42,8 @@ DEMOS = [
                              "a yellow triangle", "a large green square in the bottom right"],
               blurb="A DDPM: a small U-Net learns to predict the noise added to training images at 1000 noise levels, "
                     "reading the caption through a small Transformer text encoder; captions are dropped 10% of the "
-                    "time so the same network is also unconditional, and samples use classifier-free guidance (scale 3) "
+                    "time so the same network is also unconditional, and samples use classifier-free guidance "
+                    "(scale 3) "
                     "with 25 DDIM steps. The trajectory rows show x_T (pure noise) turning into x_0 step by step. "
                     "Prompt accuracy reads shape, color, size and position back off the pixels."),
     DemoEntry("video-diffusion-moving-shapes", "Text-to-video diffusion on moving-shapes (16 frames, 32x32 RGB)",
@@ -54,7 +55,8 @@ DEMOS = [
                     "across frames, denoises clips; it trains on random 8-frame windows of the clips (each frame told "
                     "its index in the clip) and samples whole 16-frame clips. The caption enters through a small "
                     "Transformer text encoder, which also makes depthwise space-time filters for each clip (so the "
-                    "direction word can tilt them), and samples use classifier-free guidance. A few minutes on a CPU is too "
+                    "direction word can tilt them), and samples use classifier-free guidance. A few minutes on "
+                    "a CPU is too "
                     "short for clean motion (see benchmarks/video.py for 20-minute figures); the metrics read shape, "
                     "color and direction back off the pixels of every frame."),
     DemoEntry("gan-shapes", "Text-to-image GAN on shapes (32x32 RGB)", "gan", "shapes", 0.15,
@@ -139,7 +141,8 @@ def run_demo(out: Path, minutes: float, overwrite: bool = False, quiet: bool = F
         result["train_steps"], result["train_seconds"] = summary["step"], summary["elapsed_s"]
         figs = "\n".join(f'<figure><img src="{html.escape(p.name)}" alt="{html.escape(k)}">'
                          f"<figcaption>{html.escape(k)}</figcaption></figure>" for k, p in images.items())
-        pre = "".join(f"<h3>prompt <code>{html.escape(p)}</code></h3><pre><b>{html.escape(p)}</b>{html.escape(t)}</pre>"
+        pre = "".join(f"<h3>prompt <code>{html.escape(p)}</code></h3>"
+                      f"<pre><b>{html.escape(p)}</b>{html.escape(t)}</pre>"
                       for p, t in texts)
         sections.append(f"<section><h2>{html.escape(e.title)}</h2><p>{html.escape(e.blurb)}</p>{pre}"
                         f'<div class="figs">{figs}</div>'
@@ -153,7 +156,8 @@ def run_demo(out: Path, minutes: float, overwrite: bool = False, quiet: bool = F
 pre{{background:#f6f6f6;padding:.6em;white-space:pre-wrap;max-width:1000px}}
 table{{border-collapse:collapse;margin-top:1em}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}</style>
 </head><body><h1>aigc demo</h1>
-<p>Every available family trained from scratch on built-in data, {total / 60:.1f} minutes in all on this machine{" (dry run: a few steps only)" if dry_run else ""}.
+<p>Every available family trained from scratch on built-in data, {total / 60:.1f} minutes in all on this machine\
+{" (dry run: a few steps only)" if dry_run else ""}.
 Metrics are defined in the metric tables; nothing here was picked by hand.</p>
 <p id="image-check" data-ok="">checking that every image loaded ...</p>
 {''.join(sections)}

@@ -153,7 +153,8 @@ def main() -> None:
                     mse[name] = err / x0.numel()
                 if hats:
                     drift[t] = mean_clip_drift(torch.cat(hats), data.eval["attrs"]["direction"][:num])
-                print(f"| {t} | {mse['true']:.4f} | " + " | ".join(f"{mse[k] / mse['true']:.3f}x" for k in cols) + " |")
+                print(f"| {t} | {mse['true']:.4f} | " + " | "
+                                                        "".join(f"{mse[k] / mse['true']:.3f}x" for k in cols) + " |")
         if drift:
             print(f"\nmean-clip drift the captioned way (px/frame, frames 0-11): true clips "
                   f"{mean_clip_drift(x0, data.eval['attrs']['direction'][:num]):.2f}; x_0 estimates "

@@ -10,8 +10,8 @@ family; `it_per_s` is the speed over the last logged window of 50 steps, which e
 compilation of the first steps; `wall_s` is the whole command's time, start-up and compilation included.
 `sample_s` is `aigc sample RUN --num 64` as a user runs it (start-up included).
 
-`--gap-steps 20000,60000 [--gap-batch B]` instead trains the MNIST diffusion preset for each number of steps on the GPU and
-saves 2000 samples of each sampler in SAMPLERS (gap-STEPS.npz in --gap-dir): does the gap between
+`--gap-steps 20000,60000 [--gap-batch B]` instead trains the MNIST diffusion preset for each number of steps
+on the GPU and saves 2000 samples of each sampler in SAMPLERS (gap-STEPS.npz in --gap-dir): does the gap between
 deterministic DDIM-25 and DDPM-1000 (issue 6) shrink as the model trains longer than a CPU's 20 minutes?
 `--score-gap DIR` scores those files on this machine with the project's FID (mnist-clf-v1 features, the
 same classifier as benchmarks/diffusion.py) and adds them to benchmarks/results/cuda.json."""
@@ -70,7 +70,8 @@ def row(name: str, mode: str, steps: int, paths: dict, runs: Path) -> dict:
     return info
 
 
-SAMPLERS = ("ddim25", "ddim25_eta1.0", "dpm25", "ddpm1000")        # names in benchmarks/diffusion.py's SAMPLER_SETTINGS
+SAMPLERS = ("ddim25", "ddim25_eta1.0", "dpm25",
+            "ddpm1000")        # names in benchmarks/diffusion.py's SAMPLER_SETTINGS
 GAP_NUM = 2000
 RESULTS = ROOT / "benchmarks" / "results" / "cuda.json"
 
@@ -85,7 +86,8 @@ def gap_samples(steps: int, batch: int, mnist: str, runs: Path, out_dir: Path) -
 
     out = runs / f"gap-{steps}"
     proc, wall = aigc(["train", "diffusion", "--data", "mnist", "--data-dir", mnist, "--steps", str(steps),
-                       "--set", f"data.batch_size={batch}", "--device", "cuda", *QUIET, "--out", str(out), "--quiet", "--overwrite"])
+                       "--set", f"data.batch_size={batch}", "--device", "cuda", *QUIET, "--out", str(out), "--quiet",
+                       "--overwrite"])
     if proc.returncode:
         raise SystemExit(proc.stderr[-2000:])
     info = {"steps": steps, "batch_size": batch, "train_wall_s": round(wall, 1),
@@ -132,7 +134,8 @@ def markdown(results: dict) -> str:
     for i, speed in enumerate(results.get("speed_runs", []), 1):
         m = speed["machine"]
         modes = [mode for mode in MODES if any(k.endswith(" " + mode) for k in speed["rows"])]
-        out += [f"Speed run {i} ({m['gpu']}, torch {m['torch']}; {speed.get('note', '')}): training it/s over the last "
+        out += [f"Speed run {i} ({m['gpu']}, torch {m['torch']}; {speed.get('note', '')}): training it/s over "
+                f"the last "
                 "50 of 300 steps (whole command's wall s in brackets: start-up and compilation)", "",
                 "| preset | " + " | ".join(modes) + " | `aigc sample --num 64` s |",
                 "|---|" + "---:|" * (len(modes) + 1)]
@@ -148,7 +151,8 @@ def markdown(results: dict) -> str:
     if gap:
         out += ["MNIST diffusion preset trained on the GPU (AMP), 2000 samples per sampler, FID scored on "
                 f"{gap['scored_on']['cpu']} with the MNIST classifier of benchmarks/diffusion.py:", "",
-                "| steps x batch | DDIM-25 FID | DDIM-25 eta=1 | DPM-Solver++(2M) 25 | DDPM-1000 | DDIM-25 / DDPM-1000 | "
+                "| steps x batch | DDIM-25 FID | DDIM-25 eta=1 | DPM-Solver++(2M) 25 | DDPM-1000 | DDIM-25 / "
+                "DDPM-1000 | "
                 "DPM-25 / DDPM-1000 |", "|---|---:|---:|---:|---:|---:|---:|"]
         for steps, r in gap["runs"].items():
             ratio = r["fid_over_ddpm1000"]

@@ -21,7 +21,8 @@ Rows (each trains with `aigc train` in a subprocess unless its run exists, then 
   mnist-v-plain  ablation, the preset before this one (v-prediction, width 48, plain loss, lr 1e-3): FID with
                DDIM-25 on 10k samples, and DDIM-25 vs respaced DDPM-100 on --ddpm-num samples
   mnist-class  class-conditional MNIST with the first preset (eps-prediction, width 48, plain loss, lr 1e-3):
-               FID and class accuracy at guidance 1, 2, 3, 5 (2000 samples each) as a table and benchmarks/results/diffusion_guidance.png
+               FID and class accuracy at guidance 1, 2, 3, 5 (2000 samples each) as a table and
+               benchmarks/results/diffusion_guidance.png
   shapes       text-to-image shapes (preset configs/diffusion-shapes.toml) trained with the (color, shape)
                pairs "green triangle" and "yellow circle" held out: prompt accuracy and per-attribute accuracy
                on 1000 eval captions of seen pairs and 500 captions of held-out pairs, at guidance 1, 2, 3, 5
@@ -40,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from aigc.generation import Request, generate, images_result  # noqa: E402
-from benchmarks.run import rows_main, train_run  # noqa: E402
+from benchmarks.run import provenance, rows_main, train_run  # noqa: E402
 
 RUNS = ROOT / "bench_runs"
 OUT = ROOT / "benchmarks" / "results" / "diffusion.json"
@@ -178,7 +179,8 @@ def row_mnist_v_solvers(args) -> dict:
     info["dpm25_10k"] = scored(recipe, data, 10000, sampler="dpm++2m", steps=25)
     print("dpm25_10k", info["dpm25_10k"], flush=True)
     score_samplers(info, recipe, data, args.solver_num, ("ddim25", "dpm25", "ddim250", "ddpm100", "ddpm1000"))
-    info["fid_over_ddpm1000"] = {k: round(info[k]["fid"] / info["ddpm1000"]["fid"], 3) for k in ("ddim25", "dpm25", "ddim250")}
+    info["fid_over_ddpm1000"] = {k: round(info[k]["fid"] / info["ddpm1000"]["fid"], 3) for k in ("ddim25", "dpm25",
+                                                                                                 "ddim250")}
     return info
 
 
@@ -299,7 +301,8 @@ def markdown(results: dict) -> str:
              "ddim50": "DDIM, 50 steps", "ddim100": "DDIM, 100 steps",
              "ddpm100": "respaced DDPM, 100 steps", "ddpm1000": "DDPM, 1000 steps",
              "dpm25": "DPM-Solver++(2M), 25 steps", "ddim250": "DDIM, 250 steps"}
-    for key, what in (("mnist-v", "the preset"), ("mnist-v-solvers", "the preset"), ("mnist-v-plain", "previous preset"),
+    for key, what in (("mnist-v", "the preset"), ("mnist-v-solvers", "the preset"), ("mnist-v-plain",
+                                                                                     "previous preset"),
                       ("mnist-ddpm", "eps-prediction"), ("mnist-steps", "eps-prediction"),
                       ("mnist-v-eta", "the preset trained again, {steps} steps")):
         if key not in results:
@@ -315,14 +318,18 @@ def markdown(results: dict) -> str:
             out.append(f"\nDDIM-25 / DDPM-1000 FID = {ratio} (goal: within 15%, i.e. <= 1.15: "
                        f"{'met' if ratio <= 1.15 else '**NOT met**'})")
         if "fid_over_ddpm1000" in r:
-            out += ["", *(f"- {names[k]} / DDPM-1000 FID = {ratio} (within 15%: {'yes' if ratio <= 1.15 else '**no**'})"
+            out += ["", *(f"- {names[k]} / DDPM-1000 FID = {ratio} (within 15%: "
+                          f"{'yes' if ratio <= 1.15 else '**no**'})"
                           for k, ratio in r["fid_over_ddpm1000"].items())]
         out.append("")
     if "mnist-class" in results:
         r = results["mnist-class"]
-        out += [f"Class-conditional MNIST ({r['steps']} steps, {r['train_img_per_s']} img/s; 2000 samples per row):", "",
-                "| guidance w | FID | precision | recall | class accuracy | class entropy |", "|---:|---:|---:|---:|---:|---:|"]
-        out += [f"| {float(w):g} | {q['fid']} | {q['precision']} | {q['recall']} | {q['class_accuracy']} | {q['class_entropy']} |"
+        out += [f"Class-conditional MNIST ({r['steps']} steps, {r['train_img_per_s']} img/s; 2000 samples per row):",
+                "",
+                "| guidance w | FID | precision | recall | class accuracy | class entropy "
+                "|", "|---:|---:|---:|---:|---:|---:|"]
+        out += [f"| {float(w):g} | {q['fid']} | {q['precision']} | {q['recall']} | {q['class_accuracy']} | "
+                f"{q['class_entropy']} |"
                 for w, q in r["guidance"].items()]
         out.append("")
     shapes_rows = {"shapes": "preset: v-prediction, caption map and coordinate channels",
@@ -334,15 +341,20 @@ def markdown(results: dict) -> str:
         r = results[key]
         out += [f"Text-to-image shapes, {what}; held out: {', '.join(HOLDOUT)} ({r['steps']} steps, "
                 f"{r['train_img_per_s']} img/s; 1000 seen-pair prompts, 500 held-out-pair prompts):", "",
-                "| guidance w | prompt acc (seen) | shape | color | size | position | prompt acc (held out) | shape | color | size | position |",
+                "| guidance w | prompt acc (seen) | shape | color | size | position | prompt acc (held out) | "
+                "shape | color | size | position |",
                 "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for w, g in r["guidance"].items():
             cells = []
             for k in ("seen", "held_out"):
                 q = g[k]
-                cells += [q["prompt_accuracy"], q["shape_accuracy"], q["color_accuracy"], q["size_accuracy"], q["position_accuracy"]]
+                cells += [q["prompt_accuracy"], q["shape_accuracy"], q["color_accuracy"], q["size_accuracy"],
+                          q["position_accuracy"]]
             out.append(f"| {float(w):g} | " + " | ".join(map(str, cells)) + " |")
         out.append("")
+    rows = {k: results[k] for k in ROWS if k in results}
+    out += provenance(rows, {}, lambda k: f"python benchmarks/diffusion.py --only {k}  # trains: "
+                      + rows[k].get("command", "(none: it samples the model of the row it is named after)"))
     return "\n".join(out)
 
 

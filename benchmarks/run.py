@@ -1,11 +1,11 @@
-"""Train each family on its benchmark dataset at a fixed CPU budget, evaluate it, and write
-BENCHMARKS.md and benchmarks/results/benchmarks.json (rows not re-run are kept from the JSON).
+"""The benchmark registry: the VAE and GAN rows below (an `aigc train` and an `aigc eval` each), and the
+studies of the other families in their own scripts (REPORT); every row's JSON result carries its command,
+date, commit and the machine's reference speed, and `--report` writes BENCHMARKS.md from all of them.
 
   python benchmarks/run.py                         # the default rows (about 60 minutes on 2 cores)
-  python benchmarks/run.py --only gan-mnist-5min-seed0,gan-mnist-class-5min   # some rows
-  python benchmarks/run.py --only vae-mnist-binarized-20min   # the long row
-  python benchmarks/run.py --only vae-mnist-120s   # one row
+  python benchmarks/run.py --only vae-mnist-120s,gan-mnist-5min-seed0   # some rows
   python benchmarks/run.py --list
+  python benchmarks/run.py --report                # only rewrite BENCHMARKS.md from benchmarks/results/*.json
 
 Every row is a real `aigc train` then `aigc eval` subprocess; wall time includes start-up and data
 loading; peak RSS is the larger of the two processes' own maximum resident set size (wait4)."""
@@ -69,18 +69,22 @@ BENCHES = [
                 "warmup_steps=0", "ema=0.0", "batch_size=128"], no_preset=True, needs_mnist=True),
     *[Bench(f"gan-mnist-5min-seed{s}", "gan", "mnist", ["--minutes", "5", "--seed", str(s)],
             f"preset gan-mnist (DCGAN 32/32 wide with one extra 3x3 conv per resolution in G and D, hinge loss, "
-            f"spectrally normalised D, Adam 2e-3 betas (0.5, 0.999) cosine, batch 64, EMA 0.999 of G), seed {s}, 5 min",
+            f"spectrally normalised D, Adam 2e-3 betas (0.5, 0.999) cosine, batch 64, EMA 0.999 of G), seed "
+            f"{s}, 5 min",
             needs_mnist=True,
-            goal=[("sample_quality.fid", "<=", 10.0), ("sample_quality.class_entropy", ">=", 2.25)]) for s in (0, 1, 2)],
+            goal=[("sample_quality.fid", "<=", 10.0), ("sample_quality.class_entropy", ">=", 2.25)]) for s in (0, 1,
+                                                                                                               2)],
     Bench("gan-mnist-5min-plain-dcgan", "gan", "mnist", ["--minutes", "5"],
           "ablation, the earlier preset: as gan-mnist but Radford et al.'s one conv per resolution "
           "(g_convs = d_convs = 0) and Adam 2e-4, seed 0, 5 min",
           sets=["g_convs=0", "d_convs=0", "lr=2e-4"], needs_mnist=True),
     Bench("gan-mnist-class-5min", "gan", "mnist", ["--minutes", "5"],
-          "preset gan-mnist with cond = class (a 16-d label embedding concatenated to z in G, projection discriminator), 5 min",
+          "preset gan-mnist with cond = class (a 16-d label embedding concatenated to z in G, projection "
+          "discriminator), 5 min",
           sets=["cond=class"], needs_mnist=True, goal=("sample_quality.class_accuracy", ">=", 0.97)),
     Bench("gan-shapes-text-5min", "gan", "shapes", ["--minutes", "5"],
-          "preset gan-shapes (DCGAN, hinge + spectral norm, cond = text via a small Transformer caption encoder in G and D), 5 min, "
+          "preset gan-shapes (DCGAN, hinge + spectral norm, cond = text via a small Transformer caption encoder "
+          "in G and D), 5 min, "
           "2000 samples on the eval split's captions", eval_args=["--num", "2000"]),
 ]
 
@@ -100,6 +104,28 @@ def run(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
         fo.seek(0), fe.seek(0)
         return (subprocess.CompletedProcess(cmd, os.waitstatus_to_exitcode(status), fo.read(), fe.read()),
                 wall, usage.ru_maxrss / 1024)
+
+
+def commit() -> str:
+    """The checkout's commit, with "+changes" when the working tree differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True)
+    return (head.stdout.strip() or "unknown") + ("+changes" if dirty.stdout.strip() else "")
+
+
+def provenance(rows: dict, names: dict, command_of) -> list[str]:
+    """One line per row: its command, date, commit and the reference speed of the machine it ran on (rows
+    measured before rows carried these name the commit that first stored them)."""
+    lines = []
+    for key, r in rows.items():
+        m = r.get("machine") or {}
+        ref = f"reference {m['reference_ms']} ms" if m.get("reference_ms") else "reference speed not measured"
+        when = " · ".join(x for x in (r.get("date"), f"commit {r['commit']}" if r.get("commit") else
+                                      f"first stored in {r['stored_in']}" if r.get("stored_in") else None) if x)
+        what = f" ({names[key]})" if names.get(key) else ""
+        lines.append(f"- `{key}`{what}: `{command_of(key)}` · {when or 'date unknown'} · {m.get('cpu', '?')}, {ref}")
+    return lines
 
 
 def dig(d: dict, path: str):
@@ -199,7 +225,8 @@ def rows_main(doc: str, rows: dict, out: Path, markdown, add_args=None) -> None:
         before = results.get(row, {})
         if all(new.get(k) == before.get(k) for k in ("run", "steps")) and "run" in new:
             new = {**{k: before[k] for k in TRAIN_COST if k in before}, **new}
-        results[row] = {**new, "bench_wall_s": round(time.perf_counter() - t0, 1), "machine": here}
+        results[row] = {**new, "bench_wall_s": round(time.perf_counter() - t0, 1), "machine": here,
+                        "date": time.strftime("%Y-%m-%d"), "commit": commit()}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")
         print(row, json.dumps(results[row], indent=1), flush=True)
@@ -235,6 +262,7 @@ def run_bench(b: Bench, runs: Path, data_dir: str) -> dict:
     ev["images_per_s"] = round(summary["step"] * batch / max(summary["elapsed_s"], 1e-9)) if b.dataset in (
         "mnist", "shapes") else None
     row = {"family": b.family, "dataset": b.dataset, "budget": " ".join(b.budget), "what": b.what,
+           "command": " ".join(["aigc", *cmd[3:]]), "commit": commit(),
            "train_wall_s": round(wall, 1), "train_loop_s": summary["elapsed_s"], "train_steps": summary["step"],
            "eval_wall_s": round(eval_wall, 1), "peak_rss_mb": round(max(rss_train, rss_eval)),
            "date": time.strftime("%Y-%m-%d"), "machine": machine(), "eval": ev}
@@ -253,7 +281,7 @@ def fmt(v) -> str:
     return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
 
 
-def write_md(results: dict) -> str:
+def vae_gan_table(results: dict) -> str:
     head = ["benchmark", "budget", "steps", "train wall s", "peak RSS MB", *[c for _, c in COLUMNS], "goal"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for b in BENCHES:
@@ -269,33 +297,58 @@ def write_md(results: dict) -> str:
             cells.append(fmt(v) if not isinstance(v, str) else v)
         cells.append(f"{r['goal']}: {'**met**' if r['goal_met'] else '**NOT met**'}" if "goal" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    notes = ["", "Rows:"] + [f"- `{b.name}`: {b.what}." for b in BENCHES if b.name in results]
-    m = next((r["machine"] for r in results.values()), {})
-    dates = sorted({r["date"] for r in results.values()})
-    body = f"""# Benchmarks
+    floor = dig(next((r["eval"] for r in results.values() if r.get("dataset") == "mnist"), {}),
+                "sample_quality.real_vs_real_fid")
+    known = {b.name: b for b in BENCHES}
+    lines += ["", *provenance({k: results[k] for k in known if k in results}, {k: b.what for k, b in known.items()},
+                              lambda k: results[k].get("command") or f"python benchmarks/run.py --only {k}"), "",
+              f"*test -ELBO*: negative evidence lower bound, one z per test image, nats per image (for grey levels "
+              f"pytorch/examples' \"BCE + KL\" test loss). *IWAE NLL*: the importance-weighted bound with k samples. "
+              f"*FID / precision / recall / class entropy*: 10,000 generated samples (2,000 for shapes) against the "
+              f"test split (held-out split for shapes), on the 128-d features of a small classifier aigc trains once "
+              f"on the real training split (`mnist-clf-v1`, `shapes-clf-v1`): **not Inception FID**; real train vs "
+              f"test scores FID {fmt(floor)} on the MNIST features. *class acc*: the classifier reads the requested "
+              f"label; *prompt acc*: shape, color, size and position read off the pixels all match the caption; "
+              f"*train img/s*: steps x batch / training-loop seconds (a GAN step is one D and one G update)."]
+    return "\n".join(lines)
 
-Regenerate with `python benchmarks/run.py` (or `--only NAME`). Measured on {m.get('cores')} cores
-({m.get('cpu')}), Python {m.get('python')}, torch {m.get('torch')}, {', '.join(dates)}.
 
-{table}
-{chr(10).join(notes)}
+# The sections of BENCHMARKS.md: (title, results file, the module whose markdown(results) renders it, how to run)
+REPORT = [
+    ("VAE and GAN (MNIST, shapes)", "benchmarks.json", None, "python benchmarks/run.py [--only ROW]"),
+    ("GPT on tiny-shakespeare", "gpt_shakespeare.json", "benchmarks.gpt_shakespeare",
+     "python benchmarks/gpt_shakespeare.py (about 13 minutes)"),
+    ("Text GAN against GPT", "text_gan.json", "benchmarks.text_gan", "python benchmarks/text_gan.py"),
+    ("Diffusion (MNIST, shapes)", "diffusion.json", "benchmarks.diffusion",
+     "python benchmarks/diffusion.py [--only ROW] (20-minute runs)"),
+    ("Video (moving-shapes)", "video.json", "benchmarks.video",
+     "python benchmarks/video.py [--only ROW] (20-minute runs)"),
+    ("On a GPU", "cuda.json", "benchmarks.cuda", "python benchmarks/cuda.py on a CUDA machine"),
+]
 
-Definitions. *test -ELBO*: negative evidence lower bound, one z per test image, nats per image (for
-grey levels this is pytorch/examples' "BCE + KL" test loss). *IWAE NLL*: Burda et al.'s
-importance-weighted bound with k samples, an upper bound on the test NLL. *FID / precision /
-recall / class entropy*: on 10,000 generated samples (2,000 for shapes) against the test split (the
-held-out split for shapes), in the 128-d feature space of a small classifier aigc trains once on the
-real training split (`mnist-clf-v1`, `shapes-clf-v1`): **not Inception FID**. Real train vs test
-scores FID {fmt(dig(next((r['eval'] for r in results.values() if r['dataset'] == 'mnist'), {}), 'sample_quality.real_vs_real_fid'))} on the MNIST features (the floor).
-VAE samples are Bernoulli means (the grey images in the grids). Class entropy is in nats (max ln 10 = 2.303).
-GAN rows: samples from the generator's EMA weights where the run keeps them; *class acc*: the MNIST
-classifier's prediction equals the requested label (labels in equal shares); *prompt acc*: shape, color,
-size and position read off the pixels all match the caption (shapes eval-split captions); *train img/s*:
-training steps x batch size / training-loop seconds (a GAN step is one D and one G update).
-"""
-    MD.write_text(body)
-    return body
+
+def write_report() -> str:
+    """BENCHMARKS.md from every results file of REPORT."""
+    import importlib
+
+    sys.path.insert(0, str(ROOT))
+    parts = ["# Benchmarks", "",
+             "Generated by `python benchmarks/run.py --report` from `benchmarks/results/*.json`; do not edit by hand. "
+             "Every row names its command, date, commit and machine. Budgets are wall-clock minutes on 2 CPU cores; "
+             "machines of this kind differ in speed by up to 4x, so each row carries the machine's reference speed "
+             "(`reference_ms`: a fixed 3x3 convolution's forward and backward, benchmarks/run.py) and a budget means "
+             "minutes on a machine at about 3.9 ms (scale by reference_ms / 3.9 elsewhere). What the figures mean and "
+             "what was tried: docs/.", ""]
+    for title, file, module, how in REPORT:
+        path = RESULTS.parent / file
+        if not path.is_file():
+            continue
+        results = json.loads(path.read_text())
+        body = vae_gan_table(results) if module is None else importlib.import_module(module).markdown(results)
+        parts += [f"## {title}", "", f"`{how}`", "", body, ""]
+    text = "\n".join(parts)
+    MD.write_text(text)
+    return text
 
 
 def main() -> None:
@@ -304,7 +357,12 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated benchmark names")
     ap.add_argument("--runs", default=str(ROOT / "bench_runs"), help="where the run folders go")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--report", action="store_true", help="only rewrite BENCHMARKS.md from the results files")
     args = ap.parse_args()
+    if args.report:
+        write_report()
+        print(f"wrote {MD}")
+        return
     if args.list:
         for b in BENCHES:
             print(f"{b.name:28s} {b.what}")
@@ -323,7 +381,8 @@ def main() -> None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
         print(json.dumps({b.name: {k: v for k, v in results[b.name].items() if k != "eval"}}, indent=1), flush=True)
-    print(write_md(results))
+    write_report()
+    print(f"wrote {MD}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.run import commit, machine, provenance  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 OUT = ROOT / "benchmarks" / "results" / "text_gan.json"
 GPT_RESULTS = ROOT / "benchmarks" / "results" / "gpt_shakespeare.json"
@@ -87,20 +89,29 @@ def main() -> None:
         texts = [t[:LENGTH] for t in texts]
         rows[name] = {**ngram_precision(texts, ref), "distinct_4": distinct_4(texts), **gpt_text_nll(judge, texts),
                       "example": texts[0]}
-    res = {"date": time.strftime("%Y-%m-%d"), "num_sequences": N, "length": LENGTH,
+    res = {"date": time.strftime("%Y-%m-%d"), "commit": commit(), "machine": machine(), "num_sequences": N,
+           "length": LENGTH,
            "text_gan": {"run": str(run), "steps": summary["step"], "train_loop_s": summary["elapsed_s"],
                         "train_wall_s": round(train_wall, 1)},
            "judge": "the 10-min GPT of benchmarks/gpt_shakespeare.py (whole-val loss "
                     f"{gpt_runs['10min'].get('val_loss')})", "rows": rows}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
-    print("| source | 2-gram prec. | 3-gram prec. | 4-gram prec. | distinct 4-grams | GPT NLL (nats/char) | example |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for name, r in rows.items():
-        ex = r["example"].replace("\n", "⏎").replace("|", "\\|")
-        print(f"| {name} | {r['ngram_precision_2']} | {r['ngram_precision_3']} | {r['ngram_precision_4']} | "
-              f"{r['distinct_4']} | {r['gpt_nll']} | `{ex}` |")
+    print(markdown(res))
 
+
+def markdown(res: dict) -> str:
+    lines = ["| source | 2-gram prec. | 3-gram prec. | 4-gram prec. | distinct 4-grams | GPT NLL (nats/char) | "
+             "example |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for name, r in res["rows"].items():
+        ex = r["example"].replace("\n", "⏎").replace("|", "\\|")
+        lines.append(f"| {name} | {r['ngram_precision_2']} | {r['ngram_precision_3']} | {r['ngram_precision_4']} | "
+                     f"{r['distinct_4']} | {r['gpt_nll']} | `{ex}` |")
+    lines += ["", f"{res['num_sequences']} sequences of {res['length']} characters per source, judged by "
+              f"{res['judge']}.", ""]
+    return "\n".join(lines + provenance({"text-gan-vs-gpt": res}, {"text-gan-vs-gpt": "text GAN against GPT samples"},
+                                         lambda k: "python benchmarks/text_gan.py"))
 
 if __name__ == "__main__":
     main()

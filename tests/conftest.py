@@ -1,3 +1,8 @@
+"""Shared fixtures. Two tiers (STYLE.md): a test that runs the CLI in a subprocess (it calls `run_cli`) is
+marked `slow` here, as are the long in-process ones that carry the mark themselves; `pytest -m "not slow"` is
+the fast tier (under 2 minutes on 2 cores)."""
+
+import inspect
 import os
 import subprocess
 import sys
@@ -68,3 +73,18 @@ def gen(recipe, **request):
     from aigc.generation import Request, generate
 
     return generate(recipe, Request(**request))
+
+
+def _runs_cli(fn) -> bool:
+    try:
+        return "run_cli(" in inspect.getsource(fn)
+    except (OSError, TypeError):
+        return False
+
+
+def pytest_collection_modifyitems(items):
+    """Mark `slow` every test that runs the CLI itself or through one of its fixtures."""
+    for item in items:
+        fixtures = [d[-1].func for d in item._fixtureinfo.name2fixturedefs.values() if d]
+        if any(_runs_cli(fn) for fn in [getattr(item, "function", None), *fixtures] if fn is not None):
+            item.add_marker(pytest.mark.slow)

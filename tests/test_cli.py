@@ -18,7 +18,8 @@ TINY = ["--set", "arch=mlp", "--set", "hidden=32", "--set", "z_dim=4", "--set", 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, mnist_dir):
     run = tmp_path_factory.mktemp("runs") / "vae"
-    p = run_cli("train", "vae", "--data", "mnist", "--data-dir", mnist_dir, "--steps", 20, "--out", run, "--quiet", *TINY)
+    p = run_cli("train", "vae", "--data", "mnist", "--data-dir", mnist_dir, "--steps", 20, "--out", run, "--quiet",
+                *TINY)
     assert p.returncode == 0, p.stderr
     return run
 
@@ -57,9 +58,11 @@ def test_eval_prints_json_and_saves(trained, tmp_path):
     assert json.loads((trained / "eval.json").read_text()) == r == json.loads((tmp_path / "e.json").read_text())
 
 
-def test_runs_lists(trained):
+def test_runs_lists_each_run_with_family_data_and_step(trained):
     p = run_cli("runs", trained.parent)
-    assert p.returncode == 0 and "vae" in p.stdout
+    assert p.returncode == 0, p.stderr
+    row = next(line for line in p.stdout.splitlines() if line.startswith(trained.name + " "))
+    assert row.split()[1:4] == ["vae", "mnist", "20"], row           # name, family, data, step
 
 
 def test_resume_to_more_steps(tmp_path, mnist_dir):
@@ -107,7 +110,8 @@ def test_corrupt_gz(tmp_path, mnist_dir):
 
 
 @pytest.mark.parametrize("args,fragments", [
-    (["train", "vea", "--data", "mnist", "--steps", "1"], ["unknown family 'vea'", "valid: diffusion, gan, gpt, text-gan, vae"]),
+    (["train", "vea", "--data", "mnist", "--steps", "1"], ["unknown family 'vea'",
+                                                           "valid: diffusion, gan, gpt, text-gan, vae"]),
     (["train", "vae", "--data", "cifar", "--steps", "1"], ["unknown dataset 'cifar'", "mnist"]),
     (["train", "vae", "--data", "mnist", "--steps", "1", "--set", "z_dimm=3"], ["unknown config key", "z_dim"]),
     (["train", "vae", "--data", "mnist", "--steps", "1", "--set", "lr=fast"], ["wrong type for train.lr"]),
@@ -138,7 +142,8 @@ def test_sample_bad_input(trained, tmp_path):
 
 def test_empty_image_folder(tmp_path):
     (tmp_path / "imgs").mkdir()
-    p = run_cli("train", "vae", "--data", "images", "--data-dir", tmp_path / "imgs", "--steps", 1, "--out", tmp_path / "o")
+    p = run_cli("train", "vae", "--data", "images", "--data-dir", tmp_path / "imgs", "--steps", 1, "--out",
+                tmp_path / "o")
     assert_clean_error(p, "no image files")
 
 

@@ -61,9 +61,11 @@ def test_unknown_family_lists_valid():
 
 
 def test_a_value_outside_its_choices_names_the_option_the_choices_and_the_value():
-    for family, key, choices in (("diffusion", 'model.schedule="cosin"', "model.schedule must be 'linear' or 'cosine'"),
+    for family, key, choices in (("diffusion", 'model.schedule="cosin"',
+                                  "model.schedule must be 'linear' or 'cosine'"),
                                  ("gan", 'arch="mpl"', "model.arch must be 'mlp' or 'dcgan' for the GAN"),
-                                 ("video-diffusion", 'temporal_conv="2d"', "model.temporal_conv must be '1d', 'separated' or 'dynamic'")):
+                                 ("video-diffusion", 'temporal_conv="2d"',
+                                  "model.temporal_conv must be '1d', 'separated' or 'dynamic'")):
         data = "moving-shapes" if family.startswith("video") else "mnist"
         with pytest.raises(AigcError) as e:
             build_config(family, data, None, [key], {})

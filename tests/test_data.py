@@ -190,3 +190,44 @@ def test_mnist_download_checks_md5(tmp_path, mnist_dir, monkeypatch):
         assert load_mnist(tmp_path / "dl", download=True)["test_labels"].shape == (128,)
     finally:
         server.shutdown()
+
+
+def test_a_new_dataset_is_a_module_and_one_registry_line(tmp_path, monkeypatch):
+    """What adding a dataset takes: a module with its Config and load(), and one line in DATASETS; then any
+    image family trains on it and its option is a --set key."""
+    from aigc.data import DATASETS, Entry
+    from aigc.generation import Request, generate
+    from aigc.recipes import build_config, recipe_class
+    from aigc.train.trainer import Optimizers
+
+    (tmp_path / "checkers.py").write_text('''
+from dataclasses import dataclass
+
+import torch
+
+from aigc.data import Dataset, ImageConfig, Split, finish_images
+
+
+@dataclass
+class Config(ImageConfig):
+    squares: int = 4                 # squares per side
+
+
+def load(cfg):
+    cell = 16 // cfg.squares
+    board = ((torch.arange(16)[:, None] // cell + torch.arange(16) // cell) % 2 * 255).to(torch.uint8)
+    images = board.expand(40, 1, 16, 16).clone()
+    labels = torch.arange(40) % 2
+    return finish_images(Dataset("checkers", Split(images[:32], labels[:32]), Split(images[32:], labels[32:]),
+                                 num_classes=2), cfg)
+''')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(DATASETS, "checkers", Entry("images", "checkers"))
+    cfg = build_config("vae", "checkers", None, ["squares=2", "arch=mlp", "hidden=8", "z_dim=2", "batch_size=8"], {})
+    assert cfg.data.squares == 2
+    cls = recipe_class("vae")
+    data = cls.load_data(cfg)
+    recipe = cls(cfg)
+    recipe.train_step(next(iter(cls.make_batcher(data, cfg))), Optimizers(recipe.param_groups(), cfg.train,
+                                                                         torch.device("cpu")))
+    assert generate(recipe, Request(num=3)).images.shape == (3, 16, 16, 1)

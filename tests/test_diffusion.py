@@ -36,7 +36,8 @@ def test_shifted_schedule_divides_the_snr_by_the_shift_squared():
     assert torch.allclose(ratio, torch.full_like(ratio, 1 / 9), rtol=1e-4)
     assert torch.allclose(torch.cumprod(1 - shifted.betas, 0), shifted.alphas_cumprod, rtol=1e-9)
     assert (shifted.betas > 0).all() and (shifted.betas < 1).all()
-    x = ddim_sample(gaussian_oracle(shifted, 0.3, 0.5), shifted, (20000, 1), 200, generator=torch.Generator().manual_seed(1),
+    x = ddim_sample(gaussian_oracle(shifted, 0.3, 0.5), shifted, (20000, 1), 200,
+                    generator=torch.Generator().manual_seed(1),
                     clip=False)
     assert x.mean().item() == pytest.approx(0.3, abs=0.02) and x.std().item() == pytest.approx(0.5, abs=0.02)
     with pytest.raises(ValueError):
@@ -120,6 +121,7 @@ def correlated_oracle(s: Schedule, mu: float, std: float, corr: float):
     return fn
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler,steps", [("ddpm", 1000), ("ddim", 200)])
 def test_samplers_with_frame_correlated_noise_recover_independent_frames(sampler, steps):
     """Trained and sampled with the same correlated noise (frame_noise), the samplers are exact: with the
@@ -161,6 +163,7 @@ def test_ddim_discretisation_error_shrinks_with_more_steps():
     assert errs[0] > errs[1] > errs[2] and errs[2] < 0.02
 
 
+@pytest.mark.slow
 def test_dpm_solver_is_second_order_where_ddim_is_first():
     """On the same x_T and oracle, DPM-Solver++(2M) at 25 steps lands within 0.01 of the exact ODE's spread
     (taken from DDIM at 1000 steps), where DDIM-25 misses by 0.03 to 0.05; at 10 steps both miss, DPM less. Its first
@@ -291,7 +294,8 @@ def tiny_recipe(cond="none"):
     m = DiffusionConfig(width=8, groups=4, heads=2, mults=[1, 2], cond=cond, cond_dim=16, num_classes=10,
                         text_vocab=list(shapes.VOCAB), sample_steps=3)
     size, ch = (32, 3) if cond == "text" else (28, 1)
-    return DiffusionRecipe(RunConfig("diffusion", data_config("mnist", image_size=size, channels=ch), m, TrainConfig()))
+    return DiffusionRecipe(RunConfig("diffusion", data_config("mnist", image_size=size, channels=ch), m,
+                                     TrainConfig()))
 
 
 def test_guided_sampling_keeps_the_nets_batch_at_sample_batch():
@@ -325,6 +329,7 @@ def test_condition_dropout_reaches_the_null_embedding():
     assert dropped.tolist() == [10, 10, 10]                       # the null class index
 
 
+@pytest.mark.slow
 def test_a_few_steps_reduce_the_loss():
     torch.manual_seed(0)
     r = tiny_recipe()
@@ -363,12 +368,14 @@ def test_cli_class_diffusion(class_run, tmp_path):
     p = run_cli("sample", class_run, "--num", 3, "--sampler", "ddpm", "--steps", 5, "--what", "trajectory",
                 "--out", tmp_path / "t.png")
     assert p.returncode == 0, p.stderr
-    p = run_cli("sample", class_run, "--num", 2, "--label", 1, "--sampler", "dpm++2m", "--steps", 4, "--out", tmp_path / "d.npz")
+    p = run_cli("sample", class_run, "--num", 2, "--label", 1, "--sampler", "dpm++2m", "--steps", 4, "--out",
+                tmp_path / "d.npz")
     assert p.returncode == 0, p.stderr
     assert np.load(tmp_path / "d.npz")["images"].shape == (2, 28, 28, 1)
     for args, words in [(["--label", 12], ["out of range", "0..9"]), (["--steps", 5000], ["--steps", "1..1000"]),
                         (["--steps", 0], ["--steps"]), (["--guidance", -1], ["--guidance", ">= 0"]),
-                        (["--prompt", "a 3"], ["text-conditional"]), (["--sampler", "euler"], ["'ddim', 'ddpm' or 'dpm++2m'"])]:
+                        (["--prompt", "a 3"], ["text-conditional"]), (["--sampler", "euler"],
+                                                                      ["'ddim', 'ddpm' or 'dpm++2m'"])]:
         assert_clean_error(run_cli("sample", class_run, "--num", 2, *args, "--out", tmp_path / "x.png"), *words)
     p = run_cli("eval", class_run, "--num", 300)
     assert p.returncode == 0, p.stderr
@@ -388,7 +395,8 @@ def test_cli_text_to_image_and_bad_input(tmp_path, mnist_dir):
                        "no word this model knows", "circle")
     assert_clean_error(run_cli("sample", run, "--num", 2, "--label", 1, "--out", tmp_path / "x.png"),
                        "class-conditional")
-    p = run_cli("train", "diffusion", "--data", "mnist", "--data-dir", mnist_dir, "--steps", 2, "--out", tmp_path / "u",
+    p = run_cli("train", "diffusion", "--data", "mnist", "--data-dir", mnist_dir, "--steps", 2, "--out",
+                tmp_path / "u",
                 *TINY)
     assert p.returncode == 0, p.stderr
     assert_clean_error(run_cli("sample", tmp_path / "u", "--num", 2, "--prompt", "a 3", "--out", tmp_path / "x.png"),

@@ -94,7 +94,8 @@ def test_d_step_leaves_g_and_g_step_leaves_d(arch):
     assert not all(torch.equal(a, b) for a, b in zip(g0, snap(r.G)))
 
 
-@pytest.mark.parametrize("size,channels,convs", [(28, 1, 0), (32, 3, 0), (64, 3, 0), (64, 1, 0), (28, 1, 2), (32, 3, 1)])
+@pytest.mark.parametrize("size,channels,convs", [(28, 1, 0), (32, 3, 0), (64, 3, 0), (64, 1, 0), (28, 1, 2), (32, 3,
+                                                                                                              1)])
 def test_dcgan_shapes(size, channels, convs):
     cfg = GANConfig(arch="dcgan", g_width=8, d_width=8, g_convs=convs, d_convs=convs)
     g, d = Generator(cfg, (channels, size, size)), Discriminator(cfg, (channels, size, size))
@@ -166,6 +167,7 @@ def test_text_conditional_prompts_and_null_caption():
         gen(r, num=2, prompt="a purple dog")
 
 
+@pytest.mark.slow
 def test_training_separates_real_from_fake_on_tiny_data():
     torch.manual_seed(0)
     r = GANRecipe(_cfg(arch="mlp", hidden=64))

@@ -190,7 +190,8 @@ def test_cli_sample_eval(gpt_run, tmp_path):
 def test_cli_stop_strings(gpt_run):
     from aigc.cli import unescape_stop
 
-    free = run_cli("sample", gpt_run, "--prompt", "All", "--max-new-tokens", 40, "--temperature", 0).stdout.rstrip("\n")
+    free = run_cli("sample", gpt_run, "--prompt", "All", "--max-new-tokens", 40, "--temperature",
+                   0).stdout.rstrip("\n")
     stop = free[len(free) // 2]                                # a character the greedy output really contains
     p = run_cli("sample", gpt_run, "--prompt", "All", "--max-new-tokens", 40, "--stop", stop, "--temperature", 0)
     assert p.returncode == 0 and p.stdout.rstrip("\n") == free[:free.index(stop)]

@@ -44,6 +44,7 @@ def test_class_entropy():
     assert class_entropy(torch.zeros(50, dtype=torch.long), 10) == 0.0
 
 
+@pytest.mark.slow
 def test_shapes_detector_reads_real_data():
     images, a = shapes.generate(5000, seed=11)
     d = shapes.detect(images)
@@ -56,6 +57,7 @@ def test_shapes_detector_reads_real_data():
     assert (shapes.detect(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))["shape"] == -1).all()
 
 
+@pytest.mark.slow
 def test_shape_detector_reads_rendered_shapes_exactly_and_survives_holes_blur_and_soft_edges():
     images, a = shapes.generate(1000, seed=5)
     assert torch.equal(shapes.detect(images)["shape"], a["shape"])
@@ -138,11 +140,13 @@ def test_shapes_detector_ignores_a_speck_of_noise():
 
 
 def test_parse_caption():
-    assert shapes.parse_caption("a large red circle in the top left") == {"color": 0, "shape": 0, "size": 1, "position": 0}
+    assert shapes.parse_caption("a large red circle in the top left") == {"color": 0, "shape": 0, "size": 1,
+                                                                          "position": 0}
     assert shapes.parse_caption("a blue shape in the top") == {"color": 2, "position": 1}
     assert shapes.parse_caption("hello") == {}
 
 
+@pytest.mark.slow
 def test_classifier_cache_is_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("AIGC_CACHE", str(tmp_path))
     # 80 steps instead of the default 200 (a third of the time): 0.98 test accuracy here, plenty to check caching

@@ -106,7 +106,9 @@ def test_unknown_compile_mode_is_an_error(tmp_path, mnist_dir):
         _train(tmp_path, mnist_dir, "c", 2, ["compile=fast"])
 
 
-@pytest.mark.skipif(not shutil.which("g++") and not shutil.which("c++"), reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("g++") and not shutil.which("c++"),
+                    reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_modules_keep_weight_names_and_resume(tmp_path, mnist_dir):
     """train.compile compiles the modules in place: graphs are made, the checkpoint has the plain run's names,
     and a compiled run resumes from its own checkpoint. (A tiny MLP GAN: its step calls G and D directly.)"""

@@ -306,7 +306,8 @@ def test_joint_image_video_training_cuts_frames_and_checks_its_setting(monkeypat
     assert shapes_seen == [(2, 3, 4, 32, 32), (3, 3, 1, 32, 32)]
     want = (out["clip_loss"] * 2 * 4 + out["image_loss"] * 3) / (2 * 4 + 3)
     assert out["loss"].item() == pytest.approx(want.item(), rel=1e-5)
-    for bad, words in [(["joint_images=5"], ["joint_images", "batch_size - 1 (4)"]), (["joint_images=-1"], ["joint_images"]),
+    for bad, words in [(["joint_images=5"], ["joint_images", "batch_size - 1 (4)"]), (["joint_images=-1"],
+                                                                                      ["joint_images"]),
                        (["train_frames=-1"], ["train_frames", ">= 0"]),
                        (["noise_corr=1"], ["noise_corr", "[0, 1)"]), (["schedule_shift=0"], ["schedule_shift", "> 0"]),
                        (["frame_map=true", "cond_map=0"], ["frame_map", "cond_map > 0"])]:
@@ -328,7 +329,8 @@ def test_training_on_windows_passes_each_frames_index_in_the_clip(monkeypatch):
     from aigc.recipes import build_config, recipe_class
 
     cfg = build_config("video-diffusion", "moving-shapes", None,
-                       ["num_eval=4", "frames=6", "width=16", "groups=4", "heads=2", "batch_size=3", "train_frames=2"], {})
+                       ["num_eval=4", "frames=6", "width=16", "groups=4", "heads=2", "batch_size=3",
+                        "train_frames=2"], {})
     cls = recipe_class("video-diffusion")
     data = cls.load_data(cfg)
     recipe = cls(cfg)
@@ -357,7 +359,8 @@ def test_training_on_windows_passes_each_frames_index_in_the_clip(monkeypatch):
     # the same sums broadcast differently ((T, E) vs (B, T, E) positions): equal up to float rounding (~3e-8
     # on outputs of ~0.2, which allclose's default atol of 1e-8 failed for a third of the seeds)
     assert torch.allclose(net(x, t, c), net(x, t, c, torch.arange(6).expand(2, 6)), atol=1e-6)
-    assert not torch.allclose(net(x[:, :, 2:4], t, c, torch.tensor([[2, 3], [2, 3]])), net(x[:, :, 2:4], t, c), atol=1e-3)
+    assert not torch.allclose(net(x[:, :, 2:4], t, c, torch.tensor([[2, 3], [2, 3]])), net(x[:, :, 2:4], t, c),
+                              atol=1e-3)
 
 
 @pytest.mark.parametrize("tconv", ["separated", "dynamic"])
@@ -379,7 +382,8 @@ def test_window_start0_and_3d_temporal_conv_train(monkeypatch, tconv):
     loss = recipe.core.loss
     monkeypatch.setattr(recipe.core, "loss", lambda x0, c, generator=None, weighted=False, frame_index=None:
                         seen.append(frame_index) or loss(x0, c, generator, weighted, frame_index))
-    out = recipe.train_step(next(cls.make_batcher(data, cfg)), type("Opt", (), {"update": lambda s, n, l: None})())
+    opt = type("Opt", (), {"update": lambda self, name, loss: None})()
+    out = recipe.train_step(next(cls.make_batcher(data, cfg)), opt)
     assert torch.isfinite(out["loss"]) and torch.equal(seen[0], torch.tensor([[0, 1]] * 3))
     assert gen(recipe, num=2, prompt="a red circle moving up").videos.shape == (2, 6, 32, 32, 3)
     for bad, words in [(['temporal_conv="2d"'], ["temporal_conv", "separated", "dynamic"]),
@@ -500,50 +504,97 @@ TINY_DIFF = ["--set", "num_eval=32", "--set", "frames=8", "--set", "batch_size=4
              "--set", "groups=4", "--set", "heads=2", "--set", "sample_steps=3"]
 
 
-def test_cli_video_gan(tmp_path):
-    run = tmp_path / "g"
+@pytest.fixture(scope="module")
+def video_gan_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("vgan") / "g"
     p = run_cli("train", "video-gan", "--data", "moving-shapes", "--steps", 3, "--out", run, *TINY_GAN)
     assert p.returncode == 0, p.stderr
-    assert (run / "samples" / "step_0000003.gif").exists() and (run / "samples" / "step_0000003.png").exists()
-    p = run_cli("sample", run, "--num", 3, "--prompt", "a green square moving down", "--out", tmp_path / "c.npz")
+    return run
+
+
+@pytest.fixture(scope="module")
+def video_diffusion_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("vdm") / "d"
+    p = run_cli("train", "video-diffusion", "--data", "moving-shapes", "--steps", 2, "--out", run, *TINY_DIFF)
+    assert p.returncode == 0, p.stderr
+    return run
+
+
+def test_cli_video_training_writes_gif_and_frame_strip(video_gan_run):
+    samples = video_gan_run / "samples"
+    assert (samples / "step_0000003.gif").exists() and (samples / "step_0000003.png").exists()
+
+
+def test_cli_video_sample_npz_holds_clips_and_prompts(video_gan_run, tmp_path):
+    p = run_cli("sample", video_gan_run, "--num", 3, "--prompt", "a green square moving down",
+                "--out", tmp_path / "c.npz")
     assert p.returncode == 0, p.stderr
     z = np.load(tmp_path / "c.npz")
     assert z["videos"].shape == (3, 8, 32, 32, 3) and z["videos"].dtype == np.uint8
     assert list(z["prompts"]) == ["a green square moving down"] * 3
-    p = run_cli("sample", run, "--num", 2, "--out", tmp_path / "c.gif")
+
+
+def test_cli_video_sample_gif(video_gan_run, tmp_path):
+    p = run_cli("sample", video_gan_run, "--num", 2, "--out", tmp_path / "c.gif")
     assert p.returncode == 0 and (tmp_path / "c.gif").stat().st_size > 0, p.stderr
-    p = run_cli("eval", run, "--num", 20)
+
+
+def test_cli_video_eval_scores_clip_metrics(video_gan_run):
+    p = run_cli("eval", video_gan_run, "--num", 20)
     assert p.returncode == 0, p.stderr
     q = json.loads(p.stdout)["sample_quality"]
     assert q["num_samples"] == 20 and 0 <= q["frame_accuracy"] <= 1 and "direction_accuracy" in q
-    for args, words in [(["--prompt", "a purple dog"], ["no word this model knows", "left"]),
-                        (["--frames", 16], ["8-frame", "16-frame"]), (["--label", 1], ["class-conditional"]),
-                        (["--steps", 3], ["diffusion"])]:
-        assert_clean_error(run_cli("sample", run, "--num", 2, *args, "--out", tmp_path / "x.gif"), *words)
-    assert_clean_error(run_cli("sample", run, "--num", 2, "--out", tmp_path / "x.png"), ".gif")
 
 
-def test_cli_video_diffusion_and_sample_files(tmp_path):
-    run = tmp_path / "d"
-    p = run_cli("train", "video-diffusion", "--data", "moving-shapes", "--steps", 2, "--out", run, *TINY_DIFF)
+@pytest.mark.parametrize("args,words", [(["--prompt", "a purple dog"], ["no word this model knows", "left"]),
+                                        (["--frames", 16], ["8-frame", "16-frame"]),
+                                        (["--label", 1], ["class-conditional"]), (["--steps", 3], ["diffusion"])])
+def test_cli_video_gan_refuses_what_it_cannot_do(video_gan_run, tmp_path, args, words):
+    assert_clean_error(run_cli("sample", video_gan_run, "--num", 2, *args, "--out", tmp_path / "x.gif"), *words)
+
+
+def test_cli_video_sample_needs_a_gif_or_npz(video_gan_run, tmp_path):
+    assert_clean_error(run_cli("sample", video_gan_run, "--num", 2, "--out", tmp_path / "x.png"), ".gif")
+
+
+def test_cli_video_diffusion_samples_with_guidance_and_steps(video_diffusion_run, tmp_path):
+    p = run_cli("sample", video_diffusion_run, "--num", 2, "--prompt", "a red circle moving left", "--guidance", 2,
+                "--steps", 2, "--out", tmp_path / "v.npz")
     assert p.returncode == 0, p.stderr
-    p = run_cli("sample", run, "--num", 2, "--prompt", "a red circle moving left", "--guidance", 2, "--steps", 2,
-                "--out", tmp_path / "v.npz")
-    assert p.returncode == 0, p.stderr
-    p = run_cli("eval", "--samples", tmp_path / "v.npz", "--data", "moving-shapes")
-    assert_clean_error(p, "frame count", "(3, 16, 32, 32)")
+    assert np.load(tmp_path / "v.npz")["videos"].shape == (2, 8, 32, 32, 3)
+
+
+def test_cli_video_diffusion_has_no_trajectory(video_diffusion_run, tmp_path):
+    assert_clean_error(run_cli("sample", video_diffusion_run, "--what", "trajectory", "--out", tmp_path / "x.gif"),
+                       "image")
+
+
+def test_cli_eval_samples_of_another_length_is_a_clear_error(tmp_path):
+    np.savez(tmp_path / "v.npz", videos=np.zeros((2, 8, 32, 32, 3), np.uint8))
+    assert_clean_error(run_cli("eval", "--samples", tmp_path / "v.npz", "--data", "moving-shapes"),
+                       "frame count", "(3, 16, 32, 32)")
+
+
+def test_cli_eval_samples_of_real_clips_reads_them_all(tmp_path):
     good = shape_clips(4)
-    vids = good["video"].permute(0, 2, 3, 4, 1).numpy()
-    np.savez(tmp_path / "real.npz", videos=vids, prompts=np.array(good["caption"]))
+    np.savez(tmp_path / "real.npz", videos=good["video"].permute(0, 2, 3, 4, 1).numpy(),
+             prompts=np.array(good["caption"]))
     p = run_cli("eval", "--samples", tmp_path / "real.npz", "--data", "moving-shapes")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["prompt_accuracy"] == 1.0
-    (tmp_path / "bad.npz").write_bytes(b"not a zip file")
-    assert_clean_error(run_cli("eval", "--samples", tmp_path / "bad.npz", "--data", "moving-shapes"), "not a readable npz")
-    np.savez(tmp_path / "wrong.npz", videos=vids.astype(np.float32))
-    assert_clean_error(run_cli("eval", "--samples", tmp_path / "wrong.npz", "--data", "moving-shapes"), "uint8")
-    assert_clean_error(run_cli("sample", run, "--what", "trajectory", "--out", tmp_path / "x.gif"), "image")
-    assert_clean_error(run_cli("train", "diffusion", "--data", "moving-shapes", "--steps", 1, "--out", tmp_path / "x"),
-                       "video-gan or video-diffusion")
-    assert_clean_error(run_cli("train", "video-gan", "--data", "shapes", "--steps", 1, "--out", tmp_path / "y"),
-                       "moving-shapes")
+
+
+@pytest.mark.parametrize("kind,words", [("not-a-zip", "not a readable npz"), ("float", "uint8")])
+def test_cli_eval_samples_bad_clip_files(tmp_path, kind, words):
+    path = tmp_path / "bad.npz"
+    if kind == "not-a-zip":
+        path.write_bytes(b"not a zip file")
+    else:
+        np.savez(path, videos=np.zeros((2, 16, 32, 32, 3), np.float32))
+    assert_clean_error(run_cli("eval", "--samples", path, "--data", "moving-shapes"), words)
+
+
+@pytest.mark.parametrize("family,data,words", [("diffusion", "moving-shapes", "video-gan or video-diffusion"),
+                                               ("video-gan", "shapes", "moving-shapes")])
+def test_cli_family_and_data_kind_must_match(tmp_path, family, data, words):
+    assert_clean_error(run_cli("train", family, "--data", data, "--steps", 1, "--out", tmp_path / "x"), words)

@@ -46,7 +46,7 @@ DATASETS = {
 
 def entry(name: str) -> Entry:
     if name not in DATASETS:
-        raise AigcError(f"unknown dataset '{name}'{did_you_mean(name, DATASETS)}; datasets: {', '.join(DATASETS)}")
+        raise AigcError(f"unknown dataset '{name}'{did_you_mean(name, DATASETS)}")
     return DATASETS[name]
 
 
@@ -153,7 +153,8 @@ class Dataset:
         return get_classifier(self.name, self.train.images, train_labels, k, test=(ref, ref_labels),
                               log=lambda msg: print(msg, file=sys.stderr))
 
-    def score(self, images: torch.Tensor, labels: torch.Tensor | None = None, prompts: list[str] | None = None) -> dict:
+    def score(self, images: torch.Tensor, labels: torch.Tensor | None = None,
+              prompts: list[str] | None = None) -> dict:
         """Sample quality of generated images, uint8 (N, C, H, W) in the dataset's layout: FID / KID /
         precision-recall on the feature classifier, class accuracy for `labels`, class entropy."""
         from aigc.metrics.images import MIN_SAMPLES, image_report

@@ -30,7 +30,8 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def load_folder(folder: str | Path, size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor | None, list[str], int]:
+def load_folder(folder: str | Path, size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor | None, list[str],
+                                                                       int]:
     """Return images uint8 [N,C,H,W], labels (or None), class names, number of files skipped."""
     if not folder:
         raise AigcError("dataset 'images' needs --data-dir FOLDER (a folder of PNG/JPEG files)")

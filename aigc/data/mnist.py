@@ -78,7 +78,8 @@ def load_mnist(folder: str | Path = "", download: bool = True) -> dict[str, torc
         images = read_idx(folder / f"{prefix}-images-idx3-ubyte.gz")
         labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz")
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise AigcError(f"MNIST {split} files in {folder} do not match: images {images.shape}, labels {labels.shape}")
+            raise AigcError(f"MNIST {split} files in {folder} do not match: images {images.shape}, labels "
+                            f"{labels.shape}")
         if labels.size and labels.max() > 9:
             raise AigcError(f"MNIST {split} labels in {folder} are out of range (max {labels.max()})")
         out[f"{split}_images"] = torch.from_numpy(images.copy()).unsqueeze(1)

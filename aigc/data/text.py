@@ -228,7 +228,8 @@ def load_token_data(cfg: Config, block_size: int = 256, tokenizer_path: Path | N
 
 def _load_sft(cfg, block_size: int, tokenizer_path: Path | None) -> TokenData:
     if not cfg.dir or not Path(cfg.dir).is_file():
-        raise AigcError("dataset 'sft' needs --data-dir FILE.jsonl with one {\"prompt\": ..., \"response\": ...} per line")
+        raise AigcError("dataset 'sft' needs --data-dir FILE.jsonl with one {\"prompt\": ..., \"response\": "
+                        "...} per line")
     if tokenizer_path is None or not Path(tokenizer_path).is_file():
         raise AigcError("supervised fine-tuning starts from a trained model: add --init-from RUN (a gpt run)")
     tokenizer = load_tokenizer(tokenizer_path)

@@ -39,7 +39,8 @@ class GPTRecipe(TextRecipe):
         if cfg.data.name not in ("text", "code", "sft"):
             raise AigcError(f"the gpt family trains on text, code or sft data, not '{cfg.data.name}'")
         if min(m.block_size, m.n_layer, m.n_head, m.n_embd) < 1 or m.n_embd % m.n_head:
-            raise AigcError("model.block_size, n_layer, n_head, n_embd must be positive and n_embd divisible by n_head")
+            raise AigcError("model.block_size, n_layer, n_head, n_embd must be positive and n_embd divisible by "
+                            "n_head")
         if not 0 <= m.dropout < 1:
             raise AigcError("model.dropout must be in [0, 1)")
 
@@ -57,7 +58,8 @@ class GPTRecipe(TextRecipe):
         if d.get("family") != "gpt":
             raise AigcError(f"--init-from {init_dir} is a '{d.get('family')}' run, not a gpt run")
         init_model, init_data = d.get("model", {}), d.get("data", {})
-        if init_data.get("tokenizer") != cfg.data.tokenizer and any(s.split("=")[0].strip() in ("tokenizer", "data.tokenizer") for s in sets):
+        asked_tokenizer = any(s.split("=")[0].strip() in ("tokenizer", "data.tokenizer") for s in sets)
+        if init_data.get("tokenizer") != cfg.data.tokenizer and asked_tokenizer:
             raise AigcError(f"--init-from {init_dir} uses the '{init_data.get('tokenizer')}' tokenizer; "
                             f"fine-tuning keeps it (asked for '{cfg.data.tokenizer}')")
         cfg.data.tokenizer = init_data.get("tokenizer", cfg.data.tokenizer)
@@ -119,7 +121,8 @@ class GPTRecipe(TextRecipe):
     def full_eval(self, data, num=None, k=None, progress=None) -> dict:
         r = self.evaluate(data)
         return {**r, "tokenizer": self.cfg.data.tokenizer, "vocab_size": self.cfg.model.vocab_size,
-                "reference_split": "last 10% of the corpus (whole split)" if data.sft is None else "last 10% of the examples",
+                "reference_split": "last 10% of the corpus (whole split)" if data.sft is None else "last 10% of "
+                                                                                                   "the examples",
                 "units": "val_loss: nats per token; val_bpc: bits per character"}
 
     # ---------------------------------------------------------------- sampling

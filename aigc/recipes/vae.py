@@ -99,6 +99,7 @@ class VAERecipe(ImageRecipe):
         iw = iwae_nll(self.model.log_weights, xs, k, chunk=min(k, 250), progress=progress)
         return {"test_nelbo": elbo["test_nelbo"], "test_nll_iwae": round(iw["nll_iwae"], 4), "iwae_k": k,
                 "test_rec": elbo["test_rec"], "test_kl": elbo["test_kl"],
-                "num_samples": n, "reference_split": f"{data.name} eval split ({'test' if data.name == 'mnist' else 'held-out'})",
+                "num_samples": n, "reference_split": f"{data.name} eval split "
+                                                     f"({'test' if data.name == 'mnist' else 'held-out'})",
                 "binarization": "dynamic (test set binarised once, seed 2024)" if data.binarize
                 else "none (grey levels in [0,1], BCE)", "units": "nats per image"}

@@ -159,7 +159,8 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
 
     def clips_for(self, prompts=None, num=None, batch: int = 250) -> torch.Tensor:
         n = len(prompts) if prompts is not None else num
-        return torch.cat([self._clips(self._z(min(n, i + batch) - i), self._y(prompts[i:i + batch] if prompts else None))
+        return torch.cat([self._clips(self._z(min(n, i + batch) - i),
+                                      self._y(prompts[i:i + batch] if prompts else None))
                           for i in range(0, n, batch)])
 
     def generate_for_eval(self, data, num: int):

@@ -8,7 +8,7 @@ the metrics log, the progress bar, signals and exact resume.
 Exact resume: the checkpoint holds the weights, EMA weights, optimiser states, the global torch RNG
 state and the batcher's position and RNG. Evaluation and sampling run under `fork_rng` with a
 fixed seed, so they neither consume nor depend on the training RNG stream. On CPU, N steps + resume
-to 2N steps is therefore bit-identical to 2N steps in one go (tests/test_resume.py)."""
+to 2N steps is therefore bit-identical to 2N steps in one go (tests/test_trainer.py)."""
 
 from __future__ import annotations
 
@@ -268,7 +268,8 @@ class Trainer:
                 if cfg.compile == "reduce-overhead":   # CUDA graphs: this step may overwrite the last one's outputs
                     torch.compiler.cudagraph_mark_step_begin()
                 batch = _to_device(next(self.batcher), self.device)
-                self.opt.set_lr(lr_scale(self.step, self.progress(), cfg.warmup_steps, cfg.min_lr_ratio, cfg.schedule), self.lrs)
+                self.opt.set_lr(lr_scale(self.step, self.progress(), cfg.warmup_steps, cfg.min_lr_ratio,
+                                         cfg.schedule), self.lrs)
                 try:
                     with self._autocast():
                         out = self.recipe.train_step(batch, self.opt)
@@ -294,7 +295,8 @@ class Trainer:
                     now = time.perf_counter()
                     row = {"kind": "train", "step": self.step, "elapsed_s": round(self.elapsed, 2),
                            **{k: round(float(v) / count, 6) for k, v in sums.items()},
-                           "lr": cfg.lr * self.opt.lr_scale, "it_per_s": round((self.step - step_log) / (now - t_log), 2)}
+                           "lr": cfg.lr * self.opt.lr_scale,
+                           "it_per_s": round((self.step - step_log) / (now - t_log), 2)}
                     self._log(row)
                     sums, count, t_log, step_log = {}, 0, now, self.step
                     if cfg.minutes > 0 and not cfg.steps:
