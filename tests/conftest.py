@@ -75,6 +75,15 @@ def gen(recipe, **request):
     return generate(recipe, Request(**request))
 
 
+def pytest_configure(config):
+    """Under pytest-xdist every worker is a process of its own: one torch thread each, so that two workers on two
+    cores do not oversubscribe them (OpenMP threads spin-wait: a 4 s test took 40 s beside another)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def _runs_cli(fn) -> bool:
     try:
         return "run_cli(" in inspect.getsource(fn)
