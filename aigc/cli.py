@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from aigc.errors import AigcError, Interrupted
+from aigc.generation import MAX_NEW_TOKENS
 
 FAMILY_HELP = "vae | gpt | gan | text-gan | diffusion | video-gan | video-diffusion"
 DATASET_HELP = "mnist | shapes | images (images); moving-shapes | moving-mnist (video); text | code | sft (gpt)"
@@ -17,6 +18,25 @@ DATASET_HELP = "mnist | shapes | images (images); moving-shapes | moving-mnist (
 def unescape_stop(text: str) -> str:
     """`--stop "\\n"` typed in a shell arrives as backslash-n; read it as a newline (and \\t as a tab)."""
     return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+class Finite(click.ParamType):
+    """A float option that must be a finite number (click's FLOAT takes nan and inf)."""
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+FINITE = Finite()
 
 
 def _echo_err(msg: str) -> None:
@@ -42,7 +62,7 @@ def cli():
 @click.argument("family", required=False)
 @click.option("--data", "dataset", help=f"dataset: {DATASET_HELP}")
 @click.option("--data-dir", type=click.Path(), help="folder holding the dataset's files")
-@click.option("--minutes", type=float, help="wall-clock training budget")
+@click.option("--minutes", type=FINITE, help="wall-clock training budget")
 @click.option("--steps", type=int, help="number of optimiser steps (with --resume: the run's total)")
 @click.option("--out", type=click.Path(), help="run folder to create (default runs/FAMILY-DATASET-TIME)")
 @click.option("--config", "config_file", type=click.Path(), help="TOML config (replaces the preset)")
@@ -97,7 +117,7 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
 @click.option("--prompt-file", type=click.Path(), help="read the prompt from this UTF-8 file")
 @click.option("--label", type=int, help="class label (class-conditional models)")
 @click.option("--steps", type=int, help="sampler steps (diffusion)")
-@click.option("--guidance", type=float, help="classifier-free guidance scale (conditional diffusion): 1 = "
+@click.option("--guidance", type=FINITE, help="classifier-free guidance scale (conditional diffusion): 1 = "
                                              "conditional, "
                                                "0 = unconditional, >1 guided")
 @click.option("--sampler", help="diffusion sampler: ddim (the default) or dpm++2m (deterministic, second "
@@ -109,10 +129,11 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
               default="samples", show_default=True,
               help="VAE: reconstructions of test images or latent interpolations; diffusion: the denoising "
                    "trajectory x_T -> x_0")
-@click.option("--max-new-tokens", type=click.IntRange(1), help="text: tokens to generate (default 500)")
-@click.option("--temperature", type=float, help="text: 0 = greedy (default 0.8; text GAN 1)")
+@click.option("--max-new-tokens", type=click.IntRange(1, MAX_NEW_TOKENS),
+              help="text: tokens to generate (default 500)")
+@click.option("--temperature", type=FINITE, help="text: 0 = greedy (default 0.8; text GAN 1)")
 @click.option("--top-k", type=int, help="text: sample among the k most likely tokens")
-@click.option("--top-p", type=float, help="text: nucleus sampling, the smallest set with probability >= p")
+@click.option("--top-p", type=FINITE, help="text: nucleus sampling, the smallest set with probability >= p")
 @click.option("--stop", multiple=True, help="text: stop a sample at this string (repeatable; \\n and \\t are "
                                             "read as newline/tab)")
 @click.option("--stream", is_flag=True, help="text: print tokens as they are produced")
@@ -187,7 +208,7 @@ def eval_(run, num, iwae_k, samples_file, dataset, data_dir, out, device, quiet)
 # ------------------------------------------------------------------------------------------ demo
 @cli.command()
 @click.option("--out", default="aigc-demo", show_default=True, type=click.Path(), help="report folder")
-@click.option("--minutes", type=float, default=5.0, show_default=True, help="total training budget")
+@click.option("--minutes", type=FINITE, default=5.0, show_default=True, help="total training budget")
 @click.option("--overwrite", is_flag=True, help="replace an existing report folder")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @click.option("--dry-run", is_flag=True, help="smoke run: a few steps per family and small evaluations")
@@ -229,6 +250,10 @@ def main(argv=None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as e:                  # a file or folder the system refused: say which, without a traceback
+        where = f" {e.filename}" if e.filename else ""
+        _echo_err(f"error: cannot use{where}: {e.strerror or e}")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ user errors that list what is valid."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,6 +27,7 @@ from aigc.errors import AigcError, did_you_mean
 
 PRESET_DIR = Path(__file__).parent / "configs"
 SECTIONS = ("data", "model", "train")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -78,6 +80,27 @@ class TrainConfig:
     threads: int = 0                 # torch intra-op threads (0 = torch's default)
 
 
+def check_train_config(t: TrainConfig) -> None:
+    """Clear errors for trainer settings out of range (before any run folder is touched)."""
+    from aigc.errors import check_choice
+
+    if not t.lr > 0:
+        raise AigcError(f"train.lr must be > 0, got {t.lr}")
+    for name in ("steps", "minutes", "warmup_steps", "weight_decay", "grad_clip", "eval_every", "sample_every",
+                 "ckpt_every", "threads"):
+        if getattr(t, name) < 0:
+            raise AigcError(f"train.{name} must be >= 0, got {getattr(t, name)}")
+    for name in ("beta1", "beta2", "ema"):
+        if not 0 <= getattr(t, name) < 1:
+            raise AigcError(f"train.{name} must be in [0, 1), got {getattr(t, name)}")
+    if not 0 <= t.min_lr_ratio <= 1:
+        raise AigcError(f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
+    if t.log_every < 1 or t.eval_batches < 1:
+        raise AigcError("train.log_every and train.eval_batches must be at least 1")
+    check_choice("train.schedule", t.schedule, ("cosine", "constant"))
+    check_choice("train.compile", t.compile, COMPILE_MODES)
+
+
 @dataclass
 class RunConfig:
     family: str
@@ -120,6 +143,8 @@ def _coerce(value, t, where: str):
     )
     if not ok:
         raise AigcError(f"wrong type for {where}: expected {_type_name(origin)}, got {value!r}")
+    if origin is float and not math.isfinite(value):
+        raise AigcError(f"{where} must be a finite number, got {value!r}")
     return float(value) if origin is float else value
 
 

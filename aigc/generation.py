@@ -12,16 +12,17 @@ Same request + same seed = same result, whoever asks."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Callable, Union
 
 import numpy as np
-import torch
 
 from aigc.errors import AigcError
 
 KINDS = ("text", "images", "video", "audio")
 DEFAULT_NUM = {"text": 1, "images": 64, "video": 16, "audio": 8}
+MAX_NEW_TOKENS = 100_000                 # a ceiling, so that a typo cannot start a generation that never ends
 # the command-line spelling of each field, for error messages
 FLAGS = {"num": "--num", "seed": "--seed", "prompt": "--prompt", "label": "--label", "image": "--image",
          "steps": "--steps", "guidance": "--guidance", "sampler": "--sampler", "frames": "--frames",
@@ -82,11 +83,15 @@ class Images:
     nrow: int | None = None              # how a grid of them reads best (trajectories, reconstructions)
     kind = "images"
 
-    def channels_first(self) -> torch.Tensor:
+    def channels_first(self):
         """uint8 (N, C, H, W), the layout the datasets score."""
+        import torch
+
         return torch.from_numpy(self.images).permute(0, 3, 1, 2)
 
-    def label_tensor(self) -> torch.Tensor | None:
+    def label_tensor(self):
+        import torch
+
         return None if self.labels is None else torch.from_numpy(self.labels)
 
 
@@ -96,8 +101,10 @@ class Video:
     prompts: list[str] | None = None
     kind = "video"
 
-    def channels_first(self) -> torch.Tensor:
+    def channels_first(self):
         """uint8 (N, C, T, H, W), the layout the datasets score."""
+        import torch
+
         return torch.from_numpy(self.videos).permute(0, 4, 1, 2, 3)
 
     def label_tensor(self) -> None:
@@ -116,15 +123,17 @@ class Audio:
 Result = Union[Text, Images, Video, Audio]
 
 
-def images_result(x: torch.Tensor, labels=None, prompts=None, nrow=None) -> Images:
+def images_result(x, labels=None, prompts=None, nrow=None) -> Images:
     """float (N, C, H, W) in [0, 1] -> Images."""
+    import torch
+
     from aigc.io.images import to_uint8
 
     return Images(to_uint8(x), None if labels is None else np.asarray(torch.as_tensor(labels).cpu(), np.int64),
                   None if prompts is None else list(prompts), nrow)
 
 
-def video_result(x: torch.Tensor, prompts=None) -> Video:
+def video_result(x, prompts=None) -> Video:
     """float clips (N, C, T, H, W) in [0, 1] -> Video."""
     from aigc.io.images import video_to_uint8
 
@@ -144,6 +153,12 @@ def check_request(recipe, request: Request) -> None:
                         f"{', '.join(FLAGS[f] for f in FLAGS if f in accepted)}")
     if request.num is not None and request.num < 1:
         raise AigcError(f"--num must be at least 1, got {request.num}")
+    for name in ("guidance", "temperature", "top_p"):
+        value = getattr(request, name)
+        if value is not None and not math.isfinite(value):
+            raise AigcError(f"{FLAGS[name]} must be a finite number, got {value}")
+    if request.max_new_tokens is not None and not 1 <= request.max_new_tokens <= MAX_NEW_TOKENS:
+        raise AigcError(f"--max-new-tokens must be in 1..{MAX_NEW_TOKENS}, got {request.max_new_tokens}")
     if request.what not in recipe.WHATS:
         raise AigcError(f"--what {request.what} does not apply to this {recipe.describe_model()}; "
                         f"it makes: {', '.join(recipe.WHATS)}")
@@ -152,6 +167,8 @@ def check_request(recipe, request: Request) -> None:
 def generate(recipe, request: Request, stream: Callable[[str], None] | None = None) -> Result:
     """Check the request against the recipe's declaration, seed the global RNG, and generate.
     `stream(piece)` receives text as it is produced (text models, num = 1)."""
+    import torch
+
     check_request(recipe, request)
     torch.manual_seed(request.seed)
     with torch.no_grad():

@@ -31,14 +31,20 @@ def _load_data(cls, cfg: RunConfig, run_dir: Path | None = None):
     return data
 
 
-def _fit(cfg: RunConfig, data, run_dir: Path, device, quiet: bool, resume: bool, more_minutes: float | None = None,
-         total_steps: int | None = None, stop_at: int | None = None, init_from: Path | None = None) -> dict:
+def _prepare(cfg: RunConfig, data, init_from: Path | None = None):
+    """The recipe (its weights initialised from the seeded global RNG, or from `init_from`) and the batcher:
+    everything that can refuse the config or the data, before a run folder is touched."""
     cls = recipe_class(cfg.family)
     recipe = cls(cfg)
     if init_from is not None:
         recipe.init_from(init_from)
+    return recipe, cls.make_batcher(data, cfg)
+
+
+def _fit(cfg: RunConfig, data, prepared, run_dir: Path, device, quiet: bool, resume: bool,
+         more_minutes: float | None = None, total_steps: int | None = None, stop_at: int | None = None) -> dict:
+    recipe, batcher = prepared
     recipe.save_artifacts(run_dir, data)
-    batcher = cls.make_batcher(data, cfg)
     trainer = Trainer(recipe, data, batcher, cfg.train, run_dir, device, quiet=quiet, lrs=recipe.lrs)
     if resume:
         trainer.load()
@@ -58,6 +64,7 @@ def start_training(family, dataset, config_file, sets, flags, out, overwrite, qu
                    init_from=None) -> dict:
     cfg = build_config(family, dataset, config_file, sets, flags)
     cls = recipe_class(family)
+    path = rundir.plan_run_dir(out, family, dataset, overwrite)         # checked; an old run stays until below
     init_dir = None
     if init_from:
         init_dir = rundir.check_run_dir(init_from)
@@ -67,13 +74,16 @@ def start_training(family, dataset, config_file, sets, flags, out, overwrite, qu
     data = _load_data(cls, cfg, init_dir)
     if cfg.train.steps <= 0 and cfg.train.minutes <= 0:
         raise AigcError("no training budget: give --steps N or --minutes M (or train.steps in the config)")
-    run_dir = rundir.new_run_dir(out, family, dataset, overwrite)
+    prepared = _prepare(cfg, data, init_dir)
+    run_dir = rundir.new_run_dir(path)
     cfg.save(run_dir / rundir.CONFIG)
     print(f"run folder: {run_dir}  ({family} on {dataset}, {data.describe()}, device {device})", file=sys.stderr)
-    return _fit(cfg, data, run_dir, device, quiet, resume=False, stop_at=stop_at, init_from=init_dir)
+    return _fit(cfg, data, prepared, run_dir, device, quiet, resume=False, stop_at=stop_at)
 
 
 def resume_training(run, steps=None, minutes=None, device=None, quiet=False) -> dict:
+    if minutes is not None and not minutes > 0:
+        raise AigcError(f"--minutes must be > 0 (more minutes of training), got {minutes}")
     run_dir = rundir.check_run_dir(run)
     cfg, cls = _load_cfg(run_dir)
     if device:
@@ -82,7 +92,8 @@ def resume_training(run, steps=None, minutes=None, device=None, quiet=False) -> 
     dev = _setup_torch(cfg)
     data = _load_data(cls, cfg, run_dir)
     print(f"resuming {run_dir}", file=sys.stderr)
-    return _fit(cfg, data, run_dir, dev, quiet, resume=True, more_minutes=minutes, total_steps=steps)
+    return _fit(cfg, data, _prepare(cfg, data), run_dir, dev, quiet, resume=True, more_minutes=minutes,
+                total_steps=steps)
 
 
 def _load_cfg(run_dir: Path):
@@ -111,6 +122,8 @@ def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False, sample
     from tqdm import tqdm
 
     run_dir = rundir.check_run_dir(run)
+    if out:
+        rundir.check_writable(out)                    # before the work, so that its result is not lost
     cfg, recipe = open_run(run_dir, pick_device(device))
     data = recipe.load_data(cfg, run_dir)
     t0 = time.perf_counter()
@@ -130,6 +143,8 @@ def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False, sample
 def eval_samples(path, dataset, data_dir=None, out=None) -> dict:
     from aigc.evaluation import eval_samples_file
 
+    if out:
+        rundir.check_writable(out)
     result = eval_samples_file(Path(path), dataset, data_dir)
     _write_json(result, None, out)
     return result

@@ -199,3 +199,40 @@ def test_demo_report_renders_in_chromium(demo_report, tmp_path):
     assert check, p.stdout[-2000:] + p.stderr[-2000:]
     assert check.group(1) == "yes", check.group(2)
     assert re.match(r"all \d+ images loaded", check.group(2))
+
+
+# ---------------------------------------------------------------- robustness (issue 31, first part)
+def _snapshot(run):
+    return {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("bad", ["batch_size=0", "lr=nan", "lr=-1", "warmup_steps=-5"])
+def test_overwrite_with_a_bad_setting_keeps_the_old_run(trained, mnist_dir, bad):
+    before = _snapshot(trained)
+    p = run_cli("train", "vae", "--data", "mnist", "--data-dir", mnist_dir, "--steps", 2, "--out", trained,
+                "--overwrite", *TINY, "--set", bad)
+    assert_clean_error(p, bad.split("=")[0])
+    assert _snapshot(trained) == before
+
+
+@pytest.mark.parametrize("out", ["/proc/aigc-x.png", "FILE/x.png"])
+def test_unwritable_sample_out_is_a_clear_error(trained, tmp_path, out):
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    assert_clean_error(run_cli("sample", trained, "--num", 2, "--out", out.replace("FILE", str(tmp_path / "FILE"))),
+                       "cannot write")
+
+
+def test_unwritable_train_and_eval_out_are_clear_errors_before_any_work(trained, mnist_dir):
+    assert_clean_error(run_cli("train", "vae", "--data", "mnist", "--data-dir", mnist_dir, "--steps", 1,
+                               "--out", "/proc/aigc-run"), "cannot write")
+    before = _snapshot(trained)
+    assert_clean_error(run_cli("eval", trained, "--num", 32, "--k", 2, "--out", "/proc/aigc-e.json"), "cannot write")
+    assert _snapshot(trained) == before                          # refused before evaluating: no RUN/eval.json
+
+
+@pytest.mark.parametrize("args,words", [(["--minutes", "nan"], ["not a finite number"]),
+                                        (["--minutes", "inf"], ["not a finite number"])])
+def test_non_finite_minutes_is_refused(tmp_path, mnist_dir, args, words):
+    assert_clean_error(run_cli("train", "vae", "--data", "mnist", "--data-dir", mnist_dir, *args,
+                               "--out", tmp_path / "o"), *words)
+    assert not (tmp_path / "o").exists()

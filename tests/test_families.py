@@ -121,3 +121,26 @@ def test_family_skeleton(family, mnist_dir, corpus, tmp_path):
     field, value = next(iter(CASES[family][2].items()))
     with pytest.raises(AigcError, match="does not apply"):
         generate(recipe, Request(num=1, **{field: value}))
+
+
+@pytest.mark.parametrize("field,value,words", [("guidance", float("nan"), "--guidance must be a finite number"),
+                                               ("max_new_tokens", 10 ** 8, "--max-new-tokens must be in 1..")])
+def test_non_finite_and_unbounded_request_values_are_refused(field, value, words, mnist_dir, corpus):
+    family = "diffusion" if field == "guidance" else "gpt"
+    _, _, recipe = build(family, mnist_dir, corpus)
+    with pytest.raises(AigcError, match=words):
+        generate(recipe, Request(num=1, **{field: value}))
+
+
+def test_unknown_prompt_words_are_named(mnist_dir, corpus, capsys):
+    _, _, recipe = build("diffusion", mnist_dir, corpus)
+    generate(recipe, Request(num=1, prompt="a big red circle"))
+    assert "does not know 'big'" in capsys.readouterr().err
+
+
+def test_a_bpe_vocabulary_below_its_byte_alphabet_is_an_error(corpus):
+    from aigc.config import data_config
+    from aigc.data.text import load_token_data
+
+    with pytest.raises(AigcError, match="at least 257"):
+        load_token_data(data_config("text", dir=str(corpus), tokenizer="bpe", vocab_size=10), 16)

@@ -14,6 +14,7 @@ import numpy as np
 from aigc.errors import AigcError
 
 EOT = "<|endoftext|>"
+MIN_BPE_VOCAB = 257                      # the 256 byte tokens and EOT
 
 
 class CharTokenizer:
@@ -65,6 +66,9 @@ class BPETokenizer:
     def train(cls, texts, vocab_size: int = 2048) -> "BPETokenizer":
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+        if vocab_size < MIN_BPE_VOCAB:
+            raise AigcError(f"data.vocab_size must be at least {MIN_BPE_VOCAB} for the bpe tokenizer (its 256 byte "
+                            f"tokens and end-of-text), got {vocab_size}")
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()

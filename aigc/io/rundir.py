@@ -13,10 +13,13 @@ CONFIG, CHECKPOINT, METRICS, SAMPLES, LOSS_PNG, EVAL = (
     "config.toml", "checkpoint", "metrics.jsonl", "samples", "loss.png", "eval.json")
 
 
-def new_run_dir(out: str | None, family: str, dataset: str, overwrite: bool) -> Path:
+def plan_run_dir(out: str | None, family: str, dataset: str, overwrite: bool) -> Path:
+    """The run folder a new run will use, checked (free, or an aigc run that --overwrite may replace, and
+    writable) without touching anything: the old run is replaced only by `new_run_dir`, once the new run's
+    config and data have passed their checks."""
     path = Path(out) if out else Path("runs") / f"{family}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     if path.exists():
-        if path.is_file():
+        if not path.is_dir():
             raise AigcError(f"--out {path} is a file")
         if any(path.iterdir()):
             if not overwrite:
@@ -24,9 +27,34 @@ def new_run_dir(out: str | None, family: str, dataset: str, overwrite: bool) -> 
                                 f"or --resume {path} to continue it")
             if not (path / CONFIG).exists():
                 raise AigcError(f"refusing to overwrite {path}: it is not an aigc run (no {CONFIG})")
-            shutil.rmtree(path)
+    check_writable(path / CONFIG)
+    return path
+
+
+def new_run_dir(path: Path) -> Path:
+    """Create the run folder `plan_run_dir` chose, replacing the old run there."""
+    if path.exists():
+        shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / SAMPLES).mkdir(exist_ok=True)
+    return path
+
+
+def check_writable(path: str | Path) -> Path:
+    """A clear error, before any work, when `path` cannot be written (its folder cannot be made, is not a folder,
+    or refuses a new file). Creates the missing folders; writes nothing else."""
+    import tempfile
+
+    path = Path(path)
+    folder = path.parent
+    try:
+        if path.is_dir():
+            raise AigcError(f"cannot write {path}: it is a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".aigc-write-check-"):
+            pass
+    except OSError as e:
+        raise AigcError(f"cannot write {path}: {e.strerror or e}") from None
     return path
 
 

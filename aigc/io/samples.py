@@ -9,6 +9,7 @@ import numpy as np
 
 from aigc.errors import AigcError
 from aigc.io.images import save_gif, save_grid, save_npz
+from aigc.io.rundir import check_writable
 
 SUFFIXES = {"text": (".txt", ".jsonl", "any other"), "images": (".png", ".npz"), "video": (".gif", ".npz"),
             "audio": (".wav", ".npz")}
@@ -23,7 +24,7 @@ def check_out(kind: str, out: str | Path | None) -> Path | None:
     out = Path(out)
     if kind != "text" and out.suffix not in SUFFIXES[kind]:
         raise AigcError(f"--out must end in {' or '.join(SUFFIXES[kind])} for {kind}, got '{out.name}'")
-    return out
+    return check_writable(out)
 
 
 def write_result(result, out: str | Path | None) -> Path | None:

@@ -13,6 +13,7 @@ from aigc.config import (
     TrainConfig,
     apply_dict,
     apply_sets,
+    check_train_config,
     data_config,
     load_run_config,
     preset_path,
@@ -50,6 +51,7 @@ def build_config(family: str, dataset: str, config_file: str | None, sets: list[
             section, key = dotted.split(".")
             setattr(getattr(cfg, section), key, value)
     apply_sets(cfg, sets)
+    check_train_config(cfg.train)
     cls.check_config(cfg)
     return cfg
 

@@ -138,6 +138,12 @@ class ImageRecipe(Recipe):
         if not vocab.content_words(prompt):
             raise AigcError(f"the prompt '{prompt}' has no word this model knows; known words: "
                             f"{', '.join(w for w in vocab.words if w not in STOP_WORDS)}")
+        unknown = [w for w in vocab.split(prompt) if w not in vocab.index]
+        if unknown:
+            import sys
+
+            print(f"warning: this model does not know {', '.join(repr(w) for w in unknown)}: "
+                  f"the prompt is read without {'it' if len(unknown) == 1 else 'them'}", file=sys.stderr)
 
     @staticmethod
     def make_batcher(data, cfg):

@@ -24,13 +24,12 @@ from typing import Protocol
 import torch
 from tqdm import tqdm
 
+from aigc.config import COMPILE_MODES
 from aigc.errors import AigcError, Interrupted, NonFiniteLoss, check_choice
 from aigc.io import checkpoint as ckpt
 from aigc.io.rundir import CHECKPOINT, LOSS_PNG, METRICS, SAMPLES, read_metrics
 from aigc.train.ema import EMA
 from aigc.train.plots import plot_metrics
-
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 
 class TrainerHooks(Protocol):
