@@ -41,7 +41,8 @@ def _read_npz(path: Path) -> dict:
         z = np.load(path, allow_pickle=False)
         return {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise AigcError(f"{path} is not a readable npz file: {e}") from None
+        why = "it holds Python objects, which aigc never loads" if "allow_pickle" in str(e) else str(e)
+        raise AigcError(f"{path} is not a readable npz file: {why}") from None
 
 
 def _prompts(path, pr: np.ndarray, n: int) -> list[str]:

@@ -1,6 +1,6 @@
-"""Shared fixtures. Two tiers (STYLE.md): a test that runs the CLI in a subprocess (it calls `run_cli`) is
-marked `slow` here, as are the long in-process ones that carry the mark themselves; `pytest -m "not slow"` is
-the fast tier (under 2 minutes on 2 cores)."""
+"""Shared fixtures. Two tiers (STYLE.md): a test that runs the CLI in a subprocess (it or one of its fixtures
+calls `run_cli`) is marked `slow` here; long in-process tests, and tests whose fixture reaches the CLI through a
+helper, carry the mark themselves. `pytest -m "not slow"` is the fast tier (about 20 s on 2 cores)."""
 
 import inspect
 import os

@@ -38,6 +38,16 @@ def test_idx_corrupt_files(tmp_path):
         f.write(bytes([0, 0, 8, 1]) + (100).to_bytes(4, "big") + b"\x00" * 10)
     with pytest.raises(AigcError, match="truncated"):
         read_idx(tmp_path / "short.gz")
+    labels = np.zeros(60, np.uint8)                              # a labels file whose magic says 3 dimensions
+    with gzip.open(tmp_path / "ndim.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + (60).to_bytes(4, "big") + labels.tobytes())
+    with pytest.raises(AigcError, match=r"a 60 x 0 x 0 array \(0 bytes\) against 52 bytes") as e:
+        read_idx(tmp_path / "ndim.gz")
+    assert "5192416311228993536" not in str(e.value)
+    with gzip.open(tmp_path / "dims.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 9]) + b"\x00" * 40)
+    with pytest.raises(AigcError, match="says 9 dimensions"):
+        read_idx(tmp_path / "dims.gz")
 
 
 def test_mnist_missing_files_message(tmp_path):

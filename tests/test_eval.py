@@ -102,3 +102,13 @@ def test_eval_images_without_labels_has_no_feature_metrics(tmp_path):
     assert "fid" not in out and "no class labels" in out["feature_metrics"] and out["num_samples"] == 300
     with pytest.raises(AigcError, match="no class labels"):
         data.score(torch.zeros(3, 3, 8, 8, dtype=torch.uint8), labels=torch.zeros(3, dtype=torch.long))
+
+
+def test_a_sample_file_with_python_objects_is_refused_in_aigcs_words(tmp_path):
+    from aigc.errors import AigcError
+    from aigc.evaluation import load_samples_npz
+
+    np.savez(tmp_path / "objects.npz", images=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(AigcError, match="Python objects, which aigc never loads") as e:
+        load_samples_npz(tmp_path / "objects.npz")
+    assert "allow_pickle" not in str(e.value)

@@ -129,3 +129,35 @@ def test_compiled_modules_keep_weight_names_and_resume(tmp_path, mnist_dir):
     out = resume_training(str(tmp_path / "comp"), steps=4, quiet=True)
     assert out["step"] == 4
     torch._dynamo.reset()
+
+
+def test_nonfinite_loss_before_any_checkpoint_claims_none(tmp_path, mnist_dir, monkeypatch):
+    from aigc.recipes.vae import VAERecipe
+
+    real_step = VAERecipe.train_step
+
+    def poisoned(self, batch, opt):
+        return real_step(self, {**batch, "image": batch["image"] * float("nan")}, opt)
+
+    monkeypatch.setattr(VAERecipe, "train_step", poisoned)
+    with pytest.raises(NonFiniteLoss, match="No checkpoint had been written yet.*--resume would continue") as e:
+        _train(tmp_path, mnist_dir, "nan0", 20, ["ckpt_every=5"])
+    assert "last good checkpoint" not in str(e.value)
+
+
+def test_a_garbage_trainer_state_is_refused_without_unsafe_advice(tmp_path):
+    from aigc.errors import AigcError
+    from aigc.io.checkpoint import STATE, load_state
+
+    (tmp_path / STATE).write_bytes(b"\x80\x04garbage, not a torch file")
+    with pytest.raises(AigcError, match="damaged or was not written by aigc") as e:
+        load_state(tmp_path)
+    assert "weights_only" not in str(e.value)
+
+
+def test_checkpoint_files_share_one_mode(tmp_path):
+    from aigc.io.checkpoint import EMA, MODEL, STATE, save_checkpoint
+
+    save_checkpoint(tmp_path / "ckpt", {"w": torch.zeros(2)}, {"w": torch.ones(2)}, {"step": 1})
+    modes = {f: (tmp_path / "ckpt" / f).stat().st_mode & 0o777 for f in (MODEL, EMA, STATE)}
+    assert len(set(modes.values())) == 1, modes

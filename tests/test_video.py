@@ -504,27 +504,30 @@ TINY_DIFF = ["--set", "num_eval=32", "--set", "frames=8", "--set", "batch_size=4
              "--set", "groups=4", "--set", "heads=2", "--set", "sample_steps=3"]
 
 
-@pytest.fixture(scope="module")
-def video_gan_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("vgan") / "g"
-    p = run_cli("train", "video-gan", "--data", "moving-shapes", "--steps", 3, "--out", run, *TINY_GAN)
+def trained_run(tmp_path_factory, family: str, steps: int, tiny: list):
+    run = tmp_path_factory.mktemp(family) / "run"
+    p = run_cli("train", family, "--data", "moving-shapes", "--steps", steps, "--out", run, *tiny)
     assert p.returncode == 0, p.stderr
     return run
+
+
+@pytest.fixture(scope="module")
+def video_gan_run(tmp_path_factory):
+    return trained_run(tmp_path_factory, "video-gan", 3, TINY_GAN)
 
 
 @pytest.fixture(scope="module")
 def video_diffusion_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("vdm") / "d"
-    p = run_cli("train", "video-diffusion", "--data", "moving-shapes", "--steps", 2, "--out", run, *TINY_DIFF)
-    assert p.returncode == 0, p.stderr
-    return run
+    return trained_run(tmp_path_factory, "video-diffusion", 2, TINY_DIFF)
 
 
+@pytest.mark.slow
 def test_cli_video_training_writes_gif_and_frame_strip(video_gan_run):
     samples = video_gan_run / "samples"
     assert (samples / "step_0000003.gif").exists() and (samples / "step_0000003.png").exists()
 
 
+@pytest.mark.slow
 def test_cli_video_sample_npz_holds_clips_and_prompts(video_gan_run, tmp_path):
     p = run_cli("sample", video_gan_run, "--num", 3, "--prompt", "a green square moving down",
                 "--out", tmp_path / "c.npz")
@@ -534,11 +537,13 @@ def test_cli_video_sample_npz_holds_clips_and_prompts(video_gan_run, tmp_path):
     assert list(z["prompts"]) == ["a green square moving down"] * 3
 
 
+@pytest.mark.slow
 def test_cli_video_sample_gif(video_gan_run, tmp_path):
     p = run_cli("sample", video_gan_run, "--num", 2, "--out", tmp_path / "c.gif")
     assert p.returncode == 0 and (tmp_path / "c.gif").stat().st_size > 0, p.stderr
 
 
+@pytest.mark.slow
 def test_cli_video_eval_scores_clip_metrics(video_gan_run):
     p = run_cli("eval", video_gan_run, "--num", 20)
     assert p.returncode == 0, p.stderr
@@ -549,14 +554,17 @@ def test_cli_video_eval_scores_clip_metrics(video_gan_run):
 @pytest.mark.parametrize("args,words", [(["--prompt", "a purple dog"], ["no word this model knows", "left"]),
                                         (["--frames", 16], ["8-frame", "16-frame"]),
                                         (["--label", 1], ["class-conditional"]), (["--steps", 3], ["diffusion"])])
+@pytest.mark.slow
 def test_cli_video_gan_refuses_what_it_cannot_do(video_gan_run, tmp_path, args, words):
     assert_clean_error(run_cli("sample", video_gan_run, "--num", 2, *args, "--out", tmp_path / "x.gif"), *words)
 
 
+@pytest.mark.slow
 def test_cli_video_sample_needs_a_gif_or_npz(video_gan_run, tmp_path):
     assert_clean_error(run_cli("sample", video_gan_run, "--num", 2, "--out", tmp_path / "x.png"), ".gif")
 
 
+@pytest.mark.slow
 def test_cli_video_diffusion_samples_with_guidance_and_steps(video_diffusion_run, tmp_path):
     p = run_cli("sample", video_diffusion_run, "--num", 2, "--prompt", "a red circle moving left", "--guidance", 2,
                 "--steps", 2, "--out", tmp_path / "v.npz")
@@ -564,6 +572,7 @@ def test_cli_video_diffusion_samples_with_guidance_and_steps(video_diffusion_run
     assert np.load(tmp_path / "v.npz")["videos"].shape == (2, 8, 32, 32, 3)
 
 
+@pytest.mark.slow
 def test_cli_video_diffusion_has_no_trajectory(video_diffusion_run, tmp_path):
     assert_clean_error(run_cli("sample", video_diffusion_run, "--what", "trajectory", "--out", tmp_path / "x.gif"),
                        "image")

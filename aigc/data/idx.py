@@ -28,13 +28,17 @@ def read_idx(path: Path) -> np.ndarray:
     if raw[2] != 0x08:
         raise AigcError(f"{path}: IDX type 0x{raw[2]:02x} is not supported (only unsigned bytes, 0x08)")
     ndim = raw[3]
+    if not 1 <= ndim <= 4:
+        raise AigcError(f"{path} is not an IDX file of images or labels: its magic number says {ndim} dimensions")
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise AigcError(f"{path} is truncated (header cut short)")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     n = int(np.prod(shape)) if shape else 0
     if len(raw) - header != n:
-        raise AigcError(f"{path} is truncated or padded: header says {n} bytes of data, file has {len(raw) - header}")
+        shape_text = " x ".join(map(str, shape))
+        raise AigcError(f"{path} does not hold what its header says: a {shape_text} array ({n} bytes) against "
+                        f"{len(raw) - header} bytes of data (truncated, padded, or a wrong header)")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 

@@ -65,6 +65,9 @@ def save_checkpoint(folder: Path, weights: dict, ema: dict | None, state: dict) 
     if ema is not None:
         save_file(ema, str(tmp / EMA))
     torch.save(state, tmp / STATE)
+    for f in (MODEL, EMA):                  # safetensors writes 0600; the run's other files follow the umask
+        if (tmp / f).is_file():
+            (tmp / f).chmod((tmp / STATE).stat().st_mode & 0o777)
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         folder.rename(old)
@@ -98,8 +101,9 @@ def load_state(folder: Path) -> dict:
         raise AigcError(f"no trainer state at {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise AigcError(f"trainer state {path} is corrupt: {e}") from None
+    except Exception as e:       # torch's message advises weights_only=False, which would run code in the file
+        raise AigcError(f"trainer state {path} is damaged or was not written by aigc ({type(e).__name__}); it is "
+                        f"only ever read as plain tensors and numbers, so it cannot be used") from None
 
 
 def load_modules(modules: dict[str, torch.nn.Module], folder: Path, ema: bool = True) -> bool:

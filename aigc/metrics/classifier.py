@@ -56,9 +56,15 @@ def _to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int = 2,
-                     batch_size: int = 128, seed: int = 0, min_steps: int = 200, max_steps: int = 1000) -> FeatureNet:
+                     batch_size: int = 128, seed: int = 0, min_steps: int = 200, max_steps: int = 1000,
+                     progress: bool = False) -> FeatureNet:
     """Plain supervised training: Adam with one-cycle LR, light random shifts (so features do not key
-    on exact pixels); `epochs` passes, clamped to [min_steps, max_steps] optimiser steps."""
+    on exact pixels); `epochs` passes, clamped to [min_steps, max_steps] optimiser steps (a progress bar on
+    stderr with `progress`)."""
+    import sys
+
+    from tqdm import tqdm
+
     g = torch.Generator().manual_seed(seed)
     batch_size = min(batch_size, len(images))
     per_epoch = len(images) // batch_size
@@ -70,7 +76,8 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
         net.train()
         perm, pos = torch.randperm(len(images), generator=g), 0
-        for _ in range(steps):
+        for _ in tqdm(range(steps), desc="feature classifier", unit="step", file=sys.stderr, disable=not progress,
+                      mininterval=0.5 if sys.stderr.isatty() else 30):
             if pos + batch_size > len(images):
                 perm, pos = torch.randperm(len(images), generator=g), 0
             idx = perm[pos:pos + batch_size]
@@ -107,8 +114,8 @@ def get_classifier(name: str, images: torch.Tensor, labels: torch.Tensor, num_cl
         net.load_state_dict(load_file(str(path)))
         return net.eval(), {**meta, "key": key, "reused": True}
     if log:
-        log(f"training the {name} feature classifier once (cached in {folder}) ...")
-    net = train_classifier(images, labels, num_classes)
+        log(f"training the {name} feature classifier once, for the sample metrics (cached in {folder}) ...")
+    net = train_classifier(images, labels, num_classes, progress=log is not None)
     meta = {**net.meta, "test_accuracy": round(accuracy(net, *test), 4) if test else None}
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

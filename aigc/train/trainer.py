@@ -260,7 +260,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         count, t_log, step_log = 0, time.perf_counter(), self.step
         t0, elapsed0 = time.perf_counter(), self.elapsed
-        last_good = self.step
+        last_good = self.step if (self.run_dir / CHECKPOINT / "model.safetensors").is_file() else None
         stopped = "budget"
         with _signals_to_flag(flag):
             while True:
@@ -276,10 +276,12 @@ class Trainer:
                     bar.close()
                     self._log({"kind": "error", "step": self.step, "error": str(e)})
                     self.plot()
+                    kept = (f"The last good checkpoint (step {last_good}) is kept in {self.run_dir / CHECKPOINT}."
+                            if last_good is not None else "No checkpoint had been written yet.")
                     raise NonFiniteLoss(
-                        f"{e} at step {self.step}; training stopped. The last good checkpoint "
-                        f"(step {last_good}) is kept in {self.run_dir / CHECKPOINT}. Try a lower train.lr, "
-                        f"train.grad_clip=1.0, or --resume to retry from there.") from None
+                        f"{e} at step {self.step}; training stopped. {kept} Start a new run with a lower "
+                        f"train.lr or train.grad_clip=1.0 (--overwrite replaces this one); --resume would "
+                        f"continue with the same settings.") from None
                 self.step += 1
                 self.elapsed = elapsed0 + time.perf_counter() - t0
                 if self.ema is not None:
