@@ -62,9 +62,9 @@ def clip_variants(data, num: int, g: torch.Generator):
     """The same for moving-shapes clips (n, C, T, H, W): direction, color and shape."""
     from aigc.data.video import shape_clip_captions
 
-    ev = data.eval["attrs"]
+    ev = data.eval.attrs
     n = min(num, len(ev["color"]))
-    x0 = data.eval["video"][:n].float() / 255 * 2 - 1
+    x0 = data.eval.images[:n].float() / 255 * 2 - 1
     variants = with_one_wrong({k: ev[k][:n] for k in CLIP_ATTRS}, CLIP_ATTRS, g)
     reversed_ = ev["direction"][:n] ^ 1                           # left <-> right, up <-> down (DIRECTIONS order)
     variants["reversed direction"] = {**variants["true"], "direction": reversed_}
@@ -139,25 +139,25 @@ def main() -> None:
         with torch.no_grad():
             for t in times:
                 tt = torch.full((num,), t)
-                x_t = recipe.schedule.q_sample(x0, tt, recipe.noise(x0.shape, g, "cpu", torch.float32))
+                x_t = recipe.core.schedule.q_sample(x0, tt, recipe.core.noise(x0.shape, g, "cpu", torch.float32))
                 mse, hats = {}, []
                 for name, c in ids.items():
                     err = 0.0
                     for i in range(0, num, 50):             # in chunks: a clip is 16 images
                         part = slice(i, i + 50)
                         out = recipe.net(x_t[part], tt[part], c[part])
-                        x0_hat = recipe.schedule.split(out, x_t[part], tt[part])[0].clamp(-1, 1)
+                        x0_hat = recipe.core.schedule.split(out, x_t[part], tt[part])[0].clamp(-1, 1)
                         err += F.mse_loss(x0_hat, x0[part], reduction="sum").item()
                         if name == "true" and what == "clips":
                             hats.append(x0_hat)
                     mse[name] = err / x0.numel()
                 if hats:
-                    drift[t] = mean_clip_drift(torch.cat(hats), data.eval["attrs"]["direction"][:num])
+                    drift[t] = mean_clip_drift(torch.cat(hats), data.eval.attrs["direction"][:num])
                 print(f"| {t} | {mse['true']:.4f} | " + " | "
                                                         "".join(f"{mse[k] / mse['true']:.3f}x" for k in cols) + " |")
         if drift:
             print(f"\nmean-clip drift the captioned way (px/frame, frames 0-11): true clips "
-                  f"{mean_clip_drift(x0, data.eval['attrs']['direction'][:num]):.2f}; x_0 estimates "
+                  f"{mean_clip_drift(x0, data.eval.attrs['direction'][:num]):.2f}; x_0 estimates "
                   + ", ".join(f"t = {t}: {v:.2f}" for t, v in drift.items()))
             best, blind = direction_worth()
             print(f"best x_0 MSE at t = T (per-frame mean clip of each caption, 8000 clips): {best:.4f} with the "
