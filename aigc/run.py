@@ -165,15 +165,31 @@ def _last_step(run_dir: Path) -> int:
 def list_runs(folder: Path) -> str:
     if not folder.is_dir():
         raise AigcError(f"no runs folder at {folder}")
-    lines = [f"{'run':40s} {'family':8s} {'data':8s} {'step':>8s} {'minutes':>8s}  last eval"]
-    for d in sorted(p for p in folder.iterdir() if (p / rundir.CONFIG).is_file()):
-        from aigc.config import read_toml
+    from aigc.config import read_toml
 
+    lines = [f"{'run':32s} {'family':15s} {'data':13s} {'step':>7s} {'ckpt':>7s} {'minutes':>7s} {'budget':>10s} "
+             f"{'status':12s} last eval"]
+    for d in sorted(p for p in folder.iterdir() if (p / rundir.CONFIG).is_file()):
         c = read_toml(d / rundir.CONFIG)
         rows = rundir.read_metrics(d)
         last = next((r for r in reversed(rows) if r.get("kind") == "eval"), {})
         train = next((r for r in reversed(rows) if r.get("kind") == "train"), {})
+        ckpt = next((r["step"] for r in reversed(rows) if r.get("kind") == "checkpoint"), "-")
+        t = c.get("train", {})
+        budget = f"{t['steps']} steps" if t.get("steps") else f"{t.get('minutes', 0):g} min"
         ev = ", ".join(f"{k}={v}" for k, v in last.items() if k not in ("kind", "step", "elapsed_s"))
-        lines.append(f"{d.name:40s} {c.get('family', '?'):8s} {c.get('data', {}).get('name', '?'):8s} "
-                     f"{train.get('step', 0):>8d} {train.get('elapsed_s', 0) / 60:>8.1f}  {ev}")
+        lines.append(f"{d.name:32s} {c.get('family', '?'):15s} {c.get('data', {}).get('name', '?'):13s} "
+                     f"{train.get('step', 0):>7d} {ckpt:>7} {train.get('elapsed_s', 0) / 60:>7.1f} {budget:>10s} "
+                     f"{run_status(rows):12s} {ev}")
     return "\n".join(lines) if len(lines) > 1 else f"no runs under {folder}"
+
+
+def run_status(rows: list[dict]) -> str:
+    """finished | interrupted | nan-stopped | budget (stopped before its final evaluation) | stop_at |
+    running? (training rows after the last stop: still training, or killed)."""
+    last = next((r for r in reversed(rows) if r.get("kind") in ("train", "stop", "error")), {})
+    if last.get("kind") == "error":
+        return "nan-stopped"
+    if last.get("kind") == "stop":
+        return last.get("stopped", "?")
+    return "running?" if last else "not started"

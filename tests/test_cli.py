@@ -62,7 +62,9 @@ def test_runs_lists_each_run_with_family_data_and_step(trained):
     p = run_cli("runs", trained.parent)
     assert p.returncode == 0, p.stderr
     row = next(line for line in p.stdout.splitlines() if line.startswith(trained.name + " "))
-    assert row.split()[1:4] == ["vae", "mnist", "20"], row           # name, family, data, step
+    # name, family, data, step, checkpoint step, minutes, budget ("20 steps"), status
+    cells = row.split()
+    assert cells[1:5] == ["vae", "mnist", "20", "20"] and cells[6:9] == ["20", "steps", "finished"], row
 
 
 def test_resume_to_more_steps(tmp_path, mnist_dir):

@@ -227,3 +227,18 @@ def test_cli_fine_tune_and_sft(gpt_run, tmp_path):
                 "--steps", 5, "--out", tmp_path / "sft", "--quiet", "--set", "batch_size=4")
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "sft" / "tokenizer.json").read_text() == (gpt_run / "tokenizer.json").read_text()
+
+
+def test_token_cache_follows_the_text_not_the_files_size_and_time(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("AIGC_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcd" * 500, encoding="utf-8")
+    stat = corpus.stat()
+    first = load_token_data(data_config("text", dir=str(corpus)), 16)
+    corpus.write_text("dcba" * 500, encoding="utf-8")             # same size ...
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))      # ... and the same modification time
+    second = load_token_data(data_config("text", dir=str(corpus)), 16)
+    assert first.tokenizer.decode(first.val[:4].tolist()) == "abcd"
+    assert second.tokenizer.decode(second.val[:4].tolist()) == "dcba"

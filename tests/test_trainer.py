@@ -161,3 +161,15 @@ def test_checkpoint_files_share_one_mode(tmp_path):
     save_checkpoint(tmp_path / "ckpt", {"w": torch.zeros(2)}, {"w": torch.ones(2)}, {"step": 1})
     modes = {f: (tmp_path / "ckpt" / f).stat().st_mode & 0o777 for f in (MODEL, EMA, STATE)}
     assert len(set(modes.values())) == 1, modes
+
+
+def test_run_status_reads_the_last_event():
+    from aigc.run import run_status
+
+    train, stop = {"kind": "train", "step": 5}, {"kind": "stop", "step": 5}
+    assert run_status([train, {**stop, "stopped": "budget"}, {"kind": "eval"}, {**stop, "stopped": "finished"}]) \
+        == "finished"
+    assert run_status([train, {**stop, "stopped": "interrupted"}]) == "interrupted"
+    assert run_status([train, {"kind": "error", "step": 6}]) == "nan-stopped"
+    assert run_status([train, {**stop, "stopped": "interrupted"}, train]) == "running?"      # resumed, or killed
+    assert run_status([]) == "not started"

@@ -204,10 +204,10 @@ def load_token_data(cfg: Config, block_size: int = 256, tokenizer_path: Path | N
         tokenizer = load_tokenizer(tokenizer_path)
     else:
         tokenizer = TOKENIZERS[cfg.tokenizer].train(texts, cfg.vocab_size)
-    key = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        key.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    key = hashlib.sha256()               # the cache is keyed by the text itself: a file rewritten with the same
+    for t in texts:                      # size and time is a new corpus (paths, sizes and times were not enough)
+        key.update(f"{len(t)}\n".encode())
+        key.update(t.encode("utf-8", "surrogatepass"))
     key.update(f"{errors}|{cfg.max_chars}".encode())
     key.update(tokenizer.to_json().encode())
     folder = cache_dir() / key.hexdigest()[:20]

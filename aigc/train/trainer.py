@@ -166,6 +166,7 @@ class Trainer:
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         ema = self.ema.state() if self.ema is not None else None
         ckpt.save_checkpoint(self.run_dir / CHECKPOINT, ckpt.flat_state(self.recipe.modules), ema, state)
+        self._log({"kind": "checkpoint", "step": self.step, "elapsed_s": round(self.elapsed, 2)})
 
     def load(self) -> None:
         folder = self.run_dir / CHECKPOINT
@@ -321,6 +322,7 @@ class Trainer:
             bar.close()
             self.save()                              # also on interrupt: nothing is lost
         self.plot()
+        self._log({"kind": "stop", "step": self.step, "elapsed_s": round(self.elapsed, 2), "stopped": stopped})
         if stopped == "interrupted":
             name = "SIGINT" if flag["signal"] == signal.SIGINT else "SIGTERM"
             raise Interrupted(f"{name} received: checkpoint saved at step {self.step} in {self.run_dir}; "
@@ -332,4 +334,5 @@ class Trainer:
         row = self.evaluate(final=True)
         self.samples()
         self.plot()
+        self._log({"kind": "stop", "step": self.step, "elapsed_s": round(self.elapsed, 2), "stopped": "finished"})
         return row
