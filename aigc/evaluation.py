@@ -71,9 +71,10 @@ def eval_samples_file(path: Path, dataset: str, data_dir: str | None = None) -> 
     from aigc.config import data_config
     from aigc.data import entry, load_dataset
 
-    video = entry(dataset).kind == "video"
-    if entry(dataset).kind not in ("images", "video"):
-        raise AigcError(f"--samples scores images or clips; '{dataset}' is a {entry(dataset).kind} dataset")
+    kind = entry(dataset).kind
+    if kind not in ("images", "video"):
+        raise AigcError(f"--samples scores images or clips; '{dataset}' is a {kind} dataset")
+    video = kind == "video"
     s = load_videos_npz(path) if video else load_samples_npz(path)
     data = load_dataset(data_config(dataset, dir=data_dir or ""))
     result = data.score(s["videos"] if video else s["images"], s.get("labels"), s.get("prompts"))

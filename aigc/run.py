@@ -154,6 +154,7 @@ def _write_json(result: dict, *paths) -> None:
     text = json.dumps(result, indent=1) + "\n"
     for p in paths:
         if p:
+            Path(p).parent.mkdir(parents=True, exist_ok=True)
             Path(p).write_text(text)
 
 

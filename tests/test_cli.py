@@ -217,6 +217,19 @@ def test_overwrite_with_a_bad_setting_keeps_the_old_run(trained, mnist_dir, bad)
     assert _snapshot(trained) == before
 
 
+def test_a_new_run_that_fails_its_checks_leaves_no_folder(tmp_path, mnist_dir):
+    out = tmp_path / "new" / "run"
+    assert_clean_error(run_cli("train", "vae", "--data", "mnist", "--data-dir", mnist_dir, "--steps", 2, "--out", out,
+                               *TINY, "--set", "batch_size=0"), "batch_size")
+    assert not (tmp_path / "new").exists()
+
+
+def test_eval_out_in_a_new_folder(trained, tmp_path):
+    p = run_cli("eval", trained, "--num", 32, "--k", 2, "--quiet", "--out", tmp_path / "new" / "e.json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "new" / "e.json").read_text())["family"] == "vae"
+
+
 @pytest.mark.parametrize("out", ["/proc/aigc-x.png", "FILE/x.png"])
 def test_unwritable_sample_out_is_a_clear_error(trained, tmp_path, out):
     (tmp_path / "FILE").write_text("a file, not a folder")

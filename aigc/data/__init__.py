@@ -130,6 +130,11 @@ class Dataset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.images.shape[1:])
 
+    @property
+    def reference_images(self) -> torch.Tensor:
+        """What generated samples are scored against: `reference`, else the eval split's images."""
+        return self.reference if self.reference is not None else self.eval.images
+
     def eval_batches(self, batch_size: int, limit: int | None = None):
         """The eval split in order (already binarised once with a fixed seed when binarize is on)."""
         n = len(self.eval) if limit is None else min(limit, len(self.eval))
@@ -149,7 +154,7 @@ class Dataset:
         from aigc.metrics.classifier import get_classifier
 
         train_labels, ref_labels, k = self.feature_classes()
-        ref = self.reference if self.reference is not None else self.eval.images
+        ref = self.reference_images
         return get_classifier(self.name, self.train.images, train_labels, k, test=(ref, ref_labels),
                               log=lambda msg: print(msg, file=sys.stderr))
 
@@ -177,7 +182,7 @@ class Dataset:
             net, info = self.classifier()
         except AigcError as e:                      # e.g. an unlabelled image folder: no feature classifier
             return {"feature_metrics": f"skipped: {e}", "num_samples": len(images)}
-        ref = self.reference if self.reference is not None else self.eval.images
+        ref = self.reference_images
         report = image_report(net, self.name, ref, images, self.train.images[:len(images)],
                               labels=labels if self.class_scored else None, ref_split=self.reference_split)
         report["classifier_test_accuracy"] = info.get("test_accuracy")

@@ -41,17 +41,21 @@ def new_run_dir(path: Path) -> Path:
 
 
 def check_writable(path: str | Path) -> Path:
-    """A clear error, before any work, when `path` cannot be written (its folder cannot be made, is not a folder,
-    or refuses a new file). Creates the missing folders; writes nothing else."""
+    """A clear error, before any work, when `path` cannot be written: it is a folder, the nearest existing folder
+    above it is a file, or that folder refuses a new file. Leaves nothing behind (missing folders are made by
+    whoever writes later, so a run that fails its checks leaves no empty folder)."""
     import tempfile
 
     path = Path(path)
-    folder = path.parent
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
         if path.is_dir():
             raise AigcError(f"cannot write {path}: it is a folder")
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".aigc-write-check-"):
+        if not existing.is_dir():
+            raise AigcError(f"cannot write {path}: {existing} is a file, not a folder")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".aigc-write-check-"):
             pass
     except OSError as e:
         raise AigcError(f"cannot write {path}: {e.strerror or e}") from None
