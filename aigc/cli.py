@@ -230,6 +230,26 @@ def runs(folder):
     click.echo(list_runs(Path(folder)))
 
 
+# ------------------------------------------------------------------------------------------ cache
+@cli.command()
+@click.argument("kind", required=False)
+@click.option("--clear", is_flag=True, help="remove the entries (they are rebuilt when next needed)")
+@click.option("--older-than", type=click.FloatRange(min=0), metavar="DAYS",
+              help="with --clear: only entries last used more than DAYS days ago")
+def cache(kind, clear, older_than):
+    """List aigc's caches (token streams, feature classifiers) under AIGC_CACHE (default ~/.cache/aigc), or
+    clear them: all, one KIND (tokens | classifiers), or those unused for DAYS."""
+    from aigc.io import cache as caches
+
+    if older_than is not None and not clear:
+        raise AigcError("--older-than selects what --clear removes: add --clear")
+    if clear:
+        n, size = caches.clear(kind, older_than)
+        click.echo(f"removed {n} cache entries ({caches.human(size)}) from {caches.cache_root()}")
+    else:
+        click.echo(caches.listing(kind))
+
+
 def main(argv=None) -> None:
     try:
         cli.main(args=argv, prog_name="aigc", standalone_mode=False)

@@ -15,13 +15,15 @@ from aigc.generation import Request, generate
 from aigc.io import rundir
 from aigc.io.samples import check_out, write_result
 from aigc.recipes import build_config, open_run, recipe_class
+from aigc.threads import ThreadPolicy
 from aigc.train import Trainer, pick_device
 
 
-def _setup_torch(cfg: RunConfig) -> torch.device:
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    return pick_device(cfg.train.device)
+def _setup_torch(cfg: RunConfig) -> tuple[torch.device, ThreadPolicy]:
+    """The device, and the CPU thread count chosen from the cores other processes leave free (aigc/threads.py)."""
+    policy = ThreadPolicy(cfg.train.threads)
+    policy.start()
+    return pick_device(cfg.train.device), policy
 
 
 def _load_data(cls, cfg: RunConfig, run_dir: Path | None = None):
@@ -41,11 +43,11 @@ def _prepare(cfg: RunConfig, data, init_from: Path | None = None):
     return recipe, cls.make_batcher(data, cfg)
 
 
-def _fit(cfg: RunConfig, data, prepared, run_dir: Path, device, quiet: bool, resume: bool,
+def _fit(cfg: RunConfig, data, prepared, run_dir: Path, device, policy, quiet: bool, resume: bool,
          more_minutes: float | None = None, total_steps: int | None = None, stop_at: int | None = None) -> dict:
     recipe, batcher = prepared
     recipe.save_artifacts(run_dir, data)
-    trainer = Trainer(recipe, data, batcher, cfg.train, run_dir, device, quiet=quiet, lrs=recipe.lrs)
+    trainer = Trainer(recipe, data, batcher, cfg.train, run_dir, device, quiet=quiet, lrs=recipe.lrs, threads=policy)
     if resume:
         trainer.load()
         if total_steps is not None:
@@ -70,7 +72,7 @@ def start_training(family, dataset, config_file, sets, flags, out, overwrite, qu
         init_dir = rundir.check_run_dir(init_from)
         cls.adopt_init_config(cfg, init_dir, sets)
     torch.manual_seed(cfg.train.seed)
-    device = _setup_torch(cfg)
+    device, policy = _setup_torch(cfg)
     data = _load_data(cls, cfg, init_dir)
     if cfg.train.steps <= 0 and cfg.train.minutes <= 0:
         raise AigcError("no training budget: give --steps N or --minutes M (or train.steps in the config)")
@@ -78,7 +80,7 @@ def start_training(family, dataset, config_file, sets, flags, out, overwrite, qu
     run_dir = rundir.new_run_dir(path)
     cfg.save(run_dir / rundir.CONFIG)
     print(f"run folder: {run_dir}  ({family} on {dataset}, {data.describe()}, device {device})", file=sys.stderr)
-    return _fit(cfg, data, prepared, run_dir, device, quiet, resume=False, stop_at=stop_at)
+    return _fit(cfg, data, prepared, run_dir, device, policy, quiet, resume=False, stop_at=stop_at)
 
 
 def resume_training(run, steps=None, minutes=None, device=None, quiet=False) -> dict:
@@ -89,10 +91,10 @@ def resume_training(run, steps=None, minutes=None, device=None, quiet=False) -> 
     if device:
         cfg.train.device = device
     torch.manual_seed(cfg.train.seed)
-    dev = _setup_torch(cfg)
+    dev, policy = _setup_torch(cfg)
     data = _load_data(cls, cfg, run_dir)
     print(f"resuming {run_dir}", file=sys.stderr)
-    return _fit(cfg, data, _prepare(cfg, data), run_dir, dev, quiet, resume=True, more_minutes=minutes,
+    return _fit(cfg, data, _prepare(cfg, data), run_dir, dev, policy, quiet, resume=True, more_minutes=minutes,
                 total_steps=steps)
 
 
@@ -108,6 +110,7 @@ def sample_run(run, request: Request, out=None, ema: bool = True, device: str = 
     """Generate from a trained RUN through the generation contract; write the result to `out` when given
     (text: optional). Returns (result, path written or None)."""
     run_dir = rundir.check_run_dir(run)
+    ThreadPolicy().start()
     cfg, recipe = open_run(run_dir, pick_device(device), ema=ema)
     check_out(recipe.output, out)                       # a bad --out is reported before any work
     if stream is not None and recipe.output != "text":
@@ -124,6 +127,7 @@ def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False, sample
     run_dir = rundir.check_run_dir(run)
     if out:
         rundir.check_writable(out)                    # before the work, so that its result is not lost
+    ThreadPolicy().start()
     cfg, recipe = open_run(run_dir, pick_device(device))
     data = recipe.load_data(cfg, run_dir)
     t0 = time.perf_counter()

@@ -81,6 +81,7 @@ def pytest_configure(config):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
+        os.environ["OMP_NUM_THREADS"] = "1"          # aigc's thread policy (aigc/threads.py) keeps to it
         torch.set_num_threads(1)
 
 

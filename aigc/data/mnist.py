@@ -33,20 +33,30 @@ def _md5(path: Path) -> str:
 
 
 def _download(folder: Path, missing: list[str]) -> None:
+    """Fetch the missing files, md5-checked, each through a .part file; folders this made are removed again when
+    nothing could be fetched (a failed download leaves nothing behind)."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]       # deepest first
     folder.mkdir(parents=True, exist_ok=True)
-    for name in missing:
-        for mirror in MIRRORS:
-            tmp = folder / (name + ".part")
+    try:
+        for name in missing:
+            for mirror in MIRRORS:
+                tmp = folder / (name + ".part")
+                try:
+                    with urllib.request.urlopen(mirror + name, timeout=15) as r, open(tmp, "wb") as f:
+                        f.write(r.read())
+                    if _md5(tmp) == FILES[name]:
+                        tmp.replace(folder / name)
+                        break
+                except OSError:
+                    continue
+                finally:
+                    tmp.unlink(missing_ok=True)
+    finally:
+        for p in made:
             try:
-                with urllib.request.urlopen(mirror + name, timeout=15) as r, open(tmp, "wb") as f:
-                    f.write(r.read())
+                p.rmdir()                                 # only when empty
             except OSError:
-                tmp.unlink(missing_ok=True)
-                continue
-            if _md5(tmp) == FILES[name]:
-                tmp.replace(folder / name)
                 break
-            tmp.unlink(missing_ok=True)
 
 
 def _missing_message(folder: Path, missing: list[str], tried_download: bool) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from aigc.config import DataConfig
 from aigc.data.tokenizers import TOKENIZERS, load_tokenizer
 from aigc.errors import AigcError, check_choice, did_you_mean
+from aigc.io import cache
 
 ENCODING_ERRORS = ("strict", "replace", "skip")
 
@@ -85,10 +85,6 @@ class Config(DataConfig):
     vocab_size: int = 2048           # bpe: vocabulary size
     encoding_errors: str = ""        # strict | replace | skip ("" = strict for text, skip for code)
     max_chars: int = 0               # read at most this many characters (0 = all)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("AIGC_CACHE", Path.home() / ".cache" / "aigc")) / "tokens"
 
 
 @dataclass
@@ -210,11 +206,14 @@ def load_token_data(cfg: Config, block_size: int = 256, tokenizer_path: Path | N
         key.update(t.encode("utf-8", "surrogatepass"))
     key.update(f"{errors}|{cfg.max_chars}".encode())
     key.update(tokenizer.to_json().encode())
-    folder = cache_dir() / key.hexdigest()[:20]
+    folder = cache.cache_dir("tokens") / key.hexdigest()[:20]
     folder.mkdir(parents=True, exist_ok=True)
     stream = folder / "tokens.bin"
     if not stream.is_file():
         _encode_to_file(tokenizer, texts, stream, tokenizer.eot_id)
+        (folder / cache.SOURCE).write_text(json.dumps({"dataset": kind, "dir": str(cfg.dir),
+                                                      "tokenizer": cfg.tokenizer, "files": len(files)}))
+    cache.touch(folder)
     dtype = np.uint16 if tokenizer.vocab_size < 2 ** 16 else np.uint32
     tokens = np.memmap(stream, dtype=dtype, mode="r")
     n_val = len(tokens) // 10

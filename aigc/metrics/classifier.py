@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+
+from aigc.io import cache
 
 FEATURE_VERSION = 1
 FEATURE_DIM = 128
@@ -37,10 +37,6 @@ class FeatureNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.body(x))
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("AIGC_CACHE", Path.home() / ".cache" / "aigc")) / "classifiers"
 
 
 def data_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
@@ -106,17 +102,19 @@ def get_classifier(name: str, images: torch.Tensor, labels: torch.Tensor, num_cl
     """The cached classifier for this dataset, trained on (images, labels) the first time.
     Returns (net, info) where info has the cache key, its test accuracy and whether it was reused."""
     key = f"{name}-v{FEATURE_VERSION}-{data_digest(images, labels)}"
-    folder = cache_dir()
+    folder = cache.cache_dir("classifiers")
     path, meta_path = folder / f"{key}.safetensors", folder / f"{key}.json"
     if path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         net = FeatureNet(meta["channels"], meta["size"], meta["num_classes"])
         net.load_state_dict(load_file(str(path)))
+        cache.touch(meta_path)
         return net.eval(), {**meta, "key": key, "reused": True}
     if log:
         log(f"training the {name} feature classifier once, for the sample metrics (cached in {folder}) ...")
     net = train_classifier(images, labels, num_classes, progress=log is not None)
-    meta = {**net.meta, "test_accuracy": round(accuracy(net, *test), 4) if test else None}
+    meta = {**net.meta, "dataset": name, "images": len(images),
+            "test_accuracy": round(accuracy(net, *test), 4) if test else None}
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))

@@ -137,10 +137,12 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 class Trainer:
     def __init__(self, recipe: TrainerHooks, data, batcher, cfg, run_dir: Path, device: torch.device,
-                 quiet: bool = False, lrs: dict[str, float] | None = None):
-        """`cfg` is a TrainConfig; `lrs` optional per-optimiser base learning rates (e.g. TTUR)."""
+                 quiet: bool = False, lrs: dict[str, float] | None = None, threads=None):
+        """`cfg` is a TrainConfig; `lrs` optional per-optimiser base learning rates (e.g. TTUR); `threads` an
+        optional aigc.threads.ThreadPolicy, re-measured during training (a change is logged)."""
         self.recipe, self.data, self.batcher, self.cfg = recipe, data, batcher, cfg
         self.run_dir, self.device, self.quiet, self.lrs = Path(run_dir), device, quiet, lrs
+        self.threads = threads if device.type == "cpu" else None
         if cfg.steps <= 0 and cfg.minutes <= 0:
             raise AigcError("no training budget: give --steps N or --minutes M")
         check_choice("train.schedule", cfg.schedule, ("cosine", "constant"))
@@ -285,6 +287,9 @@ class Trainer:
                         f"continue with the same settings.") from None
                 self.step += 1
                 self.elapsed = elapsed0 + time.perf_counter() - t0
+                if self.threads is not None and (n := self.threads.update()) is not None:
+                    self._log({"kind": "threads", "step": self.step, "threads": n,
+                               "others_busy_cores": round(self.threads.others, 2)})
                 if self.ema is not None:
                     self.ema.update(self.step)
                 for k, v in out.items():
