@@ -31,5 +31,9 @@ class NonFiniteLoss(AigcError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept."""
 
 
+class Cancelled(AigcError):
+    """A generation stopped on request (its client went away, or pressed stop)."""
+
+
 class Interrupted(AigcError):
     """SIGINT/SIGTERM during training; a checkpoint was saved (exit status 130)."""

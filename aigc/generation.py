@@ -140,39 +140,51 @@ def video_result(x, prompts=None) -> Video:
     return Video(video_to_uint8(x), None if prompts is None else list(prompts))
 
 
-def check_request(recipe, request: Request) -> None:
-    """A clear error for every field the recipe does not accept, naming what it does accept."""
+def check_request(recipe, request: Request, names: dict[str, str] = FLAGS) -> None:
+    """A clear error for every field the recipe does not accept, naming what it does accept, and for values out
+    of range. `names`: how the caller spells each field (the CLI's flags by default; the server's JSON keys)."""
+    n = {**FLAGS, **names}
     accepted = set(recipe.accepts()) | ALWAYS
     if len(recipe.WHATS) > 1:
         accepted.add("what")
     extra = sorted(request.given() - accepted, key=list(FLAGS).index)
     if extra:
         f = extra[0]
-        raise AigcError(f"{', '.join(FLAGS[f] for f in extra)} {'does' if len(extra) == 1 else 'do'} not apply to "
-                        f"this {recipe.describe_model()} ({FLAGS[f]} is for {FOR[f]}); it accepts "
-                        f"{', '.join(FLAGS[f] for f in FLAGS if f in accepted)}")
+        raise AigcError(f"{', '.join(n[f] for f in extra)} {'does' if len(extra) == 1 else 'do'} not apply to "
+                        f"this {recipe.describe_model()} ({n[f]} is for {FOR[f]}); it accepts "
+                        f"{', '.join(n[f] for f in FLAGS if f in accepted)}")
     if request.num is not None and request.num < 1:
-        raise AigcError(f"--num must be at least 1, got {request.num}")
+        raise AigcError(f"{n['num']} must be at least 1, got {request.num}")
     for name in ("guidance", "temperature", "top_p"):
         value = getattr(request, name)
         if value is not None and not math.isfinite(value):
-            raise AigcError(f"{FLAGS[name]} must be a finite number, got {value}")
+            raise AigcError(f"{n[name]} must be a finite number, got {value}")
+    if request.temperature is not None and request.temperature < 0:
+        raise AigcError(f"{n['temperature']} must be >= 0 (0 = greedy), got {request.temperature}")
+    if request.top_k is not None and request.top_k < 1:
+        raise AigcError(f"{n['top_k']} must be at least 1, got {request.top_k}")
+    if request.top_p is not None and not 0 < request.top_p <= 1:
+        raise AigcError(f"{n['top_p']} must be in (0, 1], got {request.top_p}")
+    if request.guidance is not None and request.guidance < 0:
+        raise AigcError(f"{n['guidance']} must be >= 0, got {request.guidance}")
     if request.max_new_tokens is not None and not 1 <= request.max_new_tokens <= MAX_NEW_TOKENS:
-        raise AigcError(f"--max-new-tokens must be in 1..{MAX_NEW_TOKENS}, got {request.max_new_tokens}")
+        raise AigcError(f"{n['max_new_tokens']} must be in 1..{MAX_NEW_TOKENS}, got {request.max_new_tokens}")
     if request.what not in recipe.WHATS:
-        raise AigcError(f"--what {request.what} does not apply to this {recipe.describe_model()}; "
+        raise AigcError(f"{n['what']} {request.what} does not apply to this {recipe.describe_model()}; "
                         f"it makes: {', '.join(recipe.WHATS)}")
 
 
-def generate(recipe, request: Request, stream: Callable[[str], None] | None = None) -> Result:
+def generate(recipe, request: Request, stream: Callable[[str], None] | None = None,
+             progress: Callable[[int, int], None] | None = None) -> Result:
     """Check the request against the recipe's declaration, seed the global RNG, and generate.
-    `stream(piece)` receives text as it is produced (text models, num = 1)."""
+    `stream(piece)` receives text as it is produced (text models, num = 1); `progress(done, total)` is called as
+    the work advances (every token or sampler step); either may raise aigc.errors.Cancelled to stop it."""
     import torch
 
     check_request(recipe, request)
     torch.manual_seed(request.seed)
     with torch.no_grad():
-        result = recipe.generate(request, stream=stream)
+        result = recipe.generate(request, stream=stream, progress=progress)
     if result.kind != recipe.output:
         raise AssertionError(f"{type(recipe).__name__} declared {recipe.output!r} but produced {result.kind!r}")
     return result

@@ -6,8 +6,9 @@ default, which aigc used before the policy), both measured in the same run.
 
 training  `aigc train vae --data mnist` (the preset: MLP, batch 128) for --steps steps with evaluation, samples and
           checkpoints off; speed = steps / the training loop's seconds (the run's stop row, so start-up and the final
-          evaluation do not count); alone: the better of 2 runs. "beside aigc": two identical commands started together, the slower one
-          reported (their ends differ by well under a second, so the share they ran alone is small).
+          evaluation do not count); alone: the better of 2 runs. "beside aigc": two identical commands started
+          together, the slower one reported (their ends differ by well under a second, so the share they ran
+          alone is small).
 decode    one stream of 300 new tokens from a 4-layer 128-wide GPT (context 64, fresh weights), in this process,
           the best of 3; "beside aigc" runs it while a long VAE training of the same policy runs beside.
 share     speed / the same policy's speed alone. Goal: with a second aigc process beside it, each keeps >= 40% of
@@ -98,7 +99,7 @@ def decode_speed(new_tokens: int = 300) -> float:
     import torch
 
     from aigc.models.gpt import GPT, GPTConfig
-    from aigc.recipes.gpt import sample_tokens
+    from aigc.recipes.textgen import sample_tokens
     from aigc.threads import ThreadPolicy
 
     ThreadPolicy().start()
@@ -158,9 +159,10 @@ def markdown(res: dict) -> str:
                      f"{100 * r['share_beside_yes']:.0f}% | {100 * r['share_beside_aigc']:.0f}% | "
                      f"{'met' if r['goal_met'] else '**not met**'} |")
     lines += ["", "*aigc*: the thread policy (threads = the cores other processes leave free, re-measured every 2 s "
-              "while training); *all-cores*: `train.threads` fixed at every core (torch's default, aigc before the policy). "
-              "Training: the VAE preset, speed of the training loop; decode: one stream from a 4x128 GPT (it "
-              "decodes on one thread either way; the row names the policy of the training beside it). Share: "
+              "while training); *all-cores*: `train.threads` fixed at every core (torch's default, aigc before "
+              "the policy). Training: the VAE preset, speed of the training loop; decode: one stream from a 4x128 "
+              "GPT with the threads the policy picks at start-up (the row names the policy of the training beside "
+              "it). Share: "
               "speed / the same row's speed alone.", ""]
     what = {k: ("" if k.startswith("train") else "the training beside it: ") +
             ("thread policy" if k.endswith("aigc") else "every core, fixed") for k in res}

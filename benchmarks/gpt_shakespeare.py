@@ -88,7 +88,7 @@ def sampling_speed(run_dir: Path, new_tokens: int = 500) -> dict:
     on the weights, so the model is built fresh with the trained run's vocabulary."""
     from aigc.models.gpt import GPT, GPTConfig
     from aigc.recipes import open_run
-    from aigc.recipes.gpt import sample_tokens
+    from aigc.recipes.textgen import sample_tokens
 
     _, recipe = open_run(run_dir, torch.device("cpu"))
     torch.manual_seed(0)

@@ -10,8 +10,8 @@ from aigc.config import data_config
 from aigc.data.text import TokenBatcher, load_token_data
 from aigc.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 from aigc.errors import AigcError
-from aigc.models.gpt import GPT, Decoder, GPTConfig, KVCache
-from aigc.recipes.gpt import _filter_logits, sample_tokens
+from aigc.models.gpt import GPT, Decoder, GPTConfig, KVCache, SlotCache
+from aigc.recipes.textgen import TextEngine, TextStream, sample_rows, sample_tokens
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 60
         + "Ünïcödé line: naïve café — 東京\n")
@@ -79,12 +79,81 @@ def test_sampling_past_the_context_and_seeds():
     assert a == b and all(len(r) == 43 for r in a)
 
 
-def test_top_k_top_p_filters():
+def picks(logits, **params):
+    """The tokens sample_rows picks over a sweep of uniforms."""
+    out = []
+    for u in torch.linspace(0, 0.999, 200):
+        s = TextStream([0], 1, **params)
+        s.uniforms = u.view(1)
+        out.append(int(sample_rows(logits, [s])[0]))
+    return out
+
+
+def test_sampling_filters_and_inverse_cdf():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    assert torch.isinf(_filter_logits(logits, 2, None)[0, 2:]).all()
-    kept = ~torch.isinf(_filter_logits(logits, None, 0.7)[0])
-    assert kept.tolist() == [True, True, False, False]            # 0.5 < 0.7, 0.5 + 0.3 >= 0.7
-    assert (~torch.isinf(_filter_logits(logits, None, 0.4)[0])).sum() == 1
+    free = picks(logits)
+    assert [free.count(i) / 200 for i in range(4)] == pytest.approx([0.5, 0.3, 0.15, 0.05], abs=0.01)
+    assert set(picks(logits, top_k=2)) == {0, 1}
+    assert set(picks(logits, top_p=0.7)) == {0, 1}                  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7
+    assert set(picks(logits, top_p=0.4)) == {0}
+    assert set(picks(logits, temperature=0)) == {0}
+    assert picks(logits, temperature=0.5, top_k=3).count(2) < free.count(2)     # colder: fewer unlikely tokens
+    with pytest.raises(AigcError, match="top_p"):
+        TextStream([0], 1, top_p=1.5)
+
+
+def test_step_rows_matches_full_forward_at_different_positions():
+    m = tiny_gpt(block=32)
+    prompts = [torch.randint(40, (1, n)) for n in (3, 9, 1)]
+    cache, step = SlotCache(m.cfg, 4, "cpu", torch.float32), Decoder(m)
+    with torch.no_grad():
+        for row, x in enumerate(prompts):
+            one = KVCache(m.cfg, 1, "cpu", torch.float32)
+            m(x, one)
+            cache.put(row, one)
+        tok = torch.tensor([5, 6, 7])
+        out = step.step_rows(tok, cache)
+        for row, x in enumerate(prompts):
+            full = m(torch.cat([x, tok[row].view(1, 1)], 1))[0, -1]
+            assert torch.allclose(out[row], full, atol=1e-5)
+    assert cache.pos[:3].tolist() == [4, 10, 2]
+
+
+def test_a_stream_does_not_depend_on_its_batch():
+    """Streams that join, leave and fill the context beside it leave a stream's tokens unchanged."""
+    m = tiny_gpt(block=16)
+    tok = CharTokenizer([chr(65 + i) for i in range(40)])
+
+    def streams():
+        return [TextStream([1, 2, 3], 40, 1.0, 5, None, seed=7), TextStream([4] * 9, 3, 0.7, None, 0.9, seed=1),
+                TextStream([5, 6], 25, 0.0, seed=2), TextStream([7], 12, 1.3, seed=3)]
+    alone = [TextEngine(m, tok, slots=1).run([s])[0] for s in streams()]
+    together = TextEngine(m, tok, slots=2).run(streams())
+    for a, b in zip(alone, together):
+        assert a.tokens == b.tokens and a.finish == b.finish == "length" and len(a.tokens) == a.max_new_tokens
+    assert sample_tokens(m, [[1, 2, 3]] * 2, 40, top_k=5, seed=7) == sample_tokens(m, [[1, 2, 3]] * 2, 40, top_k=5,
+                                                                                    seed=7)
+
+
+def test_stop_strings_end_of_text_and_streamed_pieces():
+    m = tiny_gpt(block=16)
+    tok = CharTokenizer([chr(97 + i) for i in range(40)])
+    free = TextEngine(m, tok).run([TextStream([1, 2], 30, 0.0)])[0]
+    stop = free.text[12:14]
+    pieces = []
+    s = TextStream([1, 2], 30, 0.0, stop=(stop,))
+    TextEngine(m, tok).run([s], on_step=lambda changed: pieces.append(s.take()))
+    assert s.text == free.text[:free.text.index(stop)] and s.finish == "stop"
+    assert "".join(pieces) == s.text                                 # never the start of the stop string
+    tok.__class__ = type("WithEOT", (CharTokenizer,), {"eot_id": free.tokens[5]})
+    e = TextEngine(m, tok).run([TextStream([1, 2], 30, 0.0)])[0]
+    assert e.finish == "stop" and e.tokens == free.tokens[:free.tokens.index(free.tokens[5])]
+    c = TextStream([1, 2], 30, 0.0)
+    engine = TextEngine(m, tok)
+    engine.add(c)
+    engine.step()
+    c.cancelled = True
+    assert engine.step() == [c] and c.finish == "cancelled" and engine.active == []
 
 
 @pytest.mark.parametrize("cls", [CharTokenizer, BPETokenizer])

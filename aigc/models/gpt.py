@@ -45,6 +45,34 @@ class KVCache:
         self.pos = 0
 
 
+class SlotCache:
+    """Keys and values of up to `slots` independent sequences, each at its own position, for continuous batching
+    (Yu et al., "Orca", OSDI 2022: requests join and leave the running batch between steps). Rows 0..n-1 are in
+    use and kept contiguous, so a step works on views `kv[:n]` without copying the cache."""
+
+    def __init__(self, cfg: GPTConfig, slots: int, device, dtype):
+        hd = cfg.n_embd // cfg.n_head
+        self.kv = [torch.zeros(slots, 2, cfg.n_head, cfg.block_size, hd, device=device, dtype=dtype)
+                   for _ in range(cfg.n_layer)]
+        self.pos = torch.zeros(slots, dtype=torch.long, device=device)
+        self.slots, self.n = slots, 0
+
+    def put(self, row: int, cache: KVCache) -> None:
+        """Copy a one-sequence KVCache (a prefilled prompt) into `row`."""
+        p = cache.pos
+        for mine, theirs in zip(self.kv, cache.kv):
+            mine[row, :, :, :p] = theirs[0, :, :, :p]
+        self.pos[row] = p
+
+    def take(self, rows: torch.Tensor) -> None:
+        """Rows `rows` (any order) become rows 0..len(rows)-1 (to close the gaps finished sequences leave)."""
+        m = len(rows)
+        for kv in self.kv:
+            kv[:m] = kv[rows]
+        self.pos[:m] = self.pos[rows].clone()
+        self.n = m
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -194,4 +222,30 @@ class Decoder:
             h = F.gelu(torch.mm(h, wfc) if bfc is None else torch.addmm(bfc, h, wfc))
             x = torch.addmm(x if bp is None else x + bp, h, wp)
         cache.pos = p + 1
+        return torch.mm(F.layer_norm(x, shape, *self.ln_f), self.head)
+
+    def step_rows(self, tok: torch.Tensor, cache: SlotCache) -> torch.Tensor:
+        """tok: (n,) token ids of rows 0..n-1 of a SlotCache, each at its own position -> logits (n, vocab);
+        advances those rows. The same arithmetic as `__call__` per row, with each row's queries masked to its
+        own keys."""
+        (n,), H, hd, shape = tok.shape, self.cfg.n_head, self.hd, self.shape
+        pos = cache.pos[:n]
+        top = int(pos.max()) + 1
+        if top > self.cfg.block_size:
+            raise ValueError(f"KV cache is full ({top - 1} of block_size {self.cfg.block_size} positions)")
+        rows = torch.arange(n, device=tok.device)
+        mask = None if n == 1 else (torch.arange(top, device=tok.device) <= pos[:, None])[:, None, None, :]
+        x = self.wte[tok] + self.wpe[pos]
+        for (g1, b1, wqkv, bqkv, wo, bo, g2, b2, wfc, bfc, wp, bp), full in zip(self.layers, cache.kv):
+            kv = full[:n]
+            h = F.layer_norm(x, shape, g1, b1)
+            qkv = (torch.mm(h, wqkv) if bqkv is None else torch.addmm(bqkv, h, wqkv)).view(n, 3, H, hd)
+            kv[rows, :, :, pos] = qkv[:, 1:]
+            y = F.scaled_dot_product_attention(qkv[:, 0].unsqueeze(2), kv[:, 0, :, :top], kv[:, 1, :, :top],
+                                               attn_mask=mask)
+            x = torch.addmm(x if bo is None else x + bo, y.view(n, -1), wo)
+            h = F.layer_norm(x, shape, g2, b2)
+            h = F.gelu(torch.mm(h, wfc) if bfc is None else torch.addmm(bfc, h, wfc))
+            x = torch.addmm(x if bp is None else x + bp, h, wp)
+        cache.pos[:n] += 1
         return torch.mm(F.layer_norm(x, shape, *self.ln_f), self.head)

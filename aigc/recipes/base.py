@@ -42,9 +42,20 @@ class Recipe:
     def describe_model(self) -> str:
         return f"{self.family} model"
 
-    def generate(self, request, stream=None):
+    def generate(self, request, stream=None, progress=None):
         """A Result of kind `self.output` for `request` (already checked by aigc.generation.generate)."""
         raise NotImplementedError
+
+    def text_engine(self, slots: int, threads=None):
+        """A continuous-batching text decoder (aigc/recipes/textgen.TextEngine) when the model has one, else None:
+        a server then decodes this model's requests one at a time through `generate`."""
+        return None
+
+    def chat_prompt(self, messages: list[tuple[str, str]]) -> str:
+        """The prompt a chat of (role, content) messages becomes, for models fine-tuned to answer one."""
+        from aigc.errors import AigcError
+
+        raise AigcError(f"this {self.describe_model()} is not a chat model (chat needs a GPT fine-tuned on sft data)")
 
     def generate_for_eval(self, data, num: int):
         """`num` samples for the dataset's sample-quality metrics (only when EVAL_SAMPLES > 0)."""

@@ -250,7 +250,7 @@ class GANRecipe(Adversarial, ImageRecipe):
             return labels.to(self.device_of())
         return self.vocab.encode(prompts).to(self.device_of()) if prompts is not None else None
 
-    def generate(self, request, stream=None):
+    def generate(self, request, stream=None, progress=None):
         self.check_condition_args(request.label, request.prompt)
         num = request.num or DEFAULT_NUM["images"]
         out = self.requested_conditions(num, request.label, request.prompt)

@@ -1,9 +1,8 @@
 """GPT recipe: next-token pre-training on text/code, fine-tuning (--init-from), SFT, and sampling.
 
-The sampler is kept apart from the model (nanoGPT's engine split): a KV cache, temperature, top-k,
-top-p (nucleus), several samples in one batch, stop strings and streaming. With learned absolute
-positions the cache cannot slide, so when it fills up the last block_size/2 tokens are re-encoded
-and decoding goes on (the prefix beyond that window is forgotten, as in any fixed-context model)."""
+The sampler is kept apart from the model (nanoGPT's engine split): aigc/recipes/textgen.py, a
+continuous-batching engine with a KV cache, temperature, top-k, top-p, stop strings and streaming, which
+`aigc sample` and `aigc serve` share."""
 
 from __future__ import annotations
 
@@ -15,10 +14,11 @@ import torch
 
 from aigc.config import RunConfig
 from aigc.errors import AigcError
-from aigc.generation import Text
+from aigc.generation import Request, Text
 from aigc.io import checkpoint as ckpt
-from aigc.models.gpt import GPT, Decoder, GPTConfig, KVCache
+from aigc.models.gpt import GPT, GPTConfig
 from aigc.recipes.base import TextRecipe
+from aigc.recipes.textgen import SLOTS, TextEngine, TextStream, check_sampling, row_seed
 
 ARCH_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")
 
@@ -115,7 +115,7 @@ class GPTRecipe(TextRecipe):
         return data._val_chars
 
     def save_samples(self, path: Path) -> None:
-        text = self.generate_text("", num=1, max_new_tokens=200, seed=0)[0]
+        text = self.generate_text(Request(max_new_tokens=200))[0]
         Path(path).with_suffix(".txt").write_text(text, encoding="utf-8")
 
     def full_eval(self, data, num=None, k=None, progress=None) -> dict:
@@ -129,13 +129,10 @@ class GPTRecipe(TextRecipe):
     def accepts(self) -> set[str]:
         return {"prompt", "temperature", "top_k", "top_p", "max_new_tokens", "stop"}
 
-    def generate(self, request, stream=None) -> Text:
-        """Defaults: temperature 0.8, 500 new tokens, no top-k / top-p."""
-        r = request
-        texts = self.generate_text(r.prompt or "", num=r.num or 1, max_new_tokens=r.max_new_tokens or 500,
-                                   temperature=0.8 if r.temperature is None else r.temperature, top_k=r.top_k,
-                                   top_p=r.top_p, stop=r.stop, seed=r.seed, stream=stream)
-        return Text(texts, [r.prompt or ""] * len(texts))
+    def generate(self, request, stream=None, progress=None) -> Text:
+        """Defaults: temperature 0.8, 500 new tokens, no top-k / top-p; stops at end-of-text or a stop string."""
+        texts = self.generate_text(request, stream, progress)
+        return Text(texts, [request.prompt or ""] * len(texts))
 
     def encode_prompt(self, prompt: str) -> list[int]:
         ids = self.tokenizer.encode(prompt).tolist() if prompt else []
@@ -152,118 +149,50 @@ class GPTRecipe(TextRecipe):
             ids = ids[-limit:]
         return ids
 
-    @torch.inference_mode()
-    def generate_text(self, prompt: str, num: int = 1, max_new_tokens: int = 500, temperature: float = 1.0,
-                      top_k: int | None = None, top_p: float | None = None, stop: tuple = (), seed: int = 0,
-                      stream=None) -> list[str]:
-        """`num` continuations of `prompt` (prompt not included). `stream(text_piece)` gets the new
-        text as it is produced (num = 1 only). Generation stops at max_new_tokens or a stop string
-        (which is cut off)."""
-        if temperature < 0:
-            raise AigcError("--temperature must be >= 0 (0 = greedy)")
-        if top_k is not None and top_k < 1:
-            raise AigcError("--top-k must be at least 1")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise AigcError("--top-p must be in (0, 1]")
-        if stream is not None and num != 1:
+    def text_streams(self, request) -> list:
+        """The request as one TextStream per sample (defaults: temperature 0.8, 500 new tokens), for
+        `text_engine()`; sample i draws from row_seed(seed, i)."""
+        r = request
+        temperature = 0.8 if r.temperature is None else r.temperature
+        check_sampling(temperature, r.top_k, r.top_p)
+        ids = self.encode_prompt(r.prompt or "")
+        return [TextStream(list(ids), r.max_new_tokens or 500, temperature, r.top_k, r.top_p, row_seed(r.seed, i),
+                           tuple(r.stop)) for i in range(r.num or 1)]
+
+    def chat_prompt(self, messages: list[tuple[str, str]]) -> str:
+        """A model fine-tuned on sft data learned prompt -> response (then end-of-text); a chat becomes its
+        messages' contents in order, the last one the user's, and the reply is the continuation."""
+        if self.cfg.data.name != "sft":
+            return super().chat_prompt(messages)
+        if not messages or messages[-1][0] != "user":
+            raise AigcError("a chat must end with a message of role 'user'")
+        return "".join(content for _, content in messages)
+
+    def text_engine(self, slots: int = SLOTS, threads=None) -> TextEngine:
+        """A continuous-batching decoder over this model (aigc/recipes/textgen.py)."""
+        return TextEngine(self.model, self.tokenizer, slots, threads)
+
+    def generate_text(self, request, stream=None, progress=None) -> list[str]:
+        """The request's samples (prompt not included), decoded together; `stream(piece)` gets the first
+        sample's text as it is made (num = 1 only); `progress(done, total)` after every token."""
+        if stream is not None and (request.num or 1) != 1:
             raise AigcError("--stream prints one sample; use --num 1")
-        ids = self.encode_prompt(prompt)
-        rows = [list(ids) for _ in range(num)]
-        out = sample_tokens(self.model, rows, max_new_tokens, temperature, top_k, top_p, seed,
-                            done=self._stop_check(len(ids), stop, stream) if (stop or stream) else None)
-        texts = []
-        for r in out:
-            t = self.tokenizer.decode(r[len(ids):])
-            for s in stop:
-                if s in t:
-                    t = t[:t.index(s)]
-            texts.append(t)
-        return texts
+        streams = self.text_streams(request)
+        engine = self.text_engine(slots=min(len(streams), SLOTS))
+        total = sum(x.max_new_tokens for x in streams)
 
-    def _stop_check(self, start: int, stop, stream):
-        """A callback for sample_tokens: streams new text and says which rows have hit a stop string."""
-        state = {"printed": 0}
-
-        def done(rows_now) -> list[bool]:
-            flags = []
-            for i, r in enumerate(rows_now):
-                text = self.tokenizer.decode(r[start:])
-                hit = any(s in text for s in stop)
-                flags.append(hit)
-                if stream is not None and i == 0:
-                    shown = text[:text.index(next(s for s in stop if s in text))] if hit else text
-                    safe = shown.rstrip("\ufffd")              # wait for the rest of a multi-byte character
-                    if len(safe) > state["printed"]:
-                        stream(safe[state["printed"]:])
-                        state["printed"] = len(safe)
-            return flags
-        return done
+        def on_step(changed):
+            if stream is not None and streams[0] in changed:
+                piece = streams[0].take()
+                if piece:
+                    stream(piece)
+            if progress is not None:
+                progress(sum(len(x.tokens) for x in streams), total)
+        was_training = self.model.training
+        try:
+            engine.run(streams, on_step)
+        finally:
+            self.model.train(was_training)
+        return [x.text for x in streams]
 
 
-def _filter_logits(logits, top_k, top_p):
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = sorted_logits.softmax(-1)
-        # drop a token when the tokens before it already cover top_p (the first is always kept)
-        drop = probs.cumsum(-1) - probs > top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return logits
-
-
-def sample_tokens(model: GPT, rows: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
-                  top_k: int | None = None, top_p: float | None = None, seed: int = 0, done=None) -> list[list[int]]:
-    """Autoregressive sampling with a KV cache for a batch of equal-length prompts.
-
-    The prompt is encoded in one forward pass; each new token then costs one `Decoder` step (the
-    model's one-token forward without module-call overhead). On CPU, decoding a few streams is a
-    chain of tiny matmuls (1 x C @ C x 3C) that a second thread cannot speed up; OpenMP's
-    synchronisation only adds latency, and on a busy machine it is catastrophic (measured here:
-    5 tokens/s with 2 threads while another process used both cores, 580 with 1). So small batches
-    decode on one thread; the caller's setting is restored after."""
-    dev = next(model.parameters()).device
-    small = dev.type == "cpu" and len(rows) * model.cfg.n_embd <= 4096
-    threads = torch.get_num_threads()
-    if small:
-        torch.set_num_threads(1)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            return _sample_loop(model, rows, max_new_tokens, temperature, top_k, top_p, seed, done, dev)
-    finally:
-        torch.set_num_threads(threads)
-        model.train(was_training)
-
-
-def _sample_loop(model, rows, max_new_tokens, temperature, top_k, top_p, seed, done, dev):
-    block = model.cfg.block_size
-    step = Decoder(model)
-    g = torch.Generator(device=dev).manual_seed(seed)
-    seqs = torch.tensor(rows, dtype=torch.long, device=dev)
-    finished = torch.zeros(len(rows), dtype=torch.bool, device=dev)
-    cache = KVCache(model.cfg, len(rows), dev, next(model.parameters()).dtype)
-    logits = model(seqs[:, -block:], cache)[:, -1]
-    out = [seqs]
-    for _ in range(max_new_tokens):
-        if temperature == 0:
-            nxt = logits.argmax(-1)
-        else:
-            probs = _filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-            nxt = torch.multinomial(probs, 1, generator=g)[:, 0]
-        out.append(nxt[:, None])
-        if done is not None:
-            flags = done(torch.cat(out, 1).tolist())
-            finished |= torch.tensor(flags, device=dev)
-            if finished.all():
-                break
-        if cache.pos >= block:                            # cache full: re-encode the last half-window
-            keep = torch.cat(out, 1)[:, -(block // 2):]
-            cache = KVCache(model.cfg, len(rows), dev, cache.kv[0].dtype)
-            logits = model(keep, cache)[:, -1]
-        else:
-            logits = step(nxt, cache)
-    return torch.cat(out, 1).tolist()

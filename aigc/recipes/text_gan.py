@@ -101,7 +101,7 @@ class TextGANRecipe(Adversarial, TextRecipe):
         return "text GAN (it generates fixed-length sequences from noise, with no prompt)"
 
     @torch.inference_mode()
-    def generate(self, request, stream=None) -> Text:
+    def generate(self, request, stream=None, progress=None) -> Text:
         """`num` sequences of seq_len characters, each position sampled at `temperature` (default 1)."""
         temperature = 1.0 if request.temperature is None else request.temperature
         if temperature < 0:

@@ -66,7 +66,7 @@ class VAERecipe(ImageRecipe):
     def describe_model(self) -> str:
         return "unconditional VAE"
 
-    def generate(self, request, stream=None):
+    def generate(self, request, stream=None, progress=None):
         num = request.num or DEFAULT_NUM["images"]
         if request.what == "samples":
             return images_result(self.model.sample(num))

@@ -150,7 +150,7 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
     def accepts(self) -> set[str]:
         return {"frames"} | self.condition_fields()
 
-    def generate(self, request, stream=None):
+    def generate(self, request, stream=None, progress=None):
         self.check_condition_args(request.label, request.prompt)
         self.check_frames(request.frames)
         num = request.num or DEFAULT_NUM["video"]
@@ -326,13 +326,14 @@ class VideoDiffusionRecipe(VideoRecipe):
     def accepts(self) -> set[str]:
         return self.core.accepts() | {"frames"} | self.condition_fields()
 
-    def generate(self, request, stream=None):
+    def generate(self, request, stream=None, progress=None):
         self.core.check_request(request)
         self.check_condition_args(request.label, request.prompt)
         self.check_frames(request.frames)
         num = request.num or DEFAULT_NUM["video"]
         prompts = self.requested_conditions(num, request.label, request.prompt).get("prompts")
-        clips = self.core.sample_for(None, prompts, num, request.sampler, request.steps, request.guidance)
+        clips = self.core.sample_for(None, prompts, num, request.sampler, request.steps, request.guidance,
+                                     on_step=progress)
         return video_result(clips, prompts)
 
     def generate_for_eval(self, data, num: int, sampler=None, steps=None, guidance=None, progress=None):
