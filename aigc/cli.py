@@ -220,6 +220,36 @@ def demo(out, minutes, overwrite, quiet, dry_run):
     click.echo(f"wrote {report}")
 
 
+# ------------------------------------------------------------------------------------------ serve
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (keep 127.0.0.1 unless "
+              "you add --api-key)")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: $AIGC_API_KEY)")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--slots", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="text streams decoded together per model (continuous batching)")
+@click.option("--queue", "max_queue", type=click.IntRange(1, 10000), default=16, show_default=True,
+              help="requests waiting per model before the server answers 429")
+@click.option("--max-tokens", type=click.IntRange(1, MAX_NEW_TOKENS), default=2048, show_default=True,
+              help="the most new tokens one request may ask for")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="seconds a request may take before it is stopped (504)")
+@click.option("--history", default="serve-history", show_default=True, type=click.Path(),
+              help="folder for the history of generations (SQLite + files) that the page shows")
+@click.option("--no-history", is_flag=True, help="keep no history")
+def serve(runs, host, port, api_key, device, slots, max_queue, max_tokens, timeout, history, no_history):
+    """Serve trained RUNs over an OpenAI-compatible HTTP API and a web page at http://HOST:PORT/
+    (text: /v1/completions, /v1/chat/completions; images: /v1/images/generations; video: /v1/videos/generations;
+    /v1/models, /health, /metrics)."""
+    from aigc.serve import serve as run_server
+    from aigc.serve.app import Limits
+
+    run_server(list(runs), host, port, api_key, device, slots, max_queue, None if no_history else history,
+               Limits(max_tokens=max_tokens, default_tokens=min(256, max_tokens), timeout_s=timeout))
+
+
 # ------------------------------------------------------------------------------------------ runs
 @cli.command()
 @click.argument("folder", default="runs", type=click.Path())

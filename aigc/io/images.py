@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -63,8 +64,25 @@ def save_npz(path: Path, images: torch.Tensor | np.ndarray, labels=None, prompts
 
 def save_gif(path: Path, videos: np.ndarray, nrow: int | None = None, fps: int = 8, scale: int = 2) -> Path:
     """uint8 (N, T, H, W, C) -> an animated grid."""
-    frames = [_pil(grid(videos[:, t], nrow, scale=scale)) for t in range(videos.shape[1])]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    path.write_bytes(gif_bytes(videos, nrow, fps, scale))
     return path
+
+
+def gif_bytes(videos: np.ndarray, nrow: int | None = None, fps: int = 8, scale: int = 2) -> bytes:
+    """uint8 (N, T, H, W, C) -> the bytes of an animated GIF of their grid (one clip: N = 1)."""
+    frames = [_pil(grid(videos[:, t], nrow, pad=0 if len(videos) == 1 else 2, scale=scale))
+              for t in range(videos.shape[1])]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    return buf.getvalue()
+
+
+def png_bytes(image: np.ndarray, scale: int = 1) -> bytes:
+    """uint8 (H, W, C) -> the bytes of a PNG."""
+    if scale > 1:
+        image = image.repeat(scale, 0).repeat(scale, 1)
+    buf = io.BytesIO()
+    _pil(image).save(buf, format="PNG")
+    return buf.getvalue()

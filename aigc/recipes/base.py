@@ -46,6 +46,10 @@ class Recipe:
         """A Result of kind `self.output` for `request` (already checked by aigc.generation.generate)."""
         raise NotImplementedError
 
+    def output_size(self) -> str | None:
+        """WIDTHxHEIGHT of the images or frames it makes (None for text and audio)."""
+        return None
+
     def text_engine(self, slots: int, threads=None):
         """A continuous-batching text decoder (aigc/recipes/textgen.TextEngine) when the model has one, else None:
         a server then decodes this model's requests one at a time through `generate`."""
@@ -99,6 +103,10 @@ class ImageRecipe(Recipe):
         """The request field that carries this model's condition: label, prompt or none."""
         return {"class": {"label"}, "text": {"prompt"}}.get(self.cfg.model.cond, set())
 
+    def output_size(self) -> str | None:
+        size = self.cfg.data.image_size
+        return f"{size}x{size}"
+
     def describe_model(self) -> str:
         kind = {"class": "class-conditional", "text": "text-conditional"}.get(self.cfg.model.cond, "unconditional")
         return f"{kind} {self.family} model"
@@ -151,10 +159,9 @@ class ImageRecipe(Recipe):
                             f"{', '.join(w for w in vocab.words if w not in STOP_WORDS)}")
         unknown = [w for w in vocab.split(prompt) if w not in vocab.index]
         if unknown:
-            import sys
-
-            print(f"warning: this model does not know {', '.join(repr(w) for w in unknown)}: "
-                  f"the prompt is read without {'it' if len(unknown) == 1 else 'them'}", file=sys.stderr)
+            raise AigcError(f"this model does not know {', '.join(repr(w) for w in unknown)}: leave "
+                            f"{'it' if len(unknown) == 1 else 'them'} out or use words it knows: "
+                            f"{', '.join(w for w in vocab.words if w not in STOP_WORDS)}")
 
     @staticmethod
     def make_batcher(data, cfg):
