@@ -76,18 +76,19 @@ def set_torch_threads(n: int) -> None:
 class ThreadPolicy:
     """Chooses torch's intra-op thread count from the cores other processes leave free (see the module doc).
 
-    `fixed` > 0 (or OMP_NUM_THREADS) pins the count. `read_busy`, `own_cpu` and `clock` are injectable for tests."""
+    `fixed` > 0 (or OMP_NUM_THREADS) pins the count; `reserve` cores are left to the process's other threads.
+    `read_busy`, `own_cpu` and `clock` are injectable for tests."""
 
     def __init__(self, fixed: int = 0, interval: float = INTERVAL_S, cores: list[int] | None = None,
-                 read_busy: Callable[[list[int]], int | None] | None = None,
+                 reserve: int = 0, read_busy: Callable[[list[int]], int | None] | None = None,
                  own_cpu: Callable[[], float] = own_cpu_s, clock: Callable[[], float] = time.monotonic,
                  apply: Callable[[int], None] = set_torch_threads):
         self.cores = cores if cores is not None else process_cores()
-        self.fixed, self.interval = requested_threads(fixed), interval
+        self.fixed, self.interval, self.reserve = requested_threads(fixed), interval, reserve
         self._read = read_busy or busy_ticks
         self._own, self._clock, self._apply = own_cpu, clock, apply
         self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.threads = fixed if fixed > 0 else len(self.cores)
+        self.threads = self.fixed if self.fixed > 0 else max(1, len(self.cores) - reserve)
         self.others: float | None = None        # cores other processes kept busy in the last window
         self._mark()
 
@@ -105,8 +106,10 @@ class ThreadPolicy:
         return min(max(others, 0.0), float(len(self.cores)))
 
     def choose(self, others: float) -> int:
-        """Threads for `others` busy cores: the free ones (a core counts when under HEADROOM of it is taken)."""
-        return max(1, min(len(self.cores), math.floor(len(self.cores) - others + HEADROOM)))
+        """Threads for `others` busy cores: the free ones (a core counts when under HEADROOM of it is taken), less
+        `reserve` cores kept for this process's other threads (a server's event loop)."""
+        free = math.floor(len(self.cores) - others + HEADROOM)
+        return max(1, min(len(self.cores) - self.reserve, free - self.reserve))
 
     def start(self, probe_s: float = PROBE_S, sleep: Callable[[float], None] = time.sleep) -> int:
         """The start-up decision: measure the other processes for `probe_s` while this one waits; set threads."""

@@ -84,7 +84,7 @@ def picks(logits, **params):
     out = []
     for u in torch.linspace(0, 0.999, 200):
         s = TextStream([0], 1, **params)
-        s.uniforms = u.view(1)
+        s.uniforms = [float(u)]
         out.append(int(sample_rows(logits, [s])[0]))
     return out
 

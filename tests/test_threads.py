@@ -74,6 +74,17 @@ def test_update_re_measures_after_the_interval_and_subtracts_its_own_work():
     assert p.update() is None and p.threads == 2                          # its own two cores are not "others"
 
 
+def test_reserve_leaves_cores_to_the_process_itself():
+    m = Machine()
+    p = m.policy()
+    p.reserve = 1
+    assert p.start(sleep=lambda s: m.run(s, others=0.0)) == 1                # 2 cores: one for the event loop
+    p8 = ThreadPolicy(cores=list(range(8)), reserve=1, read_busy=lambda c: m.busy, own_cpu=lambda: m.own,
+                      clock=lambda: m.t, apply=lambda n: None)
+    p8.hz = 100
+    assert p8.start(sleep=lambda s: m.run(s, others=1.0)) == 6
+
+
 def test_a_fixed_count_is_kept():
     m = Machine()
     p = m.policy(fixed=3)

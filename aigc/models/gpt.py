@@ -57,11 +57,11 @@ class SlotCache:
         self.pos = torch.zeros(slots, dtype=torch.long, device=device)
         self.slots, self.n = slots, 0
 
-    def put(self, row: int, cache: KVCache) -> None:
-        """Copy a one-sequence KVCache (a prefilled prompt) into `row`."""
+    def put(self, row: int, cache: KVCache, index: int = 0) -> None:
+        """Copy sequence `index` of a KVCache (a prefilled prompt) into `row`."""
         p = cache.pos
         for mine, theirs in zip(self.kv, cache.kv):
-            mine[row, :, :, :p] = theirs[0, :, :, :p]
+            mine[row, :, :, :p] = theirs[index, :, :, :p]
         self.pos[row] = p
 
     def take(self, rows: torch.Tensor) -> None:
@@ -234,7 +234,10 @@ class Decoder:
         if top > self.cfg.block_size:
             raise ValueError(f"KV cache is full ({top - 1} of block_size {self.cfg.block_size} positions)")
         rows = torch.arange(n, device=tok.device)
-        mask = None if n == 1 else (torch.arange(top, device=tok.device) <= pos[:, None])[:, None, None, :]
+        mask = None                             # one row sees all its keys; several: an additive mask, made once
+        if n > 1:
+            mask = torch.zeros(n, 1, 1, top, device=tok.device, dtype=self.wte.dtype)
+            mask.masked_fill_((torch.arange(top, device=tok.device) > pos[:, None])[:, None, None, :], float("-inf"))
         x = self.wte[tok] + self.wpe[pos]
         for (g1, b1, wqkv, bqkv, wo, bo, g2, b2, wfc, bfc, wp, bp), full in zip(self.layers, cache.kv):
             kv = full[:n]

@@ -61,7 +61,7 @@ class TextStream:
     def __post_init__(self):
         check_sampling(self.temperature, self.top_k, self.top_p)
         g = torch.Generator().manual_seed(self.seed)
-        self.uniforms = torch.rand(self.max_new_tokens, generator=g)
+        self.uniforms = torch.rand(self.max_new_tokens, generator=g).tolist()
 
     def take(self) -> str:
         hold = 0 if self.finish else max((len(s) - 1 for s in self.stop), default=0)
@@ -76,7 +76,7 @@ def sample_rows(logits: torch.Tensor, streams: list[TextStream]) -> torch.Tensor
     n, V = logits.shape
     dev = logits.device
     temps = torch.tensor([s.temperature for s in streams], device=dev)
-    u = torch.stack([s.uniforms[len(s.tokens)] for s in streams]).to(dev)
+    u = torch.tensor([s.uniforms[len(s.tokens)] for s in streams], device=dev)
     z = logits.float() / temps.clamp(min=1e-6)[:, None]
     tok = _inverse_cdf(z, u)                              # rows without top-k / top-p: over the vocabulary's order
     filtered = [s.top_k is not None or s.top_p is not None for s in streams]
@@ -127,9 +127,15 @@ class TextEngine:
         self.cache.n = len(self.active)
 
     def _encode(self, row: int, ids: list[int]) -> None:
-        one = KVCache(self.model.cfg, 1, self.device, self.logits.dtype)
-        self.logits[row] = self.model(torch.tensor([ids], device=self.device), one)[0, -1]
-        self.cache.put(row, one)
+        self._encode_rows([row], [ids])
+
+    def _encode_rows(self, rows: list[int], ids: list[list[int]]) -> None:
+        """Encode equal-length token lists into `rows` in one forward pass."""
+        batch = KVCache(self.model.cfg, len(rows), self.device, self.logits.dtype)
+        logits = self.model(torch.tensor(ids, device=self.device), batch)[:, -1]
+        for i, row in enumerate(rows):
+            self.logits[row] = logits[i]
+            self.cache.put(row, batch, i)
 
     @torch.inference_mode()
     def step(self) -> list[TextStream]:
@@ -165,9 +171,9 @@ class TextEngine:
             m = len(keep) - sum(full)
             if m:
                 self.logits[:m] = self.decoder.step_rows(toks[:m], self.cache)
-            for i in range(m, len(keep)):
-                s = keep[i]
-                self._encode(i, (s.prompt + s.tokens)[-(self.block // 2):])
+            if m < len(keep):                 # all of the same length: one forward pass
+                self._encode_rows(list(range(m, len(keep))),
+                                  [(s.prompt + s.tokens)[-(self.block // 2):] for s in keep[m:]])
         return changed
 
     def _compact(self, keep: list[TextStream]) -> None:

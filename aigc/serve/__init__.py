@@ -22,7 +22,7 @@ def serve(runs: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: s
     api_key = api_key or os.environ.get("AIGC_API_KEY") or None
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
-    policy = ThreadPolicy()
+    policy = ThreadPolicy(reserve=1)      # a core for the event loop that streams the tokens (docs/serve.md)
     policy.start()
     models = load_models([Path(r) for r in runs], pick_device(device), slots, max_queue, policy)
     history = None

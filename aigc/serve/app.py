@@ -284,6 +284,8 @@ def create_app(models: dict[str, Served], api_key: str | None = None, limits: Li
                 job.cancel()
                 raise ApiError(504, f"the request took over {limits.timeout_s:g} s and was stopped",
                                "timeout_error")
+            if not q.empty():
+                return q.get_nowait()
             try:
                 return await asyncio.wait_for(q.get(), timeout=min(0.25, remaining))
             except asyncio.TimeoutError:
@@ -295,7 +297,7 @@ def create_app(models: dict[str, Served], api_key: str | None = None, limits: Li
     def submit(served: Served, gen: GenRequest):
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        job = Job(gen, lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev))
+        job = Job(gen, loop=loop, queue=q)
         try:
             served.worker.submit(job)
         except QueueFull as e:
@@ -366,6 +368,13 @@ def create_app(models: dict[str, Served], api_key: str | None = None, limits: Li
             return {"id": rid, "object": "text_completion", "created": created, "model": served.name, "seed": seed,
                     "choices": [{"text": piece or "", "index": index, "logprobs": None, "finish_reason": finish}]}
 
+        def piece_template(index: int) -> tuple[str, str]:
+            """The SSE text of a chunk carrying a piece, split around the piece (formatted once per choice)."""
+            marker = "\u2063\u2063"
+            text = sse(chunk(index, marker, None))
+            head, tail = text.split(marker)
+            return head, tail
+
         if body.stream:
             async def events():
                 ended = False
@@ -375,22 +384,29 @@ def create_app(models: dict[str, Served], api_key: str | None = None, limits: Li
                             first = chunk(i, None, None)
                             first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
                             yield sse(first)
+                    templates = [piece_template(i) for i in range(gen.num)]
                     while True:
-                        ev = await next_event(q, job, deadline, None)
-                        if ev[0] == "text":
-                            yield sse(chunk(ev[1], ev[2], None))
-                        elif ev[0] == "done":
-                            ended = True
-                            for i, s in enumerate(ev[1]):
-                                yield sse(chunk(i, None, s.finish))
-                            record(ev[1])
-                            yield "data: [DONE]\n\n"
-                            return
-                        else:
-                            ended, e = True, ev[1]
-                            yield sse({"error": {"message": str(e), "type": "server_error" if not isinstance(
-                                e, AigcError) else "invalid_request_error", "param": None, "code": None}})
-                            yield "data: [DONE]\n\n"
+                        events = [await next_event(q, job, deadline, None)]
+                        while not q.empty():                # what else has arrived: sent in one write
+                            events.append(q.get_nowait())
+                        out = []
+                        for ev in events:
+                            if ev[0] == "text":
+                                head, tail = templates[ev[1]]
+                                out.append(head + json.dumps(ev[2], ensure_ascii=False)[1:-1] + tail)
+                            elif ev[0] == "done":
+                                ended = True
+                                out += [sse(chunk(i, None, s.finish)) for i, s in enumerate(ev[1])]
+                                record(ev[1])
+                                out.append("data: [DONE]\n\n")
+                            else:
+                                ended, e = True, ev[1]
+                                out.append(sse({"error": {"message": str(e), "type": "invalid_request_error" if
+                                                          isinstance(e, AigcError) else "server_error",
+                                                          "param": None, "code": None}}))
+                                out.append("data: [DONE]\n\n")
+                        yield "".join(out)
+                        if ended:
                             return
                 except ApiError as e:
                     ended = True

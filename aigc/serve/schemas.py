@@ -115,8 +115,6 @@ class MediaRequest(Strict):
 class ImageRequest(MediaRequest):
     size: Optional[str] = Field(None, description="WIDTHxHEIGHT; must be the model's own size")
     response_format: Literal["b64_json"] = "b64_json"
-    quality: Optional[str] = None
-    style: Optional[str] = None
 
 
 class VideoRequest(MediaRequest):

@@ -30,11 +30,19 @@ class QueueFull(AigcError):
 
 @dataclass
 class Job:
+    """One request. Events reach it through `emit(event)`, or, when it has an asyncio `loop` and `queue`, are put
+    on that queue (a text worker then delivers all of a step's events with one wake-up of the loop)."""
     request: Request
-    emit: Callable[[tuple], None]
+    emit: Callable[[tuple], None] | None = None
+    loop: object = None
+    queue: object = None
     streams: list = field(default_factory=list)        # text: the TextStreams of this request
     cancelled: bool = False
     t_submit: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self):
+        if self.emit is None:
+            self.emit = lambda ev: self.loop.call_soon_threadsafe(self.queue.put_nowait, ev)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -162,16 +170,18 @@ class TextWorker(Worker):
                 continue
             self.stats.busy_s += time.perf_counter() - t0
             self.stats.generated_tokens += sum(1 for s in changed if s.finish != "cancelled")
+            events = []
             for s in changed:
                 job = self.jobs.get(id(s))
                 if job is None:
                     continue
                 piece = s.take()
                 if piece:
-                    job.emit(("text", job.streams.index(s), piece))
+                    events.append((job, ("text", job.streams.index(s), piece)))
                 if s.finish is not None:
                     del self.jobs[id(s)]
-                    self._maybe_done(job)
+                    events += [(job, ev) for ev in self._finished(job)]
+            deliver(events)
 
     def _admit(self, block: bool) -> None:
         """Move queued jobs into the batch while their streams fit. At most one job waits outside the queue (the
@@ -196,15 +206,32 @@ class TextWorker(Worker):
                 self.jobs[id(s)] = job
             block = False
 
-    def _maybe_done(self, job: Job) -> None:
+    def _finished(self, job: Job) -> list[tuple]:
+        """The job's last event, once all its streams have finished."""
         if any(s.finish is None for s in job.streams):
-            return
+            return []
         if job.cancelled or any(s.finish == "cancelled" for s in job.streams):
             self.stats.cancelled += 1
-            job.emit(("error", Cancelled("cancelled")))
+            return [("error", Cancelled("cancelled"))]
+        self.stats.completed += 1
+        return [("done", job.streams)]
+
+
+def deliver(events: list[tuple[Job, tuple]]) -> None:
+    """Hand events to their jobs: one call into each event loop for all of its jobs' events."""
+    by_loop: dict[int, tuple] = {}
+    for job, ev in events:
+        if job.queue is None:
+            job.emit(ev)
         else:
-            self.stats.completed += 1
-            job.emit(("done", job.streams))
+            by_loop.setdefault(id(job.loop), (job.loop, []))[1].append((job.queue, ev))
+    for loop, items in by_loop.values():
+        loop.call_soon_threadsafe(_put_all, items)
+
+
+def _put_all(items) -> None:
+    for q, ev in items:
+        q.put_nowait(ev)
 
 
 def make_worker(name: str, recipe, max_queue: int, slots: int, threads=None) -> Worker:
