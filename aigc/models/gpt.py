@@ -233,7 +233,9 @@ class Decoder:
         top = int(pos.max()) + 1
         if top > self.cfg.block_size:
             raise ValueError(f"KV cache is full ({top - 1} of block_size {self.cfg.block_size} positions)")
-        rows = torch.arange(n, device=tok.device)
+        S, L = cache.slots, self.cfg.block_size          # where each row's new keys and values go, as rows of
+        base = (torch.arange(n, device=tok.device)[:, None] * 2 + torch.arange(2, device=tok.device)) * H  # kv
+        dest = ((base[:, :, None] + torch.arange(H, device=tok.device)) * L + pos[:, None, None]).reshape(-1)
         mask = None                             # one row sees all its keys; several: an additive mask, made once
         if n > 1:
             mask = torch.zeros(n, 1, 1, top, device=tok.device, dtype=self.wte.dtype)
@@ -243,7 +245,7 @@ class Decoder:
             kv = full[:n]
             h = F.layer_norm(x, shape, g1, b1)
             qkv = (torch.mm(h, wqkv) if bqkv is None else torch.addmm(bqkv, h, wqkv)).view(n, 3, H, hd)
-            kv[rows, :, :, pos] = qkv[:, 1:]
+            full.view(S * 2 * H * L, hd).index_copy_(0, dest, qkv[:, 1:].reshape(-1, hd))
             y = F.scaled_dot_product_attention(qkv[:, 0].unsqueeze(2), kv[:, 0, :, :top], kv[:, 1, :, :top],
                                                attn_mask=mask)
             x = torch.addmm(x if bo is None else x + bo, y.view(n, -1), wo)

@@ -89,7 +89,9 @@ def sample_rows(logits: torch.Tensor, streams: list[TextStream]) -> torch.Tensor
         drop = (probs.cumsum(-1) - probs > top_p[:, None]) & (top_p < 1.0)[:, None]   # the first is always kept
         picked = order.gather(1, _inverse_cdf(zs.masked_fill(drop, float("-inf")), u)[:, None])[:, 0]
         tok = torch.where(torch.tensor(filtered, device=dev), picked, tok)
-    return torch.where(temps == 0, logits.argmax(-1), tok)
+    if any(s.temperature == 0 for s in streams):
+        tok = torch.where(temps == 0, logits.argmax(-1), tok)
+    return tok
 
 
 def _inverse_cdf(z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -162,7 +164,7 @@ class TextEngine:
             toks = toks[[i for i, s in enumerate(live) if s.finish is None]]
             self._compact(keep)
         if keep:
-            full = [int(self.cache.pos[i]) >= self.block for i in range(len(keep))]
+            full = (self.cache.pos[:len(keep)] >= self.block).tolist()
             if any(full):                   # a stream filled the context: its last half is re-encoded below
                 order = [i for i in range(len(keep)) if not full[i]] + [i for i in range(len(keep)) if full[i]]
                 toks = toks[order]
