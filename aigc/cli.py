@@ -40,6 +40,8 @@ FINITE = Finite()
 
 
 def _echo_err(msg: str) -> None:
+    if "aigc.train.dist" in sys.modules and not sys.modules["aigc.train.dist"].is_main():
+        msg = f"[rank {sys.modules['aigc.train.dist'].RANK}] {msg}"
     click.echo(msg, err=True)
 
 
@@ -103,7 +105,10 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
                  "train.seed": seed}
         result = start_training(family, dataset, config_file, list(sets), flags, out, overwrite, quiet,
                                 init_from=init_from)
-    click.echo(json.dumps(result, indent=1))
+    from aigc.train import dist
+
+    if dist.is_main():                            # under torchrun, rank 0 speaks for the run
+        click.echo(json.dumps(result, indent=1))
 
 
 # ------------------------------------------------------------------------------------------ sample
@@ -281,6 +286,16 @@ def cache(kind, clear, older_than):
 
 
 def main(argv=None) -> None:
+    ok = False
+    try:
+        _main(argv)
+        ok = True
+    finally:
+        if "aigc.train.dist" in sys.modules:
+            sys.modules["aigc.train.dist"].teardown(wait=ok)
+
+
+def _main(argv=None) -> None:
     try:
         cli.main(args=argv, prog_name="aigc", standalone_mode=False)
     except click.exceptions.Abort:
@@ -300,6 +315,14 @@ def main(argv=None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except RuntimeError as e:             # under torchrun: a collective failed because another rank went away
+        dist = sys.modules.get("aigc.train.dist")
+        if dist is None or dist.WORLD == 1:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        _echo_err(f"error: another process of this run stopped or cannot be reached ({first[:200]}); "
+                  f"torchrun's summary names the rank that failed")
+        sys.exit(1)
     except OSError as e:                  # a file or folder the system refused: say which, without a traceback
         where = f" {e.filename}" if e.filename else ""
         _echo_err(f"error: cannot use{where}: {e.strerror or e}")

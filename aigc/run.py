@@ -16,14 +16,17 @@ from aigc.io import rundir
 from aigc.io.samples import check_out, write_result
 from aigc.recipes import build_config, open_run, recipe_class
 from aigc.threads import ThreadPolicy
-from aigc.train import Trainer, pick_device
+from aigc.train import Trainer, dist, pick_device
 
 
 def _setup_torch(cfg: RunConfig) -> tuple[torch.device, ThreadPolicy]:
-    """The device, and the CPU thread count chosen from the cores other processes leave free (aigc/threads.py)."""
-    policy = ThreadPolicy(cfg.train.threads)
+    """The device (joining the process group when torchrun started this process), and the CPU thread count: a
+    rank's share of the cores under torchrun, else chosen from the cores other processes leave free."""
+    device = dist.setup(cfg.train.device)
+    dist.check_batch(cfg.data.batch_size)
+    policy = ThreadPolicy(cfg.train.threads or dist.threads_per_rank())
     policy.start()
-    return pick_device(cfg.train.device), policy
+    return (torch.device(device) if ":" in device else pick_device(device)), policy
 
 
 def _load_data(cls, cfg: RunConfig, run_dir: Path | None = None):
@@ -46,7 +49,8 @@ def _prepare(cfg: RunConfig, data, init_from: Path | None = None):
 def _fit(cfg: RunConfig, data, prepared, run_dir: Path, device, policy, quiet: bool, resume: bool,
          more_minutes: float | None = None, total_steps: int | None = None, stop_at: int | None = None) -> dict:
     recipe, batcher = prepared
-    recipe.save_artifacts(run_dir, data)
+    if dist.is_main():
+        recipe.save_artifacts(run_dir, data)
     trainer = Trainer(recipe, data, batcher, cfg.train, run_dir, device, quiet=quiet, lrs=recipe.lrs, threads=policy)
     if resume:
         trainer.load()
@@ -54,7 +58,8 @@ def _fit(cfg: RunConfig, data, prepared, run_dir: Path, device, policy, quiet: b
             cfg.train.steps = total_steps
         if more_minutes is not None:                   # --minutes on resume: M more minutes of training
             cfg.train.minutes = trainer.elapsed / 60 + more_minutes
-        cfg.save(run_dir / rundir.CONFIG)
+        if dist.is_main():
+            cfg.save(run_dir / rundir.CONFIG)
     summary = trainer.fit(stop_at=stop_at)
     if summary["stopped"] == "stop_at":
         return {"run": str(run_dir), **summary}
@@ -66,20 +71,25 @@ def start_training(family, dataset, config_file, sets, flags, out, overwrite, qu
                    init_from=None) -> dict:
     cfg = build_config(family, dataset, config_file, sets, flags)
     cls = recipe_class(family)
-    path = rundir.plan_run_dir(out, family, dataset, overwrite)         # checked; an old run stays until below
+    device, policy = _setup_torch(cfg)
+    path = dist.broadcast(rundir.plan_run_dir(out, family, dataset, overwrite) if dist.is_main() else None)
     init_dir = None
     if init_from:
         init_dir = rundir.check_run_dir(init_from)
         cls.adopt_init_config(cfg, init_dir, sets)
     torch.manual_seed(cfg.train.seed)
-    device, policy = _setup_torch(cfg)
     data = _load_data(cls, cfg, init_dir)
     if cfg.train.steps <= 0 and cfg.train.minutes <= 0:
         raise AigcError("no training budget: give --steps N or --minutes M (or train.steps in the config)")
     prepared = _prepare(cfg, data, init_dir)
-    run_dir = rundir.new_run_dir(path)
-    cfg.save(run_dir / rundir.CONFIG)
-    print(f"run folder: {run_dir}  ({family} on {dataset}, {data.describe()}, device {device})", file=sys.stderr)
+    if dist.is_main():
+        run_dir = rundir.new_run_dir(path)
+        cfg.save(run_dir / rundir.CONFIG)
+        procs = f", {dist.WORLD} processes (global batch {cfg.data.batch_size})" if dist.WORLD > 1 else ""
+        print(f"run folder: {run_dir}  ({family} on {dataset}, {data.describe()}, device {device}{procs})",
+              file=sys.stderr)
+    dist.barrier()
+    run_dir = Path(path)
     return _fit(cfg, data, prepared, run_dir, device, policy, quiet, resume=False, stop_at=stop_at)
 
 
@@ -90,10 +100,11 @@ def resume_training(run, steps=None, minutes=None, device=None, quiet=False) -> 
     cfg, cls = _load_cfg(run_dir)
     if device:
         cfg.train.device = device
-    torch.manual_seed(cfg.train.seed)
     dev, policy = _setup_torch(cfg)
+    torch.manual_seed(cfg.train.seed)
     data = _load_data(cls, cfg, run_dir)
-    print(f"resuming {run_dir}", file=sys.stderr)
+    if dist.is_main():
+        print(f"resuming {run_dir}" + (f" on {dist.WORLD} processes" if dist.WORLD > 1 else ""), file=sys.stderr)
     return _fit(cfg, data, _prepare(cfg, data), run_dir, dev, policy, quiet, resume=True, more_minutes=minutes,
                 total_steps=steps)
 

@@ -324,6 +324,7 @@ REPORT = [
     ("Video (moving-shapes)", "video.json", "benchmarks.video",
      "python benchmarks/video.py [--only ROW] (20-minute runs)"),
     ("Serving", "serve.json", "benchmarks.serve", "python benchmarks/serve.py (about 3 minutes)"),
+    ("Distributed training", "dist.json", "benchmarks.dist", "python benchmarks/dist.py (about 5 minutes)"),
     ("On a busy CPU", "busy_cpu.json", "benchmarks.busy_cpu", "python benchmarks/busy_cpu.py (about 10 minutes)"),
     ("On a GPU", "cuda.json", "benchmarks.cuda", "python benchmarks/cuda.py on a CUDA machine"),
 ]

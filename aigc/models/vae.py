@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from aigc.train.dist import draw_rows
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -118,7 +120,8 @@ class VAE(nn.Module):
 
     def loss(self, x) -> dict[str, torch.Tensor]:
         mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        eps = draw_rows(lambda shape: torch.randn(shape, device=mu.device, dtype=mu.dtype), mu.shape)
+        z = mu + eps * (0.5 * logvar).exp()
         rec = self.rec_nll(self.decode(z), x)
         kl = self.kl(mu, logvar)
         nelbo = rec + kl                                   # -ELBO, nats per image (beta = 1)

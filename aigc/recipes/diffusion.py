@@ -30,6 +30,7 @@ from aigc.io.images import save_grid
 from aigc.models.text_encoder import WordVocab
 from aigc.models.unet import UNet, UNetConfig, check_size
 from aigc.recipes.base import ImageRecipe
+from aigc.train.dist import draw_rows
 
 TRAJECTORY_SNAPSHOTS = 10                # x_t snapshots per trajectory row (plus x_T)
 
@@ -135,7 +136,7 @@ class DiffusionCore:
         c = batch["label"] if self.m.cond == "class" else self.vocab.encode(batch["caption"])
         c = c.to(dev)
         if drop > 0:
-            mask = torch.rand(len(c), generator=generator) < drop
+            mask = draw_rows(lambda shape: torch.rand(shape, generator=generator), (len(c),)) < drop
             null = self.net.null_condition(len(c), dev)
             c = torch.where(mask.to(dev).view(-1, *([1] * (c.dim() - 1))), null, c)
         return c
@@ -152,8 +153,9 @@ class DiffusionCore:
         """The simple DDPM loss on a batch in [-1, 1] at random timesteps (per-sample mean squared error);
         `weighted` applies the min-SNR weight when model.min_snr > 0 (training only, so eval losses of runs
         with and without it stay comparable)."""
-        t = torch.randint(self.schedule.T, (len(x0),), generator=generator).to(x0.device)
-        noise = self.noise(x0.shape, generator, x0.device, torch.float32)
+        t = draw_rows(lambda shape: torch.randint(self.schedule.T, shape, generator=generator), (len(x0),))
+        t = t.to(x0.device)
+        noise = draw_rows(lambda shape: self.noise(shape, generator, x0.device, torch.float32), x0.shape)
         x_t = self.schedule.q_sample(x0, t, noise)
         out = self.net(x_t, t, c, frame_index)
         loss = F.mse_loss(out.float(), self.schedule.target(x0, t, noise), reduction="none").flatten(1).mean(1)

@@ -30,6 +30,7 @@ from aigc.io.images import save_grid
 from aigc.models.gan import Discriminator, GANConfig, Generator, base_size
 from aigc.models.text_encoder import WordVocab
 from aigc.recipes.base import ImageRecipe
+from aigc.train.dist import draw_rows
 
 LOSSES = ("ns", "minimax", "hinge")
 WIN_STEPS = 500                  # consecutive steps of D(x) > 0.99 and D(G(z)) < 0.01 before we warn
@@ -173,7 +174,8 @@ class GANRecipe(Adversarial, ImageRecipe):
         return None
 
     def _z(self, n: int, generator=None) -> torch.Tensor:
-        return torch.randn(n, self.cfg.model.z_dim, generator=generator).to(self.device_of())
+        return draw_rows(lambda shape: torch.randn(shape, generator=generator), (n, self.cfg.model.z_dim)).to(
+            self.device_of())
 
     def train_step(self, batch, opt):
         x = batch["image"] * 2 - 1

@@ -19,6 +19,7 @@ from aigc.metrics.text import ngram_precision, ngram_set
 from aigc.models.text_gan import TextDiscriminator, TextGANConfig, TextGenerator, gumbel_softmax
 from aigc.recipes.base import TextRecipe
 from aigc.recipes.gan import LOSSES, Adversarial, d_loss
+from aigc.train.dist import draw_rows
 
 
 class TextGANRecipe(Adversarial, TextRecipe):
@@ -47,7 +48,7 @@ class TextGANRecipe(Adversarial, TextRecipe):
 
     # ---------------------------------------------------------------- trainer hooks
     def _fake(self, n: int) -> torch.Tensor:
-        z = torch.randn(n, self.cfg.model.z_dim).to(self.device_of())
+        z = draw_rows(lambda shape: torch.randn(shape), (n, self.cfg.model.z_dim)).to(self.device_of())
         return gumbel_softmax(self.G(z), self.cfg.model.tau, self.cfg.model.hard)
 
     def train_step(self, batch, opt):

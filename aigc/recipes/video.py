@@ -28,6 +28,7 @@ from aigc.recipes.diffusion import (
     check_unet_size,
 )
 from aigc.recipes.gan import LOSSES, Adversarial, d_loss, g_loss
+from aigc.train.dist import draw_rows
 
 SAMPLE_CLIPS = 16                        # clips in the training-time sample GIF
 
@@ -103,7 +104,8 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
         return self.vocab.encode(captions).to(self.device_of()) if self.vocab is not None else None
 
     def _z(self, n: int, generator=None) -> torch.Tensor:
-        return torch.randn(n, self.cfg.model.z_dim, generator=generator).to(self.device_of())
+        return draw_rows(lambda shape: torch.randn(shape, generator=generator), (n, self.cfg.model.z_dim)).to(
+            self.device_of())
 
     def train_step(self, batch, opt):
         m = self.cfg.model

@@ -94,7 +94,9 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
 
 
 ERRORS = {code: {"model": S.ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 504)}
-SSE = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+SSE = {200: {"content": {"text/event-stream": {"schema": {     # one server-sent event: `data:` is a JSON object
+    "type": "object", "properties": {"data": {"type": "string"}, "event": {"type": "string"},
+                                     "id": {"type": "string"}, "retry": {"type": "integer"}}}}}}}
 
 
 @dataclass

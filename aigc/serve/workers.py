@@ -91,7 +91,12 @@ class Worker:
         return job
 
     def stop(self) -> None:
+        """Stop taking jobs and wait for the one in hand (a thread left running torch at exit aborts Python)."""
         self._stop.set()
+        for job in getattr(self, "jobs", {}).values():
+            job.cancel()
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout=30)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

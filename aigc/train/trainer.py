@@ -28,6 +28,7 @@ from aigc.config import COMPILE_MODES
 from aigc.errors import AigcError, Interrupted, NonFiniteLoss, check_choice
 from aigc.io import checkpoint as ckpt
 from aigc.io.rundir import CHECKPOINT, LOSS_PNG, METRICS, SAMPLES, read_metrics
+from aigc.train import dist
 from aigc.train.ema import EMA
 from aigc.train.plots import plot_metrics
 
@@ -92,6 +93,7 @@ class Optimizers:
             raise NonFiniteLoss(f"the '{name}' loss became {loss.item()}")
         with torch.autocast(loss.device.type, enabled=False):     # backward outside autocast, as advised
             loss.backward()
+        dist.average_gradients(self.params[name])                 # N processes: before clipping (no-op for 1)
         if self.cfg.grad_clip > 0:
             self.grad_norms[name] = torch.nn.utils.clip_grad_norm_(self.params[name], self.cfg.grad_clip)
         self.opts[name].step()
@@ -158,11 +160,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoint
     def save(self) -> None:
+        if not dist.is_main():                       # rank 0 writes the run folder
+            return
         state = {
             "step": self.step, "elapsed": self.elapsed,
             "optimizers": self.opt.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "batcher": self.batcher.state_dict(),
+            "world_size": dist.WORLD,
         }
         if torch.cuda.is_available() and self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -189,7 +194,7 @@ class Trainer:
     def _trim_metrics(self) -> None:
         """Drop log rows written after the checkpoint (a crash between saves): the resumed run logs them again."""
         path = self.run_dir / METRICS
-        if path.is_file():
+        if path.is_file() and dist.is_main():
             rows = read_metrics(self.run_dir)
             keep = [r for r in rows if r.get("step", 0) <= self.step]
             if len(keep) != len(rows):
@@ -206,6 +211,8 @@ class Trainer:
         return p
 
     def _log(self, row: dict) -> None:
+        if not dist.is_main():
+            return
         with open(self.run_dir / METRICS, "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -246,6 +253,8 @@ class Trainer:
         return n > 0 and self.step % n == 0
 
     def plot(self) -> None:
+        if not dist.is_main():
+            return
         plot_metrics(read_metrics(self.run_dir), self.run_dir / LOSS_PNG, title=self.run_dir.name)
 
     # ------------------------------------------------------------------ the loop
@@ -258,7 +267,8 @@ class Trainer:
             m.train()
         if self.progress() >= 1.0:
             return {"step": self.step, "elapsed_s": self.elapsed, "stopped": "budget already spent"}
-        bar = tqdm(total=cfg.steps or None, initial=self.step, disable=self.quiet, dynamic_ncols=True,
+        bar = tqdm(total=cfg.steps or None, initial=self.step, disable=self.quiet or not dist.is_main(),
+                   dynamic_ncols=True,
                    unit="it", mininterval=0.5 if sys.stderr.isatty() else 30, file=sys.stderr)
         sums: dict[str, torch.Tensor] = {}
         count, t_log, step_log = 0, time.perf_counter(), self.step
@@ -269,7 +279,7 @@ class Trainer:
             while True:
                 if cfg.compile == "reduce-overhead":   # CUDA graphs: this step may overwrite the last one's outputs
                     torch.compiler.cudagraph_mark_step_begin()
-                batch = _to_device(next(self.batcher), self.device)
+                batch = _to_device(dist.shard(next(self.batcher)), self.device)
                 self.opt.set_lr(lr_scale(self.step, self.progress(), cfg.warmup_steps, cfg.min_lr_ratio,
                                          cfg.schedule), self.lrs)
                 try:
@@ -297,11 +307,15 @@ class Trainer:
                     sums[k] = sums[k] + v if k in sums else v.clone()
                 count += 1
                 bar.update(1)
-                done = self.progress() >= 1.0
+                done, sig = self.progress() >= 1.0, flag.get("signal")
+                if dist.WORLD > 1:                   # one decision for all ranks: the budget, a signal
+                    done, signalled = dist.any_rank([done, bool(sig)], self.device)
+                    sig = (sig or signal.SIGTERM) if signalled else None      # SIGTERM: another rank's signal
                 if self._every(cfg.log_every) or done:
                     now = time.perf_counter()
+                    means = dist.mean_over_ranks({k: v / count for k, v in sums.items()}, self.device)
                     row = {"kind": "train", "step": self.step, "elapsed_s": round(self.elapsed, 2),
-                           **{k: round(float(v) / count, 6) for k, v in sums.items()},
+                           **{k: round(float(v), 6) for k, v in means.items()},
                            "lr": cfg.lr * self.opt.lr_scale,
                            "it_per_s": round((self.step - step_log) / (now - t_log), 2)}
                     self._log(row)
@@ -313,15 +327,15 @@ class Trainer:
                 if self._every(cfg.ckpt_every) and not done:
                     self.save()
                     last_good = self.step
-                if self._every(cfg.eval_every) and not done:
+                if self._every(cfg.eval_every) and not done and dist.is_main():
                     self.evaluate()
-                if self._every(cfg.sample_every) and not done:
+                if self._every(cfg.sample_every) and not done and dist.is_main():
                     self.samples()
                 if stop_at is not None and self.step >= stop_at:
                     stopped = "stop_at"
                     break
-                if done or flag.get("signal"):
-                    if flag.get("signal"):
+                if done or sig:
+                    if sig:
                         stopped = "interrupted"
                     break
             bar.close()
@@ -329,13 +343,15 @@ class Trainer:
         self.plot()
         self._log({"kind": "stop", "step": self.step, "elapsed_s": round(self.elapsed, 2), "stopped": stopped})
         if stopped == "interrupted":
-            name = "SIGINT" if flag["signal"] == signal.SIGINT else "SIGTERM"
+            name = "SIGINT" if sig == signal.SIGINT else "SIGTERM"
             raise Interrupted(f"{name} received: checkpoint saved at step {self.step} in {self.run_dir}; "
                               f"continue with: aigc train --resume {self.run_dir}")
         return {"step": self.step, "elapsed_s": round(self.elapsed, 2), "stopped": stopped}
 
     def finish(self) -> dict:
-        """End-of-run work: a full evaluation and a sample grid (with EMA weights if any)."""
+        """End-of-run work: a full evaluation and a sample grid (with EMA weights if any), on rank 0."""
+        if not dist.is_main():
+            return {}
         row = self.evaluate(final=True)
         self.samples()
         self.plot()
