@@ -23,7 +23,6 @@ def _setup_torch(cfg: RunConfig) -> tuple[torch.device, ThreadPolicy]:
     """The device (joining the process group when torchrun started this process), and the CPU thread count: a
     rank's share of the cores under torchrun, else chosen from the cores other processes leave free."""
     device = dist.setup(cfg.train.device)
-    dist.check_batch(cfg.data.batch_size)
     policy = ThreadPolicy(cfg.train.threads or dist.threads_per_rank())
     policy.start()
     return (torch.device(device) if ":" in device else pick_device(device)), policy
@@ -43,7 +42,7 @@ def _prepare(cfg: RunConfig, data, init_from: Path | None = None):
     recipe = cls(cfg)
     if init_from is not None:
         recipe.init_from(init_from)
-    return recipe, cls.make_batcher(data, cfg)
+    return recipe, cls.make_batcher(data, dist.global_config(cfg))     # N processes: draws the global batch
 
 
 def _fit(cfg: RunConfig, data, prepared, run_dir: Path, device, policy, quiet: bool, resume: bool,
@@ -85,7 +84,8 @@ def start_training(family, dataset, config_file, sets, flags, out, overwrite, qu
     if dist.is_main():
         run_dir = rundir.new_run_dir(path)
         cfg.save(run_dir / rundir.CONFIG)
-        procs = f", {dist.WORLD} processes (global batch {cfg.data.batch_size})" if dist.WORLD > 1 else ""
+        procs = (f", {dist.WORLD} processes x batch {cfg.data.batch_size} (global batch "
+                 f"{cfg.data.batch_size * dist.WORLD})" if dist.WORLD > 1 else "")
         print(f"run folder: {run_dir}  ({family} on {dataset}, {data.describe()}, device {device}{procs})",
               file=sys.stderr)
     dist.barrier()

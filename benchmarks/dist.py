@@ -28,8 +28,16 @@ OUT = ROOT / "benchmarks" / "results" / "dist.json"
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 
+def preset_batch(family: str, dataset: str) -> int:
+    import tomllib
+
+    return tomllib.loads((ROOT / "aigc" / "configs" / f"{family}-{dataset}.toml").read_text())["data"]["batch_size"]
+
+
 def run(family: str, dataset: str, steps: int, out: Path, procs: int, data: str | None) -> dict:
+    """The preset's global batch on `procs` processes (data.batch_size is per process: the preset's / procs)."""
     args = ["train", family, "--data", dataset, "--steps", str(steps), "--out", str(out), "--quiet",
+            "--set", f"data.batch_size={preset_batch(family, dataset) // procs}",
             "--set", "train.eval_every=0", "--set", "train.sample_every=0", "--set", "train.ckpt_every=0"]
     if data:
         args += ["--data-dir", data]
@@ -47,11 +55,12 @@ def run(family: str, dataset: str, steps: int, out: Path, procs: int, data: str 
     import tomllib
 
     cfg = tomllib.loads((out / "config.toml").read_text())
-    per_step = cfg["data"]["batch_size"] * (cfg["model"]["block_size"] if family == "gpt" else 1)
+    per_step = cfg["data"]["batch_size"] * procs * (cfg["model"]["block_size"] if family == "gpt" else 1)
     key = "val_loss" if family == "gpt" else "eval_loss"
     return {"processes": procs, "threads_each": 2 // procs, "steps": stop["step"], "train_loop_s": stop["elapsed_s"],
             "per_s": round(stop["step"] * per_step / stop["elapsed_s"], 1), "final_loss": final.get(key),
-            "wall_s": round(wall, 1), "global_batch": cfg["data"]["batch_size"]}
+            "wall_s": round(wall, 1), "batch_per_process": cfg["data"]["batch_size"],
+            "global_batch": cfg["data"]["batch_size"] * procs}
 
 
 def markdown(res: dict) -> str:
@@ -65,7 +74,8 @@ def markdown(res: dict) -> str:
             lines.append(f"| {name} | {r['processes']} process x {r['threads_each']} thread | {r['steps']} | "
                          f"{r['train_loop_s']} | {r['per_s']} {unit} | {r['final_loss']} | "
                          f"{r['per_s'] / base:.2f} |")
-    lines += ["", "Same global batch and steps in both settings (2 processes: half the batch each, gradients "
+    lines += ["", "Same global batch and steps in both settings (2 processes: data.batch_size half the preset's, "
+              "gradients "
               "averaged by all-reduce over gloo); final loss: whole validation split (gpt), eval loss "
               "(diffusion).", ""]
     rows = {k: {**res[k], "machine": res["machine"], "date": res["date"], "commit": res["commit"]}

@@ -3,15 +3,16 @@
     torchrun --standalone --nproc_per_node=N -m aigc train FAMILY --data DATASET ...
 
 The design keeps N processes equivalent to one (Goyal et al., "Accurate, Large Minibatch SGD", 2017, on what
-data parallelism must preserve): `data.batch_size` is the *global* batch. Every rank draws the same global batch
-from the same seeded batcher and keeps its own rows (`shard`), and every per-example random number (noise,
-timesteps, latents, dropped conditions) is drawn for the whole global batch from the same generator state on
-every rank, each keeping its rows (`draw_rows`). The trainer averages each optimiser's gradients over the ranks
-before clipping and the step (`average_gradients`, one all-reduce per update, so a GAN's D update syncs only D),
-and averages the logged metrics. So with mean-reduced losses, 2 processes with B/2 rows each take the steps one
-process with B rows takes (tests/test_dist.py), and a checkpoint (no wrapper, no `module.` prefix) resumes on
-any number of processes. Rank 0 alone logs, evaluates, samples and writes the run folder; the stop decision
-(budget, signal) is shared every step so that all ranks stop at the same step.
+data parallelism must preserve): `data.batch_size` is per process (DESIGN.md), the global batch N times it.
+Every rank draws the same global batch from the same seeded batcher and keeps its own rows (`shard`), and
+every per-example random number (noise, timesteps, latents, dropped conditions) is drawn for the whole global
+batch from the same generator state on every rank, each keeping its rows (`draw_rows`). The trainer averages
+each optimiser's gradients over the ranks before clipping and the step (`average_gradients`, one all-reduce per
+update, so a GAN's D update syncs only D), and averages the logged metrics. So with mean-reduced losses, 2
+processes with batch B/2 each take the steps one process with batch B takes (tests/test_dist.py), and a
+checkpoint (no wrapper, no `module.` prefix) resumes on any number of processes. Rank 0 alone logs, evaluates,
+samples and writes the run folder; the stop decision (budget, signal) is shared every step so that all ranks
+stop at the same step.
 
 Not DistributedDataParallel: its bucketed all-reduce overlaps communication with the backward pass, but it
 wraps the modules (renaming their weights) and syncs in every backward, which a GAN's two updates per step and
@@ -20,6 +21,7 @@ not exactly equivalent to one process)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from typing import Callable
@@ -74,12 +76,15 @@ def threads_per_rank() -> int:
     return max(1, cores // LOCAL_WORLD)
 
 
-def check_batch(batch_size: int) -> None:
-    from aigc.errors import AigcError
+def global_config(cfg):
+    """The run config the batcher is built from: the global batch, `data.batch_size` (per process) x WORLD rows."""
+    if WORLD == 1:
+        return cfg
+    import copy
 
-    if batch_size % WORLD:
-        raise AigcError(f"data.batch_size = {batch_size} is the global batch: it must divide by the {WORLD} "
-                        f"processes")
+    out = copy.deepcopy(cfg)
+    out.data.batch_size = cfg.data.batch_size * WORLD
+    return out
 
 
 def rows(n: int) -> slice:
@@ -97,10 +102,26 @@ def shard(batch: dict) -> dict:
     return {k: v[part] if isinstance(v, (torch.Tensor, list)) and len(v) == n else v for k, v in batch.items()}
 
 
+_SHARDED = False          # inside a training step (`sharded()`): draws are for this rank's rows of the global batch
+
+
+@contextlib.contextmanager
+def sharded():
+    """The trainer's training step: `draw_rows` draws for the global batch. Outside it (evaluation and sampling,
+    on rank 0 only) draws are a single process's, so rank 0's evaluation equals one process's."""
+    global _SHARDED
+    before, _SHARDED = _SHARDED, WORLD > 1
+    try:
+        yield
+    finally:
+        _SHARDED = before
+
+
 def draw_rows(draw: Callable[[tuple], torch.Tensor], shape) -> torch.Tensor:
-    """`draw(shape)` for this rank's rows: the whole global batch's numbers are drawn (every rank from the same
-    generator state) and this rank keeps its rows, so N processes draw what one process draws."""
-    if WORLD == 1:
+    """`draw(shape)` for this rank's rows: in a training step on N processes, the whole global batch's numbers
+    are drawn (every rank from the same generator state) and this rank keeps its rows, so N processes draw what
+    one process draws."""
+    if not _SHARDED:
         return draw(tuple(shape))
     shape = tuple(shape)
     return draw((shape[0] * WORLD, *shape[1:]))[rows(shape[0] * WORLD)]

@@ -270,6 +270,9 @@ class Trainer:
         bar = tqdm(total=cfg.steps or None, initial=self.step, disable=self.quiet or not dist.is_main(),
                    dynamic_ncols=True,
                    unit="it", mininterval=0.5 if sys.stderr.isatty() else 30, file=sys.stderr)
+        if dist.WORLD > 1:                           # the run records its world size (and in trainer_state)
+            self._log({"kind": "dist", "step": self.step, "world_size": dist.WORLD,
+                       "backend": torch.distributed.get_backend()})
         sums: dict[str, torch.Tensor] = {}
         count, t_log, step_log = 0, time.perf_counter(), self.step
         t0, elapsed0 = time.perf_counter(), self.elapsed
@@ -283,7 +286,7 @@ class Trainer:
                 self.opt.set_lr(lr_scale(self.step, self.progress(), cfg.warmup_steps, cfg.min_lr_ratio,
                                          cfg.schedule), self.lrs)
                 try:
-                    with self._autocast():
+                    with self._autocast(), dist.sharded():
                         out = self.recipe.train_step(batch, self.opt)
                 except NonFiniteLoss as e:
                     bar.close()
