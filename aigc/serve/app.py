@@ -330,6 +330,9 @@ def create_app(models: dict[str, Served], api_key: str | None = None, limits: Li
 
     # ------------------------------------------------------------------ text
     def text_request(served: Served, body: S.Sampling, prompt: str) -> tuple[GenRequest, int]:
+        if body.n > served.worker.max_n:                 # before anything is made for each choice
+            raise ApiError(400, f"n must be at most {served.worker.max_n} for this server (its batch size), "
+                                f"got {body.n}", param="n")
         if len(prompt) > limits.max_prompt_chars:
             raise ApiError(400, f"the prompt has {len(prompt)} characters; this server takes at most "
                                 f"{limits.max_prompt_chars}", param="prompt")

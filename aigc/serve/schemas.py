@@ -34,7 +34,7 @@ class Sampling(Strict):
     temperature: Optional[float] = Field(None, ge=0, le=100, description="0 = greedy (default 0.8)")
     top_p: Optional[float] = Field(None, gt=0, le=1)
     top_k: Optional[int] = Field(None, ge=1, description="aigc: keep the k most likely tokens")
-    n: int = Field(1, ge=1, description="choices, decoded together")
+    n: int = Field(1, ge=1, le=256, description="choices, decoded together (at most the server's --slots)")
     stream: bool = False
     stop: Union[str, list[str], None] = None
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="default: random (returned in the response)")
@@ -102,7 +102,7 @@ class ChatResponse(BaseModel):
 class MediaRequest(Strict):
     model: str = Field(description="a served run's name (GET /v1/models)")
     prompt: Optional[str] = Field(None, description="text-conditional models: what to draw")
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, le=1000, description="how many (at most the server's limit for the route)")
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="default: random (returned in the response)")
     steps: Optional[int] = Field(None, ge=1, le=10000, description="diffusion sampler steps")
     guidance: Optional[float] = Field(None, ge=0, le=100, description="classifier-free guidance scale")

@@ -80,6 +80,11 @@ class Worker:
     def running(self) -> int:
         return 0
 
+    @property
+    def max_n(self) -> int:
+        """The most samples one request may ask for (text: the slots decoded together)."""
+        return 1 << 30
+
     def submit(self, job: Job) -> Job:
         try:
             if self.depth >= self.queue.maxsize:         # depth also counts a job taken out to wait for slots
@@ -149,6 +154,10 @@ class TextWorker(Worker):
     @property
     def running(self) -> int:
         return len(self.engine.active)
+
+    @property
+    def max_n(self) -> int:
+        return self.engine.cache.slots
 
     def submit(self, job: Job) -> Job:
         job.streams = self.recipe.text_streams(job.request)      # bad prompts fail here, in the request
