@@ -98,8 +98,6 @@ class Worker:
     def stop(self) -> None:
         """Stop taking jobs and wait for the one in hand (a thread left running torch at exit aborts Python)."""
         self._stop.set()
-        for job in getattr(self, "jobs", {}).values():
-            job.cancel()
         if self.thread is not threading.current_thread():
             self.thread.join(timeout=30)
 
@@ -139,10 +137,10 @@ class Worker:
 
 
 class TextWorker(Worker):
-    """Continuous batching over `recipe.text_engine(slots)`."""
+    """Continuous batching over a text engine (`recipe.text_engine(slots)`)."""
 
-    def __init__(self, name: str, recipe, max_queue: int = 16, slots: int = 16, threads=None):
-        self.engine = recipe.text_engine(slots, threads)
+    def __init__(self, name: str, recipe, engine, max_queue: int = 16):
+        self.engine = engine
         self.waiting: list[Job] = []
         self.jobs: dict[int, Job] = {}                  # id(stream) -> its job, for the running streams
         super().__init__(name, recipe, max_queue)
@@ -160,10 +158,15 @@ class TextWorker(Worker):
         return self.engine.cache.slots
 
     def submit(self, job: Job) -> Job:
+        if (job.request.num or 1) > self.max_n:                 # before a stream is made for each
+            raise AigcError(f"n must be at most {self.max_n} for this server (its batch size)")
         job.streams = self.recipe.text_streams(job.request)      # bad prompts fail here, in the request
-        if len(job.streams) > self.engine.cache.slots:
-            raise AigcError(f"n must be at most {self.engine.cache.slots} for this server (its batch size)")
         return super().submit(job)
+
+    def stop(self) -> None:
+        for job in list(self.jobs.values()):
+            job.cancel()
+        super().stop()
 
     def _loop(self) -> None:
         engine = self.engine
@@ -250,6 +253,7 @@ def _put_all(items) -> None:
 
 def make_worker(name: str, recipe, max_queue: int, slots: int, threads=None) -> Worker:
     """A TextWorker when the recipe has a text engine, else a Worker."""
-    if recipe.text_engine(1) is not None:
-        return TextWorker(name, recipe, max_queue, slots, threads)
+    engine = recipe.text_engine(slots, threads)
+    if engine is not None:
+        return TextWorker(name, recipe, engine, max_queue)
     return Worker(name, recipe, max_queue)
