@@ -18,7 +18,7 @@ from aigc.generation import Request, Text
 from aigc.io import checkpoint as ckpt
 from aigc.models.gpt import GPT, GPTConfig
 from aigc.recipes.base import TextRecipe
-from aigc.recipes.textgen import SLOTS, TextEngine, TextStream, check_sampling, row_seed
+from aigc.recipes.textgen import SLOTS, TextEngine, TextStream, row_seed
 
 ARCH_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")
 
@@ -154,7 +154,6 @@ class GPTRecipe(TextRecipe):
         `text_engine()`; sample i draws from row_seed(seed, i)."""
         r = request
         temperature = 0.8 if r.temperature is None else r.temperature
-        check_sampling(temperature, r.top_k, r.top_p)
         ids = self.encode_prompt(r.prompt or "")
         return [TextStream(list(ids), r.max_new_tokens or 500, temperature, r.top_k, r.top_p, row_seed(r.seed, i),
                            tuple(r.stop)) for i in range(r.num or 1)]
