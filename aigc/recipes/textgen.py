@@ -124,12 +124,9 @@ class TextEngine:
         """Encode the stream's prompt (its last block_size tokens) into a free slot."""
         if not self.free:
             raise RuntimeError("no free slot")
-        self._encode(len(self.active), stream.prompt[-self.block:])
+        self._encode_rows([len(self.active)], [stream.prompt[-self.block:]])
         self.active.append(stream)
         self.cache.n = len(self.active)
-
-    def _encode(self, row: int, ids: list[int]) -> None:
-        self._encode_rows([row], [ids])
 
     def _encode_rows(self, rows: list[int], ids: list[list[int]]) -> None:
         """Encode equal-length token lists into `rows` in one forward pass."""

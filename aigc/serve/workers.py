@@ -38,7 +38,6 @@ class Job:
     queue: object = None
     streams: list = field(default_factory=list)        # text: the TextStreams of this request
     cancelled: bool = False
-    t_submit: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self):
         if self.emit is None:
