@@ -141,11 +141,15 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
 @click.option("--top-p", type=FINITE, help="text: nucleus sampling, the smallest set with probability >= p")
 @click.option("--stop", multiple=True, help="text: stop a sample at this string (repeatable; \\n and \\t are "
                                             "read as newline/tab)")
+@click.option("--best-of", type=click.IntRange(1, 1024), help="text: draw N samples per sample asked for and keep "
+                                                                "the one the --judge scores highest")
+@click.option("--judge", help="best-of-N: 'lexicon' (the built-in sentiment judge) or a reward-model RUN "
+                              "(gpt, objective=reward)")
 @click.option("--stream", is_flag=True, help="text: print tokens as they are produced")
 @click.option("--no-ema", is_flag=True, help="use the raw weights even when EMA weights exist")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 def sample(run, num, out, prompt, prompt_file, label, steps, guidance, sampler, frames, seed, what, max_new_tokens,
-           temperature, top_k, top_p, stop, stream, no_ema, device):
+           temperature, top_k, top_p, stop, best_of, judge, stream, no_ema, device):
     """Generate samples from a trained RUN: a PNG grid or npz for image models, an animated GIF grid or npz
     for video models, text for language models. An option the model does not take is an error."""
     from aigc.generation import Request
@@ -160,7 +164,8 @@ def sample(run, num, out, prompt, prompt_file, label, steps, guidance, sampler, 
             raise AigcError(f"cannot read --prompt-file {prompt_file}: {e}") from None
     request = Request(num=num, seed=seed, prompt=prompt, label=label, steps=steps, guidance=guidance, sampler=sampler,
                       frames=frames, what=what, temperature=temperature, top_k=top_k, top_p=top_p,
-                      max_new_tokens=max_new_tokens, stop=tuple(map(unescape_stop, stop)))
+                      max_new_tokens=max_new_tokens, stop=tuple(map(unescape_stop, stop)), best_of=best_of,
+                      judge=judge)
     echo = (lambda piece: click.echo(piece, nl=False)) if stream else None
     result, path = sample_run(run, request, out=out, ema=not no_ema, device=device, stream=echo)
     if result.kind == "text":
@@ -172,6 +177,30 @@ def sample(run, num, out, prompt, prompt_file, label, steps, guidance, sampler, 
             click.echo(f"wrote {path}", err=True)
     else:
         click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.option("--out", type=click.Path(), required=True,
+              help="FILE.jsonl for the training pairs; the held-out pairs go to FILE.eval.jsonl")
+@click.option("--prompts", type=click.IntRange(1), default=3000, show_default=True,
+              help="training prompts to sample (all held-out prompts are used)")
+@click.option("--per-prompt", type=click.IntRange(2, 64), default=4, show_default=True,
+              help="completions per prompt; the best and worst judged make the pair")
+@click.option("--max-new-tokens", type=click.IntRange(1, 10000), default=32, show_default=True)
+@click.option("--data-dir", type=click.Path(), help="the play to take prompts from (default: the run's corpus)")
+@click.option("--seed", type=int, default=0, show_default=True)
+def pairs(run, out, prompts, per_prompt, max_new_tokens, data_dir, seed):
+    """Make preference pairs for the built-in task from a gpt RUN's own samples: prompts end with a speaker's
+    name in a play (tiny-shakespeare), the lexicon sentiment judge ranks the completions (temperature 1), the
+    most positive becomes `chosen`, the least `rejected`. Prompts from the corpus's last 10% are held out.
+
+    \b
+    Then:  aigc train gpt --init-from RUN --data preferences --data-dir FILE.jsonl \\
+               --set objective=dpo --set eval_file=FILE.eval.jsonl --set judge=lexicon --minutes 10"""
+    from aigc.run import make_pairs
+
+    click.echo(json.dumps(make_pairs(run, Path(out), prompts, per_prompt, max_new_tokens, data_dir, seed), indent=1))
 
 
 # ------------------------------------------------------------------------------------------ eval

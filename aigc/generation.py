@@ -27,7 +27,8 @@ MAX_NEW_TOKENS = 100_000                 # a ceiling, so that a typo cannot star
 FLAGS = {"num": "--num", "seed": "--seed", "prompt": "--prompt", "label": "--label", "image": "--image",
          "steps": "--steps", "guidance": "--guidance", "sampler": "--sampler", "frames": "--frames",
          "what": "--what", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
-         "max_new_tokens": "--max-new-tokens", "stop": "--stop"}
+         "max_new_tokens": "--max-new-tokens", "stop": "--stop", "best_of": "--best-of", "judge": "--judge",
+         "messages": "messages"}
 ALWAYS = frozenset({"num", "seed"})
 # what each field is for, said when a model refuses it
 FOR = {"prompt": "text-conditional models and language models", "label": "class-conditional models",
@@ -35,7 +36,9 @@ FOR = {"prompt": "text-conditional models and language models", "label": "class-
        "sampler": "diffusion models", "frames": "video models",
        "what": "image models (VAE: reconstructions, interpolation; diffusion: trajectory)",
        "temperature": "text models", "top_k": "language models", "top_p": "language models",
-       "max_new_tokens": "language models", "stop": "language models"}
+       "max_new_tokens": "language models", "stop": "language models", "best_of": "language models",
+       "judge": "best-of-N sampling (--best-of)", "messages": "chat models (a GPT tuned on sft or preferences data)"}
+MAX_BEST_OF = 1024
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class Request:
     top_p: float | None = None
     max_new_tokens: int | None = None
     stop: tuple[str, ...] = ()
+    best_of: int | None = None           # best-of-N: N samples per sample asked for, the judge keeps the best
+    judge: str | None = None             # "lexicon" or a reward-model run
+    messages: tuple[tuple[str, str], ...] = ()     # a chat of (role, content), instead of a prompt
 
     def given(self) -> set[str]:
         """The names of the fields set to something other than 'not given'."""
@@ -152,7 +158,7 @@ def check_request(recipe, request: Request, names: dict[str, str] = FLAGS) -> No
         f = extra[0]
         raise AigcError(f"{', '.join(n[f] for f in extra)} {'does' if len(extra) == 1 else 'do'} not apply to "
                         f"this {recipe.describe_model()} ({n[f]} is for {FOR[f]}); it accepts "
-                        f"{', '.join(n[f] for f in FLAGS if f in accepted)}")
+                        f"{', '.join(n[f] for f in FLAGS if f in accepted and (names is FLAGS or f in names))}")
     if request.num is not None and request.num < 1:
         raise AigcError(f"{n['num']} must be at least 1, got {request.num}")
     for name in ("guidance", "temperature", "top_p"):
@@ -169,6 +175,12 @@ def check_request(recipe, request: Request, names: dict[str, str] = FLAGS) -> No
         raise AigcError(f"{n['guidance']} must be >= 0, got {request.guidance}")
     if request.max_new_tokens is not None and not 1 <= request.max_new_tokens <= MAX_NEW_TOKENS:
         raise AigcError(f"{n['max_new_tokens']} must be in 1..{MAX_NEW_TOKENS}, got {request.max_new_tokens}")
+    if request.best_of is not None and not 1 <= request.best_of <= MAX_BEST_OF:
+        raise AigcError(f"{n['best_of']} must be in 1..{MAX_BEST_OF}, got {request.best_of}")
+    if request.judge is not None and (request.best_of or 1) < 2:
+        raise AigcError(f"{n['judge']} picks the best of several samples: give {n['best_of']} N (N >= 2) with it")
+    if request.messages and request.prompt is not None:
+        raise AigcError(f"give a chat's messages or {n['prompt']}, not both")
     if request.what not in recipe.WHATS:
         raise AigcError(f"{n['what']} {request.what} does not apply to this {recipe.describe_model()}; "
                         f"it makes: {', '.join(recipe.WHATS)}")

@@ -209,3 +209,51 @@ def run_status(rows: list[dict]) -> str:
     if last.get("kind") == "stop":
         return last.get("stopped", "?")
     return "running?" if last else "not started"
+
+
+def make_pairs(run, out: Path, num_prompts: int, per_prompt: int, max_new_tokens: int, data_dir=None,
+               seed: int = 0) -> dict:
+    """The built-in preference task's pairs from RUN's own samples, judged by the sentiment lexicon
+    (aigc/data/preferences.py): `out` gets pairs of training prompts, OUT.eval.jsonl those of held-out prompts."""
+    from aigc.data import preferences as P
+    from aigc.data.text import read_corpus
+    from aigc.metrics.sentiment import LexiconJudge, judge_report
+    from aigc.recipes.preference import sample_completions
+
+    run_dir = rundir.check_run_dir(run)
+    if out.suffix != ".jsonl":
+        raise AigcError(f"--out must end in .jsonl, got {out}")
+    rundir.check_writable(out)
+    ThreadPolicy().start()
+    cfg, recipe = open_run(run_dir, pick_device("cpu"))
+    if cfg.family != "gpt" or cfg.data.name not in ("text", "sft") or cfg.model.objective != "lm":
+        raise AigcError(f"{run_dir} is not a gpt language model trained on text (the built-in preference task "
+                        "samples one trained on a play such as tiny-shakespeare)")
+    folder = data_dir or cfg.data.dir
+    text = "".join(read_corpus("text", folder, "strict")[0])
+    train_prompts, held = P.task_prompts(text)
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(train_prompts), generator=g)[:num_prompts].tolist()
+    judge = LexiconJudge()
+    rows, first = {}, []
+    for name, prompts, s in (("train", [train_prompts[i] for i in sorted(pick)], seed), ("eval", held, seed + 1)):
+        ids = [recipe.encode_prompt(p) for p in prompts]
+        streams = sample_completions(recipe.model, recipe.tokenizer, ids, per_prompt, max_new_tokens, s)
+        texts = [x.text for x in streams]
+        rewards = judge([], texts)
+        k = per_prompt
+        rows[name] = P.pairs_from_samples(prompts, [texts[i * k:(i + 1) * k] for i in range(len(prompts))],
+                                          [rewards[i * k:(i + 1) * k] for i in range(len(prompts))])
+        if name == "eval":
+            first = rewards[::k]
+    eval_out = out.with_suffix(".eval.jsonl")
+    P.write_jsonl(out, rows["train"])
+    P.write_jsonl(eval_out, rows["eval"])
+    print(f"wrote {len(rows['train'])} pairs to {out} and {len(rows['eval'])} held-out pairs to {eval_out}",
+          file=sys.stderr)
+    return {"run": str(run_dir), "pairs": str(out), "eval_pairs": str(eval_out), "train_pairs": len(rows["train"]),
+            "held_out_pairs": len(rows["eval"]), "train_prompts": len(pick), "held_out_prompts": len(held),
+            "per_prompt": per_prompt, "max_new_tokens": max_new_tokens, "temperature": 1.0, "judge": "lexicon",
+            "base_model_on_held_out": judge_report(first),
+            "next": f"aigc train gpt --init-from {run_dir} --data preferences --data-dir {out} --set objective=dpo "
+                    f"--set eval_file={eval_out} --set judge=lexicon --minutes 10"}

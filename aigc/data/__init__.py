@@ -41,6 +41,7 @@ DATASETS = {
     "text": Entry("text", "aigc.data.text"),
     "code": Entry("text", "aigc.data.text"),
     "sft": Entry("text", "aigc.data.text"),
+    "preferences": Entry("text", "aigc.data.preferences"),
 }
 
 

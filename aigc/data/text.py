@@ -85,6 +85,7 @@ class Config(DataConfig):
     vocab_size: int = 2048           # bpe: vocabulary size
     encoding_errors: str = ""        # strict | replace | skip ("" = strict for text, skip for code)
     max_chars: int = 0               # read at most this many characters (0 = all)
+    template: str = "{prompt}"       # sft / preferences: the chat template each prompt is put into
 
 
 @dataclass
@@ -225,6 +226,35 @@ def load_token_data(cfg: Config, block_size: int = 256, tokenizer_path: Path | N
     return TokenData(kind, tokenizer, train, val, block_size, note)
 
 
+def read_jsonl(path: Path, keys: tuple[str, ...]):
+    """(line number, object) for every non-blank line of a JSONL file whose objects have string fields `keys`;
+    a clear error naming the line otherwise."""
+    text = read_text(path, "strict")
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise AigcError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(d, dict) or not all(isinstance(d.get(k), str) for k in keys):
+            raise AigcError(f"{path}:{lineno}: expected an object with string fields "
+                            f"{', '.join(repr(k) for k in keys)}".replace("'", '"'))
+        yield lineno, d
+
+
+def check_template(template: str) -> None:
+    if template.count("{prompt}") != 1:
+        raise AigcError(f"data.template must contain '{{prompt}}' once (where the user's message goes), got "
+                        f"{template!r}")
+
+
+def apply_template(template: str, prompt: str) -> str:
+    """The chat template around one user message: 'User: {prompt}\nBot: ' makes 'User: hi\nBot: '."""
+    check_template(template)
+    return template.replace("{prompt}", prompt)
+
+
 def _load_sft(cfg, block_size: int, tokenizer_path: Path | None) -> TokenData:
     if not cfg.dir or not Path(cfg.dir).is_file():
         raise AigcError("dataset 'sft' needs --data-dir FILE.jsonl with one {\"prompt\": ..., \"response\": "
@@ -234,18 +264,9 @@ def _load_sft(cfg, block_size: int, tokenizer_path: Path | None) -> TokenData:
     tokenizer = load_tokenizer(tokenizer_path)
     path = Path(cfg.dir)
     examples = []
-    text = read_text(path, "strict")
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, d in read_jsonl(path, ("prompt", "response")):
         try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise AigcError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(d, dict) or not isinstance(d.get("prompt"), str) or not isinstance(d.get("response"), str):
-            raise AigcError(f"{path}:{lineno}: expected an object with string fields \"prompt\" and \"response\"")
-        try:
-            p, r = tokenizer.encode(d["prompt"]), tokenizer.encode(d["response"])
+            p, r = tokenizer.encode(apply_template(cfg.template, d["prompt"])), tokenizer.encode(d["response"])
         except AigcError as e:
             raise AigcError(f"{path}:{lineno}: {e}") from None
         if tokenizer.eot_id is not None:

@@ -158,6 +158,9 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
 
     def forward(self, idx, cache: KVCache | None = None):      # idx: (B, T) -> logits (B, T, vocab)
+        return self.lm_head(self.features(idx, cache))
+
+    def features(self, idx, cache: KVCache | None = None):     # idx: (B, T) -> final hidden states (B, T, C)
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.cfg.block_size:
@@ -168,7 +171,7 @@ class GPT(nn.Module):
             x = block(x, cache, i)
         if cache is not None:
             cache.pos += T
-        return self.lm_head(self.ln_f(x))
+        return self.ln_f(x)
 
     def loss(self, tokens, loss_mask=None) -> dict[str, torch.Tensor]:
         """tokens: (B, T+1); next-token cross-entropy in nats per (unmasked) token."""

@@ -59,7 +59,8 @@ class Recipe:
         """The prompt a chat of (role, content) messages becomes, for models fine-tuned to answer one."""
         from aigc.errors import AigcError
 
-        raise AigcError(f"this {self.describe_model()} is not a chat model (chat needs a GPT fine-tuned on sft data)")
+        raise AigcError(f"this {self.describe_model()} is not a chat model (chat needs a GPT tuned on sft or "
+                        "preferences data)")
 
     def generate_for_eval(self, data, num: int):
         """`num` samples for the dataset's sample-quality metrics (only when EVAL_SAMPLES > 0)."""
@@ -227,7 +228,7 @@ class VideoRecipe(ImageRecipe):
 
 
 class TextRecipe(Recipe):
-    """Families that train on a token stream (text, code, sft). `window(cfg)` is the number of input
+    """Families that train on a token stream (text, code, sft, preferences). `window(cfg)` is the number of input
     tokens per example; batches hold window + 1 tokens. The model config has `vocab_size`."""
     output = "text"
     TOKENIZER_FILE = "tokenizer.json"
@@ -239,13 +240,14 @@ class TextRecipe(Recipe):
 
     @classmethod
     def load_data(cls, cfg, run_dir: Path | None = None):
-        from aigc.data import check_kind
-        from aigc.data.text import load_token_data
+        import importlib
+
+        from aigc.data import check_kind, entry
         from aigc.errors import AigcError
 
         check_kind(cfg.data.name, "text", cfg.family)
         tok = Path(run_dir) / cls.TOKENIZER_FILE if run_dir else None
-        data = load_token_data(cfg.data, cls.window(cfg), tok)
+        data = importlib.import_module(entry(cfg.data.name).module).load(cfg.data, cls.window(cfg), tok)
         if cfg.model.vocab_size and cfg.model.vocab_size != data.tokenizer.vocab_size:
             raise AigcError(f"the tokenizer has {data.tokenizer.vocab_size} tokens but the model expects "
                             f"{cfg.model.vocab_size}")

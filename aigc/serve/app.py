@@ -36,7 +36,7 @@ from aigc.serve.workers import Job, QueueFull, Worker, make_worker
 API_NAMES = {"num": "n", "seed": "seed", "prompt": "prompt", "label": "label", "image": "image", "steps": "steps",
              "guidance": "guidance", "sampler": "sampler", "frames": "frames", "what": "what",
              "temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "max_new_tokens": "max_tokens",
-             "stop": "stop"}
+             "stop": "stop", "messages": "messages"}
 ROUTES = {"text": "/v1/completions", "images": "/v1/images/generations", "video": "/v1/videos/generations",
           "audio": "/v1/audio/speech"}
 PAGE = Path(__file__).with_name("page.html")
@@ -160,13 +160,9 @@ def load_models(runs: list[Path], device, slots: int, max_queue: int, threads=No
         if name in models:
             raise AigcError(f"two runs are named '{name}'; serve runs whose folder names differ")
         cfg, recipe = open_run(run_dir, device)
-        try:
-            recipe.chat_prompt([("user", "hello")])
-            chat = True
-        except AigcError:
-            chat = False
+        chat = "messages" in recipe.accepts()
         card = S.ModelCard(id=name, created=int(run_dir.stat().st_mtime), family=cfg.family, output=recipe.output,
-                           accepts=sorted(API_NAMES[f] for f in recipe.accepts()), chat=chat,
+                           accepts=sorted(API_NAMES[f] for f in recipe.accepts() if f in API_NAMES), chat=chat,
                            description=recipe.describe_model())
         models[name] = Served(name, recipe, make_worker(name, recipe, max_queue, slots, threads), card)
     return models
@@ -329,13 +325,15 @@ def create_app(models: dict[str, Served], api_key: str | None = None, limits: Li
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
     # ------------------------------------------------------------------ text
-    def text_request(served: Served, body: S.Sampling, prompt: str) -> tuple[GenRequest, int]:
+    def text_request(served: Served, body: S.Sampling, prompt: str | None,
+                     messages: tuple = ()) -> tuple[GenRequest, int]:
         if body.n > served.worker.max_n:                 # before anything is made for each choice
             raise ApiError(400, f"n must be at most {served.worker.max_n} for this server (its batch size), "
                                 f"got {body.n}", param="n")
-        if len(prompt) > limits.max_prompt_chars:
-            raise ApiError(400, f"the prompt has {len(prompt)} characters; this server takes at most "
-                                f"{limits.max_prompt_chars}", param="prompt")
+        chars = len(prompt) if prompt is not None else sum(len(c) for _, c in messages)
+        if chars > limits.max_prompt_chars:
+            raise ApiError(400, f"the prompt has {chars} characters; this server takes at most "
+                                f"{limits.max_prompt_chars}", param="messages" if messages else "prompt")
         if body.max_tokens is not None and body.max_tokens > limits.max_tokens:
             raise ApiError(400, f"max_tokens must be at most {limits.max_tokens}, got {body.max_tokens}",
                            param="max_tokens")
@@ -343,14 +341,15 @@ def create_app(models: dict[str, Served], api_key: str | None = None, limits: Li
         if len(stop) > limits.max_stop or any(not 1 <= len(s) <= 64 for s in stop):
             raise ApiError(400, f"stop takes at most {limits.max_stop} strings of 1 to 64 characters", param="stop")
         seed = body.seed if body.seed is not None else secrets.randbelow(2 ** 31)
-        gen = GenRequest(num=body.n, seed=seed, prompt=prompt, temperature=body.temperature, top_k=body.top_k,
-                         top_p=body.top_p, max_new_tokens=body.max_tokens or limits.default_tokens, stop=tuple(stop))
+        gen = GenRequest(num=body.n, seed=seed, prompt=prompt, messages=messages, temperature=body.temperature,
+                         top_k=body.top_k, top_p=body.top_p, max_new_tokens=body.max_tokens or limits.default_tokens,
+                         stop=tuple(stop))
         check_request(served.recipe, gen, API_NAMES)
         return gen, seed
 
-    async def text_route(request: Request, served: Served, body: S.Sampling, prompt: str, chat: bool,
-                         record_prompt: str):
-        gen, seed = text_request(served, body, prompt)
+    async def text_route(request: Request, served: Served, body: S.Sampling, prompt: str | None, chat: bool,
+                         record_prompt: str, messages: tuple = ()):
+        gen, seed = text_request(served, body, prompt, messages)
         job, q, deadline = submit(served, gen)
         rid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
         params = {k: v for k, v in body.model_dump().items() if k not in ("model", "prompt", "messages", "stream",
@@ -453,8 +452,9 @@ def create_app(models: dict[str, Served], api_key: str | None = None, limits: Li
               responses={**ERRORS, **SSE})
     async def chat_completions(body: S.ChatRequest, request: Request):
         served = model_for(body.model, "text", "/v1/chat/completions")
-        prompt = served.recipe.chat_prompt([(m.role, m.content) for m in body.messages])
-        return await text_route(request, served, body, prompt, True, body.messages[-1].content)
+        messages = tuple((m.role, m.content) for m in body.messages)
+        served.recipe.chat_prompt(list(messages))         # a clear 400 for a model that does not chat, or a bad chat
+        return await text_route(request, served, body, None, True, body.messages[-1].content, messages)
 
     # ------------------------------------------------------------------ images and video
     def media_request(served: Served, body: S.MediaRequest, limit: int, frames=None) -> tuple[GenRequest, int]:

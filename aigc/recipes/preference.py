@@ -1,0 +1,181 @@
+"""Preference tuning of a GPT: the losses, best-of-N, and the measures of the reward-KL trade-off.
+
+- DPO (Rafailov et al. 2023, eq. 7): with the implicit reward r(x, y) = beta * log(pi(y|x) / pi_ref(y|x)),
+      L = -log sigmoid(r(x, y_chosen) - r(x, y_rejected)),
+  the policy pi is trained, the reference pi_ref (the model tuned from) stays frozen. An optional SFT term adds
+  sft_weight * (mean NLL per token of the chosen responses): the common fix for chosen log-probabilities that
+  fall while the margin grows (Pal et al. 2024; trl issue 800).
+- Reward model (Christiano et al. 2017; Ouyang et al. 2022): the GPT backbone with a scalar head read at the
+  response's last token, trained with the Bradley-Terry loss  L = -log sigmoid(r(x, y_chosen) - r(x, y_rejected)).
+- Best-of-N: N samples, the judge keeps the best. Its KL to the model sampled from is at most
+  log N - (N - 1) / N (Stiennon et al. 2020, appendix; Beirami et al. 2024 show it is an upper bound).
+- KL(pi || pi_ref) of a tuned model: the mean over prompts of sum_t log pi(y_t|...) - log pi_ref(y_t|...) on
+  completions y sampled from pi at temperature 1 (an unbiased estimate of the sequence-level KL).
+
+Metric names follow trl's DPOTrainer: rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies,
+logps/chosen, logps/rejected."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from aigc.errors import AigcError
+from aigc.recipes.textgen import SLOTS, TextEngine, TextStream, row_seed
+
+OBJECTIVES = ("lm", "dpo", "reward")
+
+
+def response_logps(model, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(target) over the masked targets of each row: tokens (B, T+1), mask (B, T) -> (B,)."""
+    logits = model(tokens[:, :-1]).float()
+    logp = torch.gather(F.log_softmax(logits, -1), 2, tokens[:, 1:, None]).squeeze(2)
+    return (logp * mask).sum(1)
+
+
+def dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta: float) -> tuple[torch.Tensor, dict]:
+    """The DPO loss of a batch of pairs from the sequence log-probabilities under policy and reference."""
+    r_chosen = beta * (pi_chosen - ref_chosen)
+    r_rejected = beta * (pi_rejected - ref_rejected)
+    loss = -F.logsigmoid(r_chosen - r_rejected).mean()
+    return loss, {"rewards/chosen": r_chosen.mean().detach(), "rewards/rejected": r_rejected.mean().detach(),
+                  "rewards/margins": (r_chosen - r_rejected).mean().detach(),
+                  "rewards/accuracies": (r_chosen > r_rejected).float().mean(),
+                  "logps/chosen": pi_chosen.mean().detach(), "logps/rejected": pi_rejected.mean().detach()}
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """-log P(chosen > rejected) with P = sigmoid(r_chosen - r_rejected) (Bradley & Terry 1952)."""
+    loss = -F.logsigmoid(r_chosen - r_rejected).mean()
+    return loss, {"accuracy": (r_chosen > r_rejected).float().mean(),
+                  "margin": (r_chosen - r_rejected).mean().detach()}
+
+
+def last_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last token (the last masked target), from a loss mask (B, T)."""
+    T = mask.shape[1]
+    return T - torch.flip(mask, [1]).float().argmax(1)
+
+
+def best_of_n_kl(n: int) -> float:
+    """The upper bound log N - (N-1)/N on KL(best-of-N || base), in nats per completion."""
+    return math.log(n) - (n - 1) / n
+
+
+# ---------------------------------------------------------------------------- judges
+class RewardJudge:
+    """A trained reward-model run as a judge: judge(prompts, completions) -> its scalar rewards."""
+
+    def __init__(self, recipe):
+        self.recipe = recipe
+        self.name = "reward model"
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], completions: list[str], batch: int = 64) -> list[float]:
+        from aigc.data.text import apply_template
+
+        r = self.recipe
+        tok, limit = r.tokenizer, r.cfg.model.block_size
+        out = []
+        for i in range(0, len(prompts), batch):
+            rows = []
+            for p, c in zip(prompts[i:i + batch], completions[i:i + batch]):
+                ids = tok.encode(apply_template(r.cfg.data.template, p) + c)[-limit:]
+                rows.append(torch.as_tensor(ids, dtype=torch.long))
+            lengths = torch.tensor([len(x) for x in rows])
+            tokens = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).to(r.device_of())
+            out += r.reward(tokens, lengths.to(tokens.device) - 1).tolist()
+        return out
+
+
+def load_judge(spec: str | None, device=None):
+    """'lexicon' (the built-in task's sentiment judge) or the folder of a gpt run trained with objective=reward."""
+    if not spec:
+        raise AigcError("best-of-N needs a judge: --judge lexicon (the built-in sentiment judge) or --judge RUN "
+                        "(a gpt run trained with objective=reward)")
+    if spec == "lexicon":
+        from aigc.metrics.sentiment import LexiconJudge
+
+        return LexiconJudge()
+    from aigc.io import rundir
+    from aigc.recipes import open_run
+
+    run_dir = rundir.check_run_dir(spec)
+    cfg, recipe = open_run(run_dir, device or torch.device("cpu"))
+    if cfg.family != "gpt" or getattr(cfg.model, "objective", "lm") != "reward":
+        raise AigcError(f"--judge {spec} is not a reward model (a gpt run trained with --set objective=reward)")
+    return RewardJudge(recipe)
+
+
+# ---------------------------------------------------------------------------- sampling for measurements
+def sample_completions(model, tokenizer, prompt_ids: list[list[int]], n: int, max_new_tokens: int, seed: int,
+                       temperature: float = 1.0) -> list[TextStream]:
+    """n completions of every prompt (prompt i, sample j from row_seed(seed, i * n + j)), decoded in batches."""
+    streams = [TextStream(list(ids), max_new_tokens, temperature, None, None, row_seed(seed, i * n + j))
+               for i, ids in enumerate(prompt_ids) for j in range(n)]
+    was = model.training
+    try:
+        TextEngine(model, tokenizer, min(SLOTS * 4, len(streams))).run(streams)
+    finally:
+        model.train(was)
+    return streams
+
+
+@torch.no_grad()
+def completion_logps(model, streams: list[TextStream], block_size: int, batch: int = 128) -> torch.Tensor:
+    """log p(completion | prompt) under `model` for each stream's generated tokens (prompt cropped to fit)."""
+    out = []
+    dev = next(model.parameters()).device
+    for i in range(0, len(streams), batch):
+        rows, starts = [], []
+        for s in streams[i:i + batch]:
+            gen = list(s.tokens)[:block_size]
+            keep = max(1, min(len(s.prompt), block_size + 1 - len(gen)))
+            ids = list(s.prompt)[-keep:] + gen
+            rows.append(torch.as_tensor(ids, dtype=torch.long))
+            starts.append(keep)
+        tokens = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).to(dev)
+        mask = torch.zeros(len(rows), tokens.shape[1] - 1, device=dev)
+        for r, (x, st) in enumerate(zip(rows, starts)):
+            mask[r, st - 1:len(x) - 1] = 1
+        out.append(response_logps(model, tokens, mask).cpu())
+    return torch.cat(out)
+
+
+def judge_policy(policy, reference, tokenizer, block_size: int, prompts: list[str], prompt_ids: list[list[int]],
+                 judge, max_new_tokens: int = 32, seed: int = 0) -> dict:
+    """On held-out prompts, one completion each from the policy (temperature 1): the judge's mean `reward`, the
+    share of positive completions, `win_rate` against the reference's completions (ties count half) and
+    `kl_to_reference` (nats per completion)."""
+    from aigc.metrics.sentiment import judge_report
+
+    mine = sample_completions(policy, tokenizer, prompt_ids, 1, max_new_tokens, seed)
+    rewards = judge(prompts, [s.text for s in mine])
+    out = {**judge_report(rewards), "num_prompts": len(prompts), "max_new_tokens": max_new_tokens}
+    if reference is not None:
+        theirs = sample_completions(reference, tokenizer, prompt_ids, 1, max_new_tokens, seed + 1)
+        ref_rewards = judge(prompts, [s.text for s in theirs])
+        out["win_rate"] = round(sum((a > b) + 0.5 * (a == b) for a, b in zip(rewards, ref_rewards)) / len(prompts), 4)
+        out["reference_reward"] = round(sum(ref_rewards) / len(prompts), 4)
+        kl = completion_logps(policy, mine, block_size) - completion_logps(reference, mine, block_size)
+        out["kl_to_reference"] = round(kl.mean().item(), 4)
+    return out
+
+
+def save_reference(model, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from aigc.io.checkpoint import flat_state
+
+    save_file(flat_state({"gpt": model}), str(path))
+
+
+def load_reference(model, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from aigc.io.checkpoint import load_flat_state
+
+    load_flat_state({"gpt": model}, load_file(str(path)), str(path))
