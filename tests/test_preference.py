@@ -70,6 +70,14 @@ def test_dpo_loss_against_a_hand_computed_value():
     assert logs["rewards/accuracies"].item() == 1.0
 
 
+def test_ipo_loss_regresses_the_margin_to_one_over_two_beta():
+    pc, pr, rc, rr = torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0])
+    loss, _ = pref.dpo_loss(pc, pr, rc, rr, beta=0.25, kind="ipo")
+    assert loss.item() == pytest.approx((2.0 - 1 / 0.5) ** 2)                     # h = 1 + 1 = 2 = 1 / (2 beta)
+    loss, _ = pref.dpo_loss(pc, pr, rc, rr, beta=0.1, kind="ipo")
+    assert loss.item() == pytest.approx((2.0 - 5.0) ** 2)
+
+
 def test_bradley_terry_loss_is_minus_log_sigmoid_of_the_reward_gap():
     r_c, r_r = torch.tensor([2.0, -1.0, 0.0]), torch.tensor([0.5, 1.0, 0.0])
     loss, logs = pref.bradley_terry_loss(r_c, r_r)
@@ -194,9 +202,14 @@ def test_dpo_eval_reward_model_and_best_of_n(task, capsys):
     from aigc.run import eval_run
 
     root, _ = task
-    dpo(root, "dpo-sft", 4, ["sft_weight=1.0"])
+    out = dpo(root, "dpo-sft", 4, ["sft_weight=1.0", "ptx_weight=1.0"])
+    assert out["final_eval"]["val_dpo_loss"] > 0
+    rows = [json.loads(x) for x in (root / "dpo-sft" / "metrics.jsonl").read_text().splitlines()]
+    assert {"sft_nll", "ptx_loss"} <= next(r for r in rows if r.get("kind") == "train").keys()
+    assert open_run(root / "dpo-sft", torch.device("cpu"))[0].data.lm_text == str(root / "play.txt")  # the init's
     r = eval_run(root / "dpo-sft", quiet=True)
-    assert {"val_dpo_loss", "val_pair_accuracy", "val_rewards_margins", "num_pairs"} <= r.keys()
+    assert {"val_dpo_loss", "val_pair_accuracy", "val_rewards_margins", "num_pairs",
+            "text_val_loss_change"} <= r.keys()
     judged = r["judge"]
     assert {"reward", "positive_rate", "win_rate", "kl_to_reference"} <= judged.keys()
     assert 0 <= judged["win_rate"] <= 1 and judged["num_prompts"] >= 1

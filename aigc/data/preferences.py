@@ -41,6 +41,8 @@ class Config(TextConfig):
     batch_size: int = 32             # pairs per step
     eval_file: str = ""              # held-out pairs (JSONL); "" = the last 10% of the file's lines
     judge: str = ""                  # "" | lexicon: the programmatic judge `aigc eval` reports on held-out prompts
+    lm_text: str = ""                # text whose next-token loss is mixed in (model.ptx_weight); "" = the init
+                                     # run's corpus
 
 
 @dataclass
@@ -61,6 +63,7 @@ class PreferenceData:
     template: str = "{prompt}"
     judge: str = ""
     note: str = ""
+    lm: object = None                    # TokenData of data.lm_text when the next-token loss is mixed in
     sft = None                           # (what TokenData has for the GPT recipe's checks)
 
     def describe(self) -> str:
@@ -103,21 +106,29 @@ class PairBatcher:
     """Random pairs of the training split; state = its generator."""
 
     def __init__(self, data: PreferenceData, batch_size: int, seed: int):
+        from aigc.data.text import TokenBatcher
+
         self.data, self.batch_size = data, batch_size
         self.generator = torch.Generator().manual_seed(seed + 1)
+        self.lm = TokenBatcher(data.lm, batch_size, seed + 2) if data.lm is not None else None
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
         ix = torch.randint(len(self.data.train), (self.batch_size,), generator=self.generator)
-        return pair_batch([self.data.train[i] for i in ix.tolist()], self.data.block_size)
+        batch = pair_batch([self.data.train[i] for i in ix.tolist()], self.data.block_size)
+        if self.lm is not None:                            # as many text windows as pairs (one row each)
+            batch["lm_tokens"] = next(self.lm)["tokens"]
+        return batch
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), **({"lm": self.lm.state_dict()} if self.lm else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        if self.lm is not None:
+            self.lm.load_state_dict(state["lm"])
 
 
 def read_pairs(path: Path, tokenizer, template: str) -> list[Pair]:
@@ -156,7 +167,13 @@ def load(cfg: Config, block_size: int = 64, tokenizer_path: Path | None = None) 
     if not train or not val:
         raise AigcError(f"{cfg.dir} has {len(pairs)} pair(s); preference tuning needs at least 2 (one to train on, "
                         "one held out)")
-    return PreferenceData("preferences", tokenizer, train, val, block_size, cfg.template, cfg.judge)
+    lm = None
+    if cfg.lm_text:
+        from aigc.config import data_config
+        from aigc.data.text import load_token_data
+
+        lm = load_token_data(data_config("text", dir=cfg.lm_text), block_size, tokenizer_path)
+    return PreferenceData("preferences", tokenizer, train, val, block_size, cfg.template, cfg.judge, lm=lm)
 
 
 # ---------------------------------------------------------------------------- the built-in task

@@ -33,7 +33,9 @@ class GPTSettings(GPTConfig):
     """The network (GPTConfig) and the training objective."""
     objective: str = "lm"          # lm: next token | dpo: DPO on preference pairs | reward: a reward model
     beta: float = 0.1              # dpo: strength of the pull towards the reference
+    dpo_loss: str = "sigmoid"      # dpo: sigmoid (DPO) | ipo (IPO: the margin regressed to 1 / (2 beta))
     sft_weight: float = 0.0        # dpo: weight of an added NLL term on the chosen responses
+    ptx_weight: float = 0.0        # dpo: weight of an added next-token loss on data.lm_text (InstructGPT's ptx)
 
 
 class GPTRecipe(TextRecipe):
@@ -69,8 +71,10 @@ class GPTRecipe(TextRecipe):
         if m.objective != "lm" and cfg.data.name != "preferences":
             raise AigcError(f"objective={m.objective} trains on preference pairs: --data preferences, not "
                             f"'{cfg.data.name}'")
-        if not m.beta > 0 or m.sft_weight < 0:
-            raise AigcError("model.beta must be > 0 and model.sft_weight >= 0")
+        if m.dpo_loss not in pref.DPO_LOSSES:
+            raise AigcError(f"model.dpo_loss must be one of {', '.join(pref.DPO_LOSSES)}, got '{m.dpo_loss}'")
+        if not m.beta > 0 or m.sft_weight < 0 or m.ptx_weight < 0:
+            raise AigcError("model.beta must be > 0, model.sft_weight and model.ptx_weight >= 0")
         if min(m.block_size, m.n_layer, m.n_head, m.n_embd) < 1 or m.n_embd % m.n_head:
             raise AigcError("model.block_size, n_layer, n_head, n_embd must be positive and n_embd divisible by "
                             "n_head")
@@ -99,6 +103,11 @@ class GPTRecipe(TextRecipe):
         asked_template = any(s.split("=")[0].strip() in ("template", "data.template") for s in sets)
         if init_data.get("name") in CHAT_DATA and not asked_template:      # tuning a chat run keeps its template
             cfg.data.template = init_data.get("template", cfg.data.template)
+        if getattr(cfg.model, "ptx_weight", 0) > 0 and cfg.data.name == "preferences" and not cfg.data.lm_text:
+            if init_data.get("name") != "text" or not init_data.get("dir"):
+                raise AigcError(f"model.ptx_weight mixes in next-token loss on text: set data.lm_text (the run "
+                                f"{init_dir} was not trained on a text corpus aigc can reread)")
+            cfg.data.lm_text = init_data["dir"]              # the corpus the init run was trained on
         asked = {k: getattr(cfg.model, k) for k in ARCH_KEYS}
         for k in ARCH_KEYS:
             setattr(cfg.model, k, init_model.get(k, getattr(cfg.model, k)))
@@ -170,11 +179,16 @@ class GPTRecipe(TextRecipe):
             raise AssertionError("the DPO reference model must stay frozen")
         with torch.no_grad():
             ref = pref.response_logps(self.reference, tokens, mask)
-        loss, logs = pref.dpo_loss(logps[:B], logps[B:], ref[:B], ref[B:], self.cfg.model.beta)
+        loss, logs = pref.dpo_loss(logps[:B], logps[B:], ref[:B], ref[B:], self.cfg.model.beta,
+                                   self.cfg.model.dpo_loss)
         if self.cfg.model.sft_weight > 0:
             nll = -logps[:B].sum() / mask[:B].sum().clamp(min=1)
             loss = loss + self.cfg.model.sft_weight * nll
             logs["sft_nll"] = nll.detach()
+        if self.cfg.model.ptx_weight > 0 and "lm_tokens" in batch:
+            ptx = self.model.loss(batch["lm_tokens"])["loss"]
+            loss = loss + self.cfg.model.ptx_weight * ptx
+            logs["ptx_loss"] = ptx.detach()
         return loss, logs
 
     def reward(self, tokens: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -189,13 +203,14 @@ class GPTRecipe(TextRecipe):
             return self.evaluate_pairs(data, max_batches)
         return self.evaluate_lm(data, max_batches)
 
-    def evaluate_lm(self, data, max_batches=None) -> dict[str, float]:
-        """Next-token loss on text, code or sft data (also of a preference-tuned model: what tuning cost)."""
+    def evaluate_lm(self, data, max_batches=None, model=None) -> dict[str, float]:
+        """Next-token loss of `model` (default: this run's) on text, code or sft data (also of a preference-tuned
+        model and its reference: what tuning cost)."""
         total, count = 0.0, 0.0
-        dev = self.device_of()
+        dev, model = self.device_of(), model or self.model
         for batch in data.eval_windows(self.cfg.data.batch_size if max_batches else 64, max_batches):
             mask = batch.get("loss_mask")
-            out = self.model.loss(batch["tokens"].to(dev), None if mask is None else mask.to(dev))
+            out = model.loss(batch["tokens"].to(dev), None if mask is None else mask.to(dev))
             total += out["sum"].item()
             count += out["count"].item()
         loss = total / max(count, 1)
@@ -248,18 +263,24 @@ class GPTRecipe(TextRecipe):
                 "units": "val_loss: nats per token; val_bpc: bits per character"}
 
     def full_eval_pairs(self, data, num=None) -> dict:
-        """Held-out pairs (loss, pair accuracy; DPO: trl's reward metrics) and, with data.judge set, the judge on
-        `num` held-out prompts (default all): reward, positive_rate, win_rate and kl_to_reference (DPO)."""
+        """Held-out pairs (loss, pair accuracy; DPO: trl's reward metrics); DPO with data.lm_text: the whole-val
+        loss of that text and its change from the reference; with data.judge: the judge on `num` held-out prompts
+        (default all): reward, positive_rate, win_rate and kl_to_reference."""
         out = {**self.evaluate_pairs(data), "num_pairs": len(data.val), "objective": self.objective,
                "reference_split": "data.eval_file" if self.cfg.data.eval_file else "last 10% of the pairs"}
-        if self.objective == "dpo":
-            out["beta"] = self.cfg.model.beta
-        if self.objective == "dpo" and data.judge:
+        if self.objective != "dpo":
+            return out
+        out["beta"] = self.cfg.model.beta
+        self.reference.to(self.device_of())
+        if data.lm is not None:                             # what tuning cost the language model, on its corpus
+            mine = self.evaluate_lm(data.lm)["val_loss"]
+            ref = self.evaluate_lm(data.lm, model=self.reference)["val_loss"]
+            out.update(text_val_loss=mine, text_val_loss_change=round(mine - ref, 4))
+        if data.judge:
             from aigc.data.text import apply_template
             from aigc.metrics.sentiment import LexiconJudge
 
             prompts = data.eval_prompts()[:num] if num else data.eval_prompts()
-            self.reference.to(self.device_of())
             ids = [self.encode_prompt(apply_template(self.cfg.data.template, p)) for p in prompts]
             out["judge"] = {"judge": data.judge, "temperature": 1.0, **pref.judge_policy(
                 self.model, self.reference, self.tokenizer, self.cfg.model.block_size, prompts, ids,

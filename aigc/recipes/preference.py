@@ -5,6 +5,8 @@
   the policy pi is trained, the reference pi_ref (the model tuned from) stays frozen. An optional SFT term adds
   sft_weight * (mean NLL per token of the chosen responses): the common fix for chosen log-probabilities that
   fall while the margin grows (Pal et al. 2024; trl issue 800).
+- IPO (Azar et al. 2023, eq. 17): L = (h - 1/(2 beta))^2 with h = log-ratio(chosen) - log-ratio(rejected); it
+  regresses the margin to a finite target where DPO pushes it to infinity on pairs whose preference is certain.
 - Reward model (Christiano et al. 2017; Ouyang et al. 2022): the GPT backbone with a scalar head read at the
   response's last token, trained with the Bradley-Terry loss  L = -log sigmoid(r(x, y_chosen) - r(x, y_rejected)).
 - Best-of-N: N samples, the judge keeps the best. Its KL to the model sampled from is at most
@@ -27,6 +29,7 @@ from aigc.errors import AigcError
 from aigc.recipes.textgen import SLOTS, TextEngine, TextStream, row_seed
 
 OBJECTIVES = ("lm", "dpo", "reward")
+DPO_LOSSES = ("sigmoid", "ipo")
 
 
 def response_logps(model, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -36,11 +39,17 @@ def response_logps(model, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return (logp * mask).sum(1)
 
 
-def dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta: float) -> tuple[torch.Tensor, dict]:
-    """The DPO loss of a batch of pairs from the sequence log-probabilities under policy and reference."""
+def dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta: float,
+             kind: str = "sigmoid") -> tuple[torch.Tensor, dict]:
+    """The DPO (kind "sigmoid") or IPO (kind "ipo") loss of a batch of pairs from the sequence log-probabilities
+    under policy and reference; the logged rewards are beta * log-ratio either way."""
     r_chosen = beta * (pi_chosen - ref_chosen)
     r_rejected = beta * (pi_rejected - ref_rejected)
-    loss = -F.logsigmoid(r_chosen - r_rejected).mean()
+    if kind == "ipo":
+        h = (pi_chosen - ref_chosen) - (pi_rejected - ref_rejected)
+        loss = ((h - 1 / (2 * beta)) ** 2).mean()
+    else:
+        loss = -F.logsigmoid(r_chosen - r_rejected).mean()
     return loss, {"rewards/chosen": r_chosen.mean().detach(), "rewards/rejected": r_rejected.mean().detach(),
                   "rewards/margins": (r_chosen - r_rejected).mean().detach(),
                   "rewards/accuracies": (r_chosen > r_rejected).float().mean(),
