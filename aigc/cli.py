@@ -185,7 +185,7 @@ def sample(run, num, out, prompt, prompt_file, label, steps, guidance, sampler, 
               help="FILE.jsonl for the training pairs; the held-out pairs go to FILE.eval.jsonl")
 @click.option("--prompts", type=click.IntRange(1), default=3000, show_default=True,
               help="training prompts to sample (all held-out prompts are used)")
-@click.option("--per-prompt", type=click.IntRange(2, 64), default=4, show_default=True,
+@click.option("--per-prompt", type=click.IntRange(2, 64), default=8, show_default=True,
               help="completions per prompt; the best and worst judged make the pair")
 @click.option("--max-new-tokens", type=click.IntRange(1, 10000), default=32, show_default=True)
 @click.option("--data-dir", type=click.Path(), help="the play to take prompts from (default: the run's corpus)")

@@ -4,12 +4,12 @@
 
 Steps, all with the commands a user runs (the run folders go to bench_runs/pref/):
   base     `aigc train gpt --data text` (the gpt-text preset) for 5 minutes on tiny-shakespeare
-  pairs    `aigc pairs base`: every training speaker prompt (32 characters ending with "NAME:\\n"), 4 completions of
-           32 characters at temperature 1, the lexicon judge (aigc/metrics/sentiment.py) keeps the most and the least
-           positive as chosen / rejected; the prompts of the corpus's last 10% give the held-out pairs
-  sft      `--data sft` on (prompt, chosen) from base, for --minutes
-  dpo      `--data preferences --set objective=dpo` from base at three betas (the preset's other settings),
-           --minutes each
+  pairs    `aigc pairs base --per-prompt 8`: every training speaker prompt (32 characters ending with "NAME:\\n"),
+           8 completions of 32 characters at temperature 1, the lexicon judge (aigc/metrics/sentiment.py) keeps the
+           most and the least positive as chosen / rejected; the prompts of the corpus's last 10% give held-out pairs
+  sft      `--data sft` on (prompt, chosen) from base, for --minutes, at the preset's learning rate and batch size
+  dpo      `--data preferences --set objective=dpo` from base at three betas (the preset gpt-preferences.toml for the
+           rest: ptx_weight 3), and two rows with a weaker ptx term, --minutes each
   reward   `--set objective=reward` from base for 5 minutes: Bradley-Terry accuracy on the held-out pairs
   best-of  64 base completions per held-out prompt; best-of-N keeps the first N's best by the lexicon (an oracle judge)
            and by the reward model, N = 1, 2, 4, 16, 64
@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import tomllib
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,8 @@ from benchmarks.run import commit, machine, provenance, run  # noqa: E402
 OUT = ROOT / "benchmarks" / "results" / "preference.json"
 PLOT = ROOT / "docs" / "img" / "preference-frontier.png"
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
-BETAS = (0.05, 0.1, 0.3)
+BETAS = (0.1, 0.2, 0.5)
+PTX_ROWS = ((0.1, 1.5), (0.2, 1.0))        # (beta, ptx_weight): the preset's ptx_weight is 3
 NS = (1, 2, 4, 16, 64)
 GOAL_POSITIVE, GOAL_LOSS, GOAL_RM = 0.90, 0.05, 0.90
 
@@ -114,9 +116,11 @@ class Measure:
         t = time.perf_counter()
         with torch.no_grad():
             streams = sample_completions(self.base.model, self.base.tokenizer, self.ids, n_max, 32, seed)
-        sample_s = time.perf_counter() - t
+            sample_s = time.perf_counter() - t
+            others = sample_completions(self.base.model, self.base.tokenizer, self.ids, 1, 32, seed + 1)
         texts = [s.text for s in streams]
         truth = LexiconJudge()([], texts)
+        other = LexiconJudge()([], [s.text for s in others])      # the base's own completion, as in judge_policy
         judges = {"lexicon": truth}
         if rm_dir is not None:
             _, rm = self.open_run(rm_dir, torch.device("cpu"))
@@ -130,7 +134,6 @@ class Measure:
                     rows = range(i * n_max, i * n_max + n)
                     picked.append(truth[max(rows, key=lambda k: scores[k])])
                 rep = judge_report(picked)
-                other = [truth[i * n_max + n_max - 1] for i in range(len(self.prompts))]   # an independent base sample
                 win = sum((a > b) + 0.5 * (a == b) for a, b in zip(picked, other)) / len(picked)
                 out[f"best-of-{n} ({name})"] = {**rep, "win_rate": round(win, 4),
                                                 "kl_to_reference": round(best_of_n_kl(n), 4),
@@ -158,11 +161,13 @@ def plot(rows: dict) -> None:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=name,
                     linestyle="-" if prefix == "best-of" else "none")
             for x, y, k in pts:
-                tag = k.split(" ")[0].replace("best-of-", "N=") if prefix == "best-of" else k.split(" ")[-1]
-                if prefix in ("best-of", "dpo"):
+                tag = k.split(" ")[0].replace("best-of-", "N=") if prefix == "best-of" else k[len("dpo "):]
+                if prefix == "dpo" or judge == "lexicon":
                     ax.annotate(tag, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
     ax.axhline(GOAL_POSITIVE, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("KL(policy || base), nats per 32-character completion")
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(-0.05, 1.6 * max(r["kl_to_reference"] for r in rows.values()))
+    ax.set_xlabel("KL(policy || base), nats per 32-character completion (log scale above 1)")
     ax.set_ylabel("share of positive completions (lexicon)")
     ax.set_title("Reward vs KL on held-out prompts (tiny-shakespeare)")
     ax.legend(fontsize=8, loc="lower right")
@@ -178,10 +183,13 @@ def main() -> None:
     ap.add_argument("--runs", default=str(ROOT / "bench_runs" / "pref"))
     ap.add_argument("--minutes", type=float, default=10.0, help="SFT and each DPO run's training budget")
     ap.add_argument("--reuse", action="store_true", help="keep finished runs and pairs of an earlier call")
-    ap.add_argument("--table", action="store_true", help="only print the markdown of the saved results")
+    ap.add_argument("--table", action="store_true", help="only print the markdown of the saved results (and redraw "
+                                                         "the plot)")
     args = ap.parse_args()
-    if args.table:
-        print(markdown(json.loads(OUT.read_text())))
+    if args.table:                                       # also redraws the plot from the saved results
+        saved = json.loads(OUT.read_text())
+        plot(saved["rows"])
+        print(markdown(saved))
         return
     runs, data = Path(args.runs), Path(args.data)
     runs.mkdir(parents=True, exist_ok=True)
@@ -191,20 +199,30 @@ def main() -> None:
     pairs = runs / "pairs.jsonl"
     if not (args.reuse and pairs.is_file()):
         t = time.perf_counter()
-        info["pairs"] = aigc("pairs", base, "--out", pairs, "--prompts", 100000, name="pairs")
+        info["pairs"] = aigc("pairs", base, "--out", pairs, "--prompts", 100000, "--per-prompt", 8, name="pairs")
         info["pairs"]["seconds"] = round(time.perf_counter() - t, 1)
     evals = pairs.with_suffix(".eval.jsonl")
+    info.setdefault("pairs", {"train_pairs": len(pairs.read_text().splitlines()),
+                              "held_out_pairs": len(evals.read_text().splitlines()), "reused": True})
     common = ["--init-from", base, "--set", "train.eval_every=0", "--set", "train.sample_every=0"]
     sft = runs / "sft.jsonl"
     sft.write_text("".join(json.dumps({"prompt": p["prompt"], "response": p["chosen"]}) + "\n"
                            for p in map(json.loads, pairs.read_text().splitlines())))
-    trained = {"sft": train(runs / "sft", [*common, "--data", "sft", "--data-dir", sft, "--minutes", args.minutes],
-                            args.reuse, "sft")}
+    preset = tomllib.loads((ROOT / "aigc" / "configs" / "gpt-preferences.toml").read_text())
+    same = ["--set", f"lr={preset['train']['lr']}", "--set", f"batch_size={preset['data']['batch_size']}", "--set",
+            f"warmup_steps={preset['train']['warmup_steps']}"]
+    trained = {"sft": train(runs / "sft", [*common, "--data", "sft", "--data-dir", sft, "--minutes", args.minutes,
+                                           *same], args.reuse, "sft")}
     pref = [*common, "--data", "preferences", "--data-dir", pairs, "--set", f"eval_file={evals}"]
     for beta in BETAS:
         trained[f"dpo beta={beta}"] = train(runs / f"dpo-{beta}", [*pref, "--set", "objective=dpo", "--set",
                                                                    f"beta={beta}", "--minutes", args.minutes],
                                             args.reuse, f"dpo beta={beta}")
+    for beta, ptx in PTX_ROWS:
+        trained[f"dpo beta={beta} ptx={ptx}"] = train(
+            runs / f"dpo-{beta}-ptx{ptx}", [*pref, "--set", "objective=dpo", "--set", f"beta={beta}", "--set",
+                                             f"ptx_weight={ptx}", "--minutes", args.minutes],
+            args.reuse, f"dpo beta={beta} ptx={ptx}")
     trained["reward model"] = train(runs / "reward", [*pref, "--set", "objective=reward", "--minutes", 5], args.reuse,
                                     "reward")
     rm_eval = aigc("eval", runs / "reward", "--quiet", name="reward eval")
@@ -215,6 +233,9 @@ def main() -> None:
     for beta in BETAS:
         key = f"dpo beta={beta}"
         rows[key] = {**m.policy(runs / f"dpo-{beta}"), "samples_per_completion": 1, **trained[key]}
+    for beta, ptx in PTX_ROWS:
+        key = f"dpo beta={beta} ptx={ptx}"
+        rows[key] = {**m.policy(runs / f"dpo-{beta}-ptx{ptx}"), "samples_per_completion": 1, **trained[key]}
     bon = m.best_of(runs / "reward")
     info["best_of_base_sampling_s"] = bon.pop("_base_sample_s")
     bon.pop("_base_first")

@@ -210,8 +210,8 @@ def test_dpo_eval_reward_model_and_best_of_n(task, capsys):
     r = eval_run(root / "dpo-sft", quiet=True)
     assert {"val_dpo_loss", "val_pair_accuracy", "val_rewards_margins", "num_pairs",
             "text_val_loss_change"} <= r.keys()
-    judged = r["judge"]
-    assert {"reward", "positive_rate", "win_rate", "kl_to_reference"} <= judged.keys()
+    judged = r
+    assert r["judge"] == "lexicon" and {"reward", "positive_rate", "win_rate", "kl_to_reference"} <= judged.keys()
     assert 0 <= judged["win_rate"] <= 1 and judged["num_prompts"] >= 1
     sets = ["batch_size=4", "eval_batches=1", "objective=reward", f"eval_file={root / 'pairs.eval.jsonl'}"]
     out = start_training("gpt", "preferences", None, sets, {"data.dir": str(root / "pairs.jsonl"), "train.steps": 4},
@@ -277,3 +277,55 @@ def test_cli_pairs_train_sample_and_errors(task, tmp_path):
     assert_clean_error(run_cli("train", "gpt", "--init-from", root / "base", "--data", "preferences", "--data-dir",
                                tmp_path / "p.jsonl", "--steps", 1, "--out", tmp_path / "y"), "objective=dpo")
     assert_clean_error(run_cli("pairs", root / "base", "--out", tmp_path / "p.txt"), ".jsonl")
+
+
+@pytest.mark.parametrize("objective", ["dpo", "reward"])
+def test_objective_skeleton(objective, tmp_path):
+    """As tests/test_families.py does for each family: a train step changes the weights (and never the reference),
+    an eval step does not, save -> load gives the same outputs."""
+    from aigc.io import checkpoint as ckpt
+    from aigc.io.rundir import CHECKPOINT, CONFIG
+    from aigc.recipes import build_config, recipe_class
+    from aigc.train.trainer import Optimizers
+
+    tok = CharTokenizer.train([play(20)])
+    (tmp_path / "tokenizer.json").write_text(tok.to_json())
+    rows = [{"prompt": "\n\nROMEO:\n", "chosen": "love is sweet.", "rejected": "death is foul."}] * 6
+    P.write_jsonl(tmp_path / "p.jsonl", rows)
+    sets = ["batch_size=2", "n_layer=1", "n_head=2", "n_embd=16", "block_size=32", f"objective={objective}",
+            "ptx_weight=0"]
+    cfg = build_config("gpt", "preferences", None, sets, {"data.dir": str(tmp_path / "p.jsonl"), "train.steps": 1})
+    cls = recipe_class("gpt")
+    torch.manual_seed(0)
+    data = cls.load_data(cfg, tmp_path)
+    recipe = cls(cfg)
+    recipe.tokenizer = data.tokenizer
+    torch.manual_seed(1)                                   # a run to tune from, with other weights than recipe's
+    ckpt.save_checkpoint(tmp_path / "base" / CHECKPOINT, ckpt.flat_state({"gpt": GPT(cfg.model)}), None, {})
+    recipe.init_from(tmp_path / "base")
+    if objective == "dpo":
+        ref = {k: v.clone() for k, v in recipe.reference.state_dict().items()}
+        assert all(torch.equal(ref[k], v) for k, v in recipe.model.state_dict().items())
+    before = {k: v.clone() for k, v in ckpt.flat_state(recipe.modules).items()}
+    opt = Optimizers(recipe.param_groups(), cfg.train, torch.device("cpu"))
+    batch = next(cls.make_batcher(data, cfg))
+    logs = recipe.train_step(batch, opt)
+    assert torch.isfinite(logs["loss"])
+    after = ckpt.flat_state(recipe.modules)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    if objective == "dpo":
+        assert all(torch.equal(ref[k], v) for k, v in recipe.reference.state_dict().items())
+        assert not any(p.requires_grad for p in recipe.reference.parameters())
+    for m in recipe.modules.values():
+        m.eval()
+    frozen = {k: v.clone() for k, v in after.items()}
+    with torch.no_grad():
+        ev = recipe.evaluate(data, max_batches=1)
+    assert "val_pair_accuracy" in ev and all(torch.equal(frozen[k], v) for k, v in ckpt.flat_state(
+        recipe.modules).items())
+    cfg.save(tmp_path / CONFIG)
+    ckpt.save_checkpoint(tmp_path / CHECKPOINT, ckpt.flat_state(recipe.modules), None, {})
+    recipe.save_artifacts(tmp_path, data)
+    _, loaded = open_run(tmp_path, torch.device("cpu"))
+    with torch.no_grad():
+        assert recipe.evaluate(data, max_batches=1) == loaded.evaluate(data, max_batches=1)

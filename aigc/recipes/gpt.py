@@ -103,11 +103,11 @@ class GPTRecipe(TextRecipe):
         asked_template = any(s.split("=")[0].strip() in ("template", "data.template") for s in sets)
         if init_data.get("name") in CHAT_DATA and not asked_template:      # tuning a chat run keeps its template
             cfg.data.template = init_data.get("template", cfg.data.template)
-        if getattr(cfg.model, "ptx_weight", 0) > 0 and cfg.data.name == "preferences" and not cfg.data.lm_text:
+        if cfg.model.objective == "dpo" and cfg.model.ptx_weight > 0 and not cfg.data.lm_text:
             if init_data.get("name") != "text" or not init_data.get("dir"):
                 raise AigcError(f"model.ptx_weight mixes in next-token loss on text: set data.lm_text (the run "
                                 f"{init_dir} was not trained on a text corpus aigc can reread)")
-            cfg.data.lm_text = init_data["dir"]              # the corpus the init run was trained on
+            cfg.data.lm_text = str(Path(init_data["dir"]).resolve())     # the corpus the init run was trained on
         asked = {k: getattr(cfg.model, k) for k in ARCH_KEYS}
         for k in ARCH_KEYS:
             setattr(cfg.model, k, init_model.get(k, getattr(cfg.model, k)))
@@ -172,6 +172,9 @@ class GPTRecipe(TextRecipe):
         if self.objective == "reward":
             r = self.reward(tokens, pref.last_positions(mask))
             return pref.bradley_terry_loss(r[:B], r[B:])
+        if self._reference_from is None:
+            raise AigcError("this DPO run has no reference model (reference.safetensors, written when it started "
+                            "from --init-from RUN)")
         logps = pref.response_logps(self.model, tokens, mask)
         if self.reference.wte.weight.device != tokens.device:
             self.reference.to(tokens.device)
@@ -234,7 +237,19 @@ class GPTRecipe(TextRecipe):
         acc = "val_rewards_accuracies" if self.objective == "dpo" else "val_accuracy"
         out["val_pair_accuracy"] = out.pop(acc)
         out[f"val_{self.objective}_loss"] = out.pop("val_loss")     # not the language-model val_loss
+        if self.objective == "dpo":                  # on the first 64 held-out prompts, 32 new tokens each
+            out["kl_to_reference"] = self.kl_to_reference(data.eval_prompts()[:64])
         return out
+
+    @torch.no_grad()
+    def kl_to_reference(self, prompts: list[str], max_new_tokens: int = 32) -> float:
+        """KL(policy || reference) in nats per completion of `prompts` (aigc/recipes/preference.py)."""
+        from aigc.data.text import apply_template
+
+        self.reference.to(self.device_of())
+        ids = [self.encode_prompt(apply_template(self.cfg.data.template, p)) for p in prompts]
+        streams = pref.sample_completions(self.model, self.tokenizer, ids, 1, max_new_tokens, seed=0)
+        return pref.sampled_kl(self.model, self.reference, streams, self.cfg.model.block_size)
 
     def _val_chars(self, data) -> int:
         """Characters of the predicted val text (for bits per character); 0 for SFT."""
@@ -263,9 +278,9 @@ class GPTRecipe(TextRecipe):
                 "units": "val_loss: nats per token; val_bpc: bits per character"}
 
     def full_eval_pairs(self, data, num=None) -> dict:
-        """Held-out pairs (loss, pair accuracy; DPO: trl's reward metrics); DPO with data.lm_text: the whole-val
-        loss of that text and its change from the reference; with data.judge: the judge on `num` held-out prompts
-        (default all): reward, positive_rate, win_rate and kl_to_reference."""
+        """Held-out pairs (loss, pair accuracy; DPO: trl's reward metrics). DPO also: kl_to_reference on `num`
+        held-out prompts (default all); with data.lm_text, the whole-val loss of that text and its change from the
+        reference; with data.judge, the judge on those prompts: reward, positive_rate, win_rate."""
         out = {**self.evaluate_pairs(data), "num_pairs": len(data.val), "objective": self.objective,
                "reference_split": "data.eval_file" if self.cfg.data.eval_file else "last 10% of the pairs"}
         if self.objective != "dpo":
@@ -276,15 +291,16 @@ class GPTRecipe(TextRecipe):
             mine = self.evaluate_lm(data.lm)["val_loss"]
             ref = self.evaluate_lm(data.lm, model=self.reference)["val_loss"]
             out.update(text_val_loss=mine, text_val_loss_change=round(mine - ref, 4))
-        if data.judge:
+        prompts = data.eval_prompts()[:num] if num else data.eval_prompts()
+        if not data.judge:
+            out["kl_to_reference"] = self.kl_to_reference(prompts)
+        else:
             from aigc.data.text import apply_template
             from aigc.metrics.sentiment import LexiconJudge
 
-            prompts = data.eval_prompts()[:num] if num else data.eval_prompts()
             ids = [self.encode_prompt(apply_template(self.cfg.data.template, p)) for p in prompts]
-            out["judge"] = {"judge": data.judge, "temperature": 1.0, **pref.judge_policy(
-                self.model, self.reference, self.tokenizer, self.cfg.model.block_size, prompts, ids,
-                LexiconJudge())}
+            out.update(judge=data.judge, temperature=1.0, **pref.judge_policy(
+                self.model, self.reference, self.tokenizer, self.cfg.model.block_size, prompts, ids, LexiconJudge()))
         return out
 
     # ---------------------------------------------------------------- sampling

@@ -154,6 +154,13 @@ def completion_logps(model, streams: list[TextStream], block_size: int, batch: i
     return torch.cat(out)
 
 
+def sampled_kl(policy, reference, streams: list[TextStream], block_size: int) -> float:
+    """KL(policy || reference) in nats per completion, estimated on completions sampled from the policy at
+    temperature 1: the mean of log pi(y|x) - log pi_ref(y|x)."""
+    kl = completion_logps(policy, streams, block_size) - completion_logps(reference, streams, block_size)
+    return round(kl.mean().item(), 4)
+
+
 def judge_policy(policy, reference, tokenizer, block_size: int, prompts: list[str], prompt_ids: list[list[int]],
                  judge, max_new_tokens: int = 32, seed: int = 0) -> dict:
     """On held-out prompts, one completion each from the policy (temperature 1): the judge's mean `reward`, the
@@ -169,8 +176,7 @@ def judge_policy(policy, reference, tokenizer, block_size: int, prompts: list[st
         ref_rewards = judge(prompts, [s.text for s in theirs])
         out["win_rate"] = round(sum((a > b) + 0.5 * (a == b) for a, b in zip(rewards, ref_rewards)) / len(prompts), 4)
         out["reference_reward"] = round(sum(ref_rewards) / len(prompts), 4)
-        kl = completion_logps(policy, mine, block_size) - completion_logps(reference, mine, block_size)
-        out["kl_to_reference"] = round(kl.mean().item(), 4)
+        out["kl_to_reference"] = sampled_kl(policy, reference, mine, block_size)
     return out
 
 
