@@ -163,7 +163,8 @@ def plot(rows: dict) -> None:
             for x, y, k in pts:
                 tag = k.split(" ")[0].replace("best-of-", "N=") if prefix == "best-of" else k[len("dpo "):]
                 if prefix == "dpo" or judge == "lexicon":
-                    ax.annotate(tag, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+                    ax.annotate(tag, (x, y), textcoords="offset points", xytext=(4, 4 if "ptx" in tag else -10),
+                                fontsize=7)
     ax.axhline(GOAL_POSITIVE, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlim(-0.05, 1.6 * max(r["kl_to_reference"] for r in rows.values()))
