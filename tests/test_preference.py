@@ -275,7 +275,8 @@ def test_cli_pairs_train_sample_and_errors(task, tmp_path):
     assert_clean_error(run_cli("train", "gpt", "--data", "preferences", "--data-dir", tmp_path / "p.jsonl",
                                "--set", "objective=dpo", "--steps", 1, "--out", tmp_path / "x"), "--init-from")
     assert_clean_error(run_cli("train", "gpt", "--init-from", root / "base", "--data", "preferences", "--data-dir",
-                               tmp_path / "p.jsonl", "--steps", 1, "--out", tmp_path / "y"), "objective=dpo")
+                               tmp_path / "p.jsonl", "--set", "objective=lm", "--steps", 1, "--out", tmp_path / "y"),
+                       "objective=dpo")                     # the preset gpt-preferences trains DPO by default
     assert_clean_error(run_cli("pairs", root / "base", "--out", tmp_path / "p.txt"), ".jsonl")
 
 
