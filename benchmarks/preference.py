@@ -110,7 +110,7 @@ class Measure:
     def best_of(self, rm_dir: Path | None, seed: int = 0) -> dict:
         """Best-of-N for N in NS from the same 64 base completions per prompt, by the lexicon and the reward model."""
         from aigc.metrics.sentiment import LexiconJudge, judge_report
-        from aigc.recipes.preference import RewardJudge, best_of_n_kl, sample_completions
+        from aigc.recipes.preference import RewardJudge, best_of_n_kl, sample_completions, win_rate
 
         n_max = max(NS)
         t = time.perf_counter()
@@ -133,9 +133,7 @@ class Measure:
                 for i in range(len(self.prompts)):
                     rows = range(i * n_max, i * n_max + n)
                     picked.append(truth[max(rows, key=lambda k: scores[k])])
-                rep = judge_report(picked)
-                win = sum((a > b) + 0.5 * (a == b) for a, b in zip(picked, other)) / len(picked)
-                out[f"best-of-{n} ({name})"] = {**rep, "win_rate": round(win, 4),
+                out[f"best-of-{n} ({name})"] = {**judge_report(picked), "win_rate": win_rate(picked, other),
                                                 "kl_to_reference": round(best_of_n_kl(n), 4),
                                                 "val_loss_change": 0.0, "samples_per_completion": n}
         out["_base_sample_s"] = round(sample_s, 1)

@@ -89,17 +89,23 @@ def _sequence(prompt: np.ndarray, response: np.ndarray, limit: int) -> tuple[np.
     return tokens, len(p)
 
 
-def pair_batch(pairs: list[Pair], block_size: int) -> dict:
-    """B pairs as (B, 2, ...) tensors, [:, 0] chosen and [:, 1] rejected, padded to the longest sequence (at most
-    block_size + 1 tokens)."""
-    seqs = [_sequence(p.prompt, resp, block_size + 1) for p in pairs for resp in (p.chosen, p.rejected)]
+def response_batch(rows, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt ids, response ids) rows as tokens int64 (N, T+1), zero-padded to the longest row (at most
+    block_size + 1 tokens, cut by `_sequence`), and a mask bool (N, T) that marks the response's tokens as targets."""
+    seqs = [_sequence(np.asarray(p, dtype=np.int64), np.asarray(r, dtype=np.int64), block_size + 1) for p, r in rows]
     T = max(len(t) for t, _ in seqs) - 1
     tokens = torch.zeros(len(seqs), T + 1, dtype=torch.long)
     mask = torch.zeros(len(seqs), T, dtype=torch.bool)
     for row, (t, start) in enumerate(seqs):
         tokens[row, :len(t)] = torch.from_numpy(t)
         mask[row, start - 1:len(t) - 1] = True              # the targets tokens[start:] are the response
-    return {"tokens": tokens.view(len(pairs), 2, T + 1), "loss_mask": mask.view(len(pairs), 2, T)}
+    return tokens, mask
+
+
+def pair_batch(pairs: list[Pair], block_size: int) -> dict:
+    """B pairs as (B, 2, ...) tensors, [:, 0] chosen and [:, 1] rejected (`response_batch` rows)."""
+    tokens, mask = response_batch([(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)], block_size)
+    return {"tokens": tokens.view(len(pairs), 2, -1), "loss_mask": mask.view(len(pairs), 2, -1)}
 
 
 class PairBatcher:

@@ -172,16 +172,10 @@ class GPTRecipe(TextRecipe):
         if self.objective == "reward":
             r = self.reward(tokens, pref.last_positions(mask))
             return pref.bradley_terry_loss(r[:B], r[B:])
-        if self._reference_from is None:
-            raise AigcError("this DPO run has no reference model (reference.safetensors, written when it started "
-                            "from --init-from RUN)")
+        reference = self.ready_reference()
         logps = pref.response_logps(self.model, tokens, mask)
-        if self.reference.wte.weight.device != tokens.device:
-            self.reference.to(tokens.device)
-        if self.reference.training or any(p.requires_grad for p in self.reference.parameters()):
-            raise AssertionError("the DPO reference model must stay frozen")
         with torch.no_grad():
-            ref = pref.response_logps(self.reference, tokens, mask)
+            ref = pref.response_logps(reference, tokens, mask)
         loss, logs = pref.dpo_loss(logps[:B], logps[B:], ref[:B], ref[B:], self.cfg.model.beta,
                                    self.cfg.model.dpo_loss)
         if self.cfg.model.sft_weight > 0:
@@ -193,6 +187,17 @@ class GPTRecipe(TextRecipe):
             loss = loss + self.cfg.model.ptx_weight * ptx
             logs["ptx_loss"] = ptx.detach()
         return loss, logs
+
+    def ready_reference(self) -> GPT:
+        """The DPO reference, on the policy's device (the trainer and open_run move only `modules`), checked frozen."""
+        if self._reference_from is None:
+            raise AigcError("this DPO run has no reference model (reference.safetensors, written when it started "
+                            "from --init-from RUN)")
+        if self.reference.wte.weight.device != self.model.wte.weight.device:
+            self.reference.to(self.model.wte.weight.device)
+        if self.reference.training or any(p.requires_grad for p in self.reference.parameters()):
+            raise AssertionError("the DPO reference model must stay frozen")
+        return self.reference
 
     def reward(self, tokens: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """Reward model: the scalar head on the final hidden state of token `last` of each row -> (B,)."""
@@ -246,10 +251,9 @@ class GPTRecipe(TextRecipe):
         """KL(policy || reference) in nats per completion of `prompts` (aigc/recipes/preference.py)."""
         from aigc.data.text import apply_template
 
-        self.reference.to(self.device_of())
         ids = [self.encode_prompt(apply_template(self.cfg.data.template, p)) for p in prompts]
         streams = pref.sample_completions(self.model, self.tokenizer, ids, 1, max_new_tokens, seed=0)
-        return pref.sampled_kl(self.model, self.reference, streams, self.cfg.model.block_size)
+        return pref.sampled_kl(self.model, self.ready_reference(), streams, self.cfg.model.block_size)
 
     def _val_chars(self, data) -> int:
         """Characters of the predicted val text (for bits per character); 0 for SFT."""
@@ -286,10 +290,10 @@ class GPTRecipe(TextRecipe):
         if self.objective != "dpo":
             return out
         out["beta"] = self.cfg.model.beta
-        self.reference.to(self.device_of())
+        reference = self.ready_reference()
         if data.lm is not None:                             # what tuning cost the language model, on its corpus
             mine = self.evaluate_lm(data.lm)["val_loss"]
-            ref = self.evaluate_lm(data.lm, model=self.reference)["val_loss"]
+            ref = self.evaluate_lm(data.lm, model=reference)["val_loss"]
             out.update(text_val_loss=mine, text_val_loss_change=round(mine - ref, 4))
         prompts = data.eval_prompts()[:num] if num else data.eval_prompts()
         if not data.judge:
@@ -300,7 +304,7 @@ class GPTRecipe(TextRecipe):
 
             ids = [self.encode_prompt(apply_template(self.cfg.data.template, p)) for p in prompts]
             out.update(judge=data.judge, temperature=1.0, **pref.judge_policy(
-                self.model, self.reference, self.tokenizer, self.cfg.model.block_size, prompts, ids, LexiconJudge()))
+                self.model, reference, self.tokenizer, self.cfg.model.block_size, prompts, ids, LexiconJudge()))
         return out
 
     # ---------------------------------------------------------------- sampling

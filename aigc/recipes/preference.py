@@ -135,22 +135,15 @@ def sample_completions(model, tokenizer, prompt_ids: list[list[int]], n: int, ma
 
 @torch.no_grad()
 def completion_logps(model, streams: list[TextStream], block_size: int, batch: int = 128) -> torch.Tensor:
-    """log p(completion | prompt) under `model` for each stream's generated tokens (prompt cropped to fit)."""
+    """log p(completion | prompt) under `model` for each stream's generated tokens (cut to fit as training pairs
+    are: data/preferences.py response_batch)."""
+    from aigc.data.preferences import response_batch
+
     out = []
     dev = next(model.parameters()).device
     for i in range(0, len(streams), batch):
-        rows, starts = [], []
-        for s in streams[i:i + batch]:
-            gen = list(s.tokens)[:block_size]
-            keep = max(1, min(len(s.prompt), block_size + 1 - len(gen)))
-            ids = list(s.prompt)[-keep:] + gen
-            rows.append(torch.as_tensor(ids, dtype=torch.long))
-            starts.append(keep)
-        tokens = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).to(dev)
-        mask = torch.zeros(len(rows), tokens.shape[1] - 1, device=dev)
-        for r, (x, st) in enumerate(zip(rows, starts)):
-            mask[r, st - 1:len(x) - 1] = 1
-        out.append(response_logps(model, tokens, mask).cpu())
+        tokens, mask = response_batch([(s.prompt, s.tokens) for s in streams[i:i + batch]], block_size)
+        out.append(response_logps(model, tokens.to(dev), mask.to(dev)).cpu())
     return torch.cat(out)
 
 
@@ -159,6 +152,11 @@ def sampled_kl(policy, reference, streams: list[TextStream], block_size: int) ->
     temperature 1: the mean of log pi(y|x) - log pi_ref(y|x)."""
     kl = completion_logps(policy, streams, block_size) - completion_logps(reference, streams, block_size)
     return round(kl.mean().item(), 4)
+
+
+def win_rate(rewards: list[float], others: list[float]) -> float:
+    """Share of `rewards` above the `others` of the same prompts, ties counting half."""
+    return round(sum((a > b) + 0.5 * (a == b) for a, b in zip(rewards, others)) / max(len(rewards), 1), 4)
 
 
 def judge_policy(policy, reference, tokenizer, block_size: int, prompts: list[str], prompt_ids: list[list[int]],
@@ -174,7 +172,7 @@ def judge_policy(policy, reference, tokenizer, block_size: int, prompts: list[st
     if reference is not None:
         theirs = sample_completions(reference, tokenizer, prompt_ids, 1, max_new_tokens, seed + 1)
         ref_rewards = judge(prompts, [s.text for s in theirs])
-        out["win_rate"] = round(sum((a > b) + 0.5 * (a == b) for a, b in zip(rewards, ref_rewards)) / len(prompts), 4)
+        out["win_rate"] = win_rate(rewards, ref_rewards)
         out["reference_reward"] = round(sum(ref_rewards) / len(prompts), 4)
         out["kl_to_reference"] = sampled_kl(policy, reference, mine, block_size)
     return out
