@@ -120,6 +120,22 @@ def test_pair_batch_masks_exactly_the_response_tokens():
     assert pref.last_positions(b["loss_mask"][0]).tolist() == [4, 6]          # each row's last token
 
 
+def test_a_reward_model_reads_pairs_as_long_as_its_context(tmp_path):
+    from aigc.config import RunConfig, TrainConfig
+    from aigc.recipes.gpt import GPTRecipe, GPTSettings
+
+    (tmp_path / "tokenizer.json").write_text(CharTokenizer.train(["abcdefgh"]).to_json())
+    P.write_jsonl(tmp_path / "p.jsonl", [{"prompt": "abcdef", "chosen": "gh" * 5, "rejected": "ab"}] * 4)
+    cfg = RunConfig("gpt", data_config("preferences", dir=str(tmp_path / "p.jsonl")),
+                    GPTSettings(vocab_size=8, block_size=8, n_layer=1, n_head=2, n_embd=16, objective="reward"),
+                    TrainConfig())
+    data = GPTRecipe.load_data(cfg, tmp_path)
+    batch = P.pair_batch(data.train[:2], data.block_size)
+    assert batch["tokens"].shape[-1] == 8                      # the whole sequence is the reward model's input
+    loss, _ = GPTRecipe(cfg).pair_loss(batch)
+    assert torch.isfinite(loss)
+
+
 def test_lexicon_judge():
     assert lexicon_reward("O sweet love, my fair Juliet") == 3
     assert lexicon_reward("Death! Foul murder; lovely") == -2

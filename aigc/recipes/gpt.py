@@ -83,7 +83,9 @@ class GPTRecipe(TextRecipe):
 
     @staticmethod
     def window(cfg) -> int:
-        return cfg.model.block_size
+        """Input tokens per example: the context for next-token losses (batches hold one more, the last target);
+        a reward model reads the whole sequence, so its batches must fit the context."""
+        return cfg.model.block_size - (cfg.model.objective == "reward")
 
     # ---------------------------------------------------------------- fine-tuning from a trained run
     @staticmethod

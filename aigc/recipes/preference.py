@@ -84,19 +84,18 @@ class RewardJudge:
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str], batch: int = 64) -> list[float]:
+        """Prompt (in the run's chat template) and completion encoded and cut as its training pairs were."""
+        from aigc.data.preferences import response_batch
         from aigc.data.text import apply_template
 
         r = self.recipe
-        tok, limit = r.tokenizer, r.cfg.model.block_size
+        tok, window = r.tokenizer, r.window(r.cfg)
         out = []
         for i in range(0, len(prompts), batch):
-            rows = []
-            for p, c in zip(prompts[i:i + batch], completions[i:i + batch]):
-                ids = tok.encode(apply_template(r.cfg.data.template, p) + c)[-limit:]
-                rows.append(torch.as_tensor(ids, dtype=torch.long))
-            lengths = torch.tensor([len(x) for x in rows])
-            tokens = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).to(r.device_of())
-            out += r.reward(tokens, lengths.to(tokens.device) - 1).tolist()
+            rows = [(tok.encode(apply_template(r.cfg.data.template, p)), tok.encode(c))
+                    for p, c in zip(prompts[i:i + batch], completions[i:i + batch])]
+            tokens, mask = response_batch(rows, window)
+            out += r.reward(tokens.to(r.device_of()), last_positions(mask).to(r.device_of())).tolist()
         return out
 
 
