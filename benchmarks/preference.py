@@ -74,7 +74,7 @@ def train(run_dir: Path, args: list, reuse: bool, name: str) -> dict:
 class Measure:
     """The held-out prompts, the base model, the validation text: what every policy is measured against."""
 
-    def __init__(self, base_dir: Path, corpus: Path, eval_pairs: Path):
+    def __init__(self, base_dir: Path, corpus: Path):
         from aigc.config import data_config
         from aigc.data.preferences import task_prompts
         from aigc.data.text import load_token_data, read_corpus
@@ -88,7 +88,6 @@ class Measure:
         self.ids = [self.base.encode_prompt(p) for p in self.prompts]
         self.val = load_token_data(data_config("text", dir=str(corpus)), self.block, base_dir / "tokenizer.json")
         self.base_val = self.val_loss(self.base)
-        self.eval_pairs = eval_pairs
 
     def val_loss(self, recipe) -> float:
         with torch.no_grad():
@@ -125,7 +124,6 @@ class Measure:
         if rm_dir is not None:
             _, rm = self.open_run(rm_dir, torch.device("cpu"))
             judges["reward model"] = RewardJudge(rm)([p for p in self.prompts for _ in range(n_max)], texts)
-        base_first = truth[::n_max]
         out = {}
         for name, scores in judges.items():
             for n in NS:
@@ -137,7 +135,6 @@ class Measure:
                                                 "kl_to_reference": round(best_of_n_kl(n), 4),
                                                 "val_loss_change": 0.0, "samples_per_completion": n}
         out["_base_sample_s"] = round(sample_s, 1)
-        out["_base_first"] = judge_report(base_first)
         return out
 
 
@@ -226,7 +223,7 @@ def main() -> None:
                                     "reward")
     rm_eval = aigc("eval", runs / "reward", "--quiet", name="reward eval")
     print("[measure] held-out prompts ...", file=sys.stderr, flush=True)
-    m = Measure(base, data, evals)
+    m = Measure(base, data)
     rows = {"base": {**m.policy(base), "samples_per_completion": 1}}
     rows["sft"] = {**m.policy(runs / "sft"), "samples_per_completion": 1, **trained["sft"]}
     for beta in BETAS:
@@ -237,7 +234,6 @@ def main() -> None:
         rows[key] = {**m.policy(runs / f"dpo-{beta}-ptx{ptx}"), "samples_per_completion": 1, **trained[key]}
     bon = m.best_of(runs / "reward")
     info["best_of_base_sampling_s"] = bon.pop("_base_sample_s")
-    bon.pop("_base_first")
     rows.update(bon)
     dpos = {k: r for k, r in rows.items() if k.startswith("dpo")}
     meets = {k: r["positive_rate"] >= GOAL_POSITIVE and r["val_loss_change"] <= GOAL_LOSS for k, r in dpos.items()}

@@ -64,7 +64,6 @@ class PreferenceData:
     judge: str = ""
     note: str = ""
     lm: object = None                    # TokenData of data.lm_text when the next-token loss is mixed in
-    sft = None                           # (what TokenData has for the GPT recipe's checks)
 
     def describe(self) -> str:
         return (f"{len(self.train)} preference pairs ({len(self.val)} held out), {self.tokenizer.kind} tokenizer "

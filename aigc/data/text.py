@@ -243,15 +243,11 @@ def read_jsonl(path: Path, keys: tuple[str, ...]):
         yield lineno, d
 
 
-def check_template(template: str) -> None:
+def apply_template(template: str, prompt: str) -> str:
+    """The chat template around one user message: 'User: {prompt}\nBot: ' makes 'User: hi\nBot: '."""
     if template.count("{prompt}") != 1:
         raise AigcError(f"data.template must contain '{{prompt}}' once (where the user's message goes), got "
                         f"{template!r}")
-
-
-def apply_template(template: str, prompt: str) -> str:
-    """The chat template around one user message: 'User: {prompt}\nBot: ' makes 'User: hi\nBot: '."""
-    check_template(template)
     return template.replace("{prompt}", prompt)
 
 

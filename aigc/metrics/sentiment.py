@@ -37,14 +37,12 @@ def lexicon_reward(text: str) -> int:
 
 class LexiconJudge:
     """judge(prompts, completions) -> rewards; the prompt is not read (the completion alone is judged)."""
-    name = "lexicon"
 
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
         return [float(lexicon_reward(c)) for c in completions]
 
 
-def judge_report(rewards: list[float], prefix: str = "") -> dict:
+def judge_report(rewards: list[float]) -> dict:
     """Mean reward and the share of positive (reward > 0) completions."""
     n = max(len(rewards), 1)
-    return {f"{prefix}reward": round(sum(rewards) / n, 4),
-            f"{prefix}positive_rate": round(sum(r > 0 for r in rewards) / n, 4)}
+    return {"reward": round(sum(rewards) / n, 4), "positive_rate": round(sum(r > 0 for r in rewards) / n, 4)}

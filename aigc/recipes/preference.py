@@ -80,7 +80,6 @@ class RewardJudge:
 
     def __init__(self, recipe):
         self.recipe = recipe
-        self.name = "reward model"
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str], batch: int = 64) -> list[float]:
