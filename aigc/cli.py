@@ -11,8 +11,9 @@ import click
 from aigc.errors import AigcError, Interrupted
 from aigc.generation import MAX_NEW_TOKENS
 
-FAMILY_HELP = "vae | gpt | gan | text-gan | diffusion | video-gan | video-diffusion"
-DATASET_HELP = "mnist | shapes | images (images); moving-shapes | moving-mnist (video); text | code | sft (gpt)"
+FAMILY_HELP = "vae | gpt | gan | text-gan | diffusion | video-gan | video-diffusion | captioner"
+DATASET_HELP = ("mnist | shapes | images (images); moving-shapes | moving-mnist (video); text | code | sft | "
+                "preferences (gpt)")
 
 
 def unescape_stop(text: str) -> str:
@@ -80,7 +81,7 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
     """Train FAMILY on a dataset, or continue a run with --resume RUN.
 
     \b
-    FAMILY: vae | gpt | gan | text-gan | diffusion | video-gan | video-diffusion. Without --config, the
+    FAMILY: vae | gpt | gan | text-gan | diffusion | video-gan | video-diffusion | captioner. Without --config, the
     preset configs/FAMILY-DATASET.toml is used when there is one.
     \b
       aigc train gpt --data text --data-dir input.txt --minutes 10
@@ -121,6 +122,10 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
 @click.option("--prompt", help="text prompt (language models, text-conditional models)")
 @click.option("--prompt-file", type=click.Path(), help="read the prompt from this UTF-8 file")
 @click.option("--label", type=int, help="class label (class-conditional models)")
+@click.option("--image", "images", multiple=True, type=click.Path(),
+              help="captioners: an image to caption (repeatable): PNG/JPEG, an npz sample file, or a GIF for a "
+                   "clip model")
+@click.option("--beam", type=click.IntRange(1, 64), help="captioners: beam search of this width (default: greedy)")
 @click.option("--steps", type=int, help="sampler steps (diffusion)")
 @click.option("--guidance", type=FINITE, help="classifier-free guidance scale (conditional diffusion): 1 = "
                                              "conditional, "
@@ -138,7 +143,7 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
               help="text: tokens to generate (default 500)")
 @click.option("--temperature", type=FINITE, help="text: 0 = greedy (default 0.8; text GAN 1)")
 @click.option("--top-k", type=int, help="text: sample among the k most likely tokens")
-@click.option("--top-p", type=FINITE, help="text: nucleus sampling, the smallest set with probability >= p")
+@click.option("--top-p", type=FINITE, help="text, captions: nucleus sampling, the smallest set with probability >= p")
 @click.option("--stop", multiple=True, help="text: stop a sample at this string (repeatable; \\n and \\t are "
                                             "read as newline/tab)")
 @click.option("--best-of", type=click.IntRange(1, 1024), help="text: draw N samples per sample asked for and keep "
@@ -148,10 +153,11 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
 @click.option("--stream", is_flag=True, help="text: print tokens as they are produced")
 @click.option("--no-ema", is_flag=True, help="use the raw weights even when EMA weights exist")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
-def sample(run, num, out, prompt, prompt_file, label, steps, guidance, sampler, frames, seed, what, max_new_tokens,
-           temperature, top_k, top_p, stop, best_of, judge, stream, no_ema, device):
+def sample(run, num, out, prompt, prompt_file, label, images, beam, steps, guidance, sampler, frames, seed, what,
+           max_new_tokens, temperature, top_k, top_p, stop, best_of, judge, stream, no_ema, device):
     """Generate samples from a trained RUN: a PNG grid or npz for image models, an animated GIF grid or npz
-    for video models, text for language models. An option the model does not take is an error."""
+    for video models, text for language models, captions of --image files for captioners (one line per image:
+    file, tab, caption). An option the model does not take is an error."""
     from aigc.generation import Request
     from aigc.run import sample_run
 
@@ -162,15 +168,17 @@ def sample(run, num, out, prompt, prompt_file, label, steps, guidance, sampler, 
             prompt = Path(prompt_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise AigcError(f"cannot read --prompt-file {prompt_file}: {e}") from None
-    request = Request(num=num, seed=seed, prompt=prompt, label=label, steps=steps, guidance=guidance, sampler=sampler,
-                      frames=frames, what=what, temperature=temperature, top_k=top_k, top_p=top_p,
-                      max_new_tokens=max_new_tokens, stop=tuple(map(unescape_stop, stop)), best_of=best_of,
-                      judge=judge)
+    request = Request(num=num, seed=seed, prompt=prompt, label=label, image=tuple(images), beam=beam, steps=steps,
+                      guidance=guidance, sampler=sampler, frames=frames, what=what, temperature=temperature,
+                      top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, stop=tuple(map(unescape_stop, stop)),
+                      best_of=best_of, judge=judge)
     echo = (lambda piece: click.echo(piece, nl=False)) if stream else None
     result, path = sample_run(run, request, out=out, ema=not no_ema, device=device, stream=echo)
     if result.kind == "text":
         if stream:
             click.echo()
+        elif not out and result.images is not None:             # captions: one line per image
+            click.echo("\n".join(f"{name}\t{text}" for name, text in zip(result.images, result.texts)))
         elif not out:
             click.echo("\n\n".join(result.texts))
         if out:
@@ -214,10 +222,12 @@ def pairs(run, out, prompts, per_prompt, max_new_tokens, data_dir, seed):
 @click.option("--data", "dataset", help="with --samples: the dataset to compare against (mnist | shapes | "
                                         "images | moving-shapes | moving-mnist)")
 @click.option("--data-dir", type=click.Path(), help="with --samples: folder of the dataset's files")
+@click.option("--captioner", type=click.Path(), help="text-to-image/video RUN: also caption its samples with this "
+                                                    "captioner run and judge the captions against the prompts")
 @click.option("--out", type=click.Path(), help="also write the JSON here")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def eval_(run, num, iwae_k, samples_file, dataset, data_dir, out, device, quiet):
+def eval_(run, num, iwae_k, samples_file, dataset, data_dir, captioner, out, device, quiet):
     """Evaluate a trained RUN (or a --samples FILE.npz); prints one JSON object, saved as RUN/eval.json.
 
     \b
@@ -235,7 +245,7 @@ def eval_(run, num, iwae_k, samples_file, dataset, data_dir, out, device, quiet)
     else:
         if not run:
             raise AigcError("say what to evaluate: aigc eval RUN, or aigc eval --samples FILE.npz --data DATASET")
-        result = eval_run(run, num=num, k=iwae_k, out=out, device=device, quiet=quiet)
+        result = eval_run(run, num=num, k=iwae_k, out=out, device=device, quiet=quiet, captioner=captioner)
     click.echo(json.dumps(result, indent=1))
 
 

@@ -28,6 +28,7 @@ FLAGS = {"num": "--num", "seed": "--seed", "prompt": "--prompt", "label": "--lab
          "steps": "--steps", "guidance": "--guidance", "sampler": "--sampler", "frames": "--frames",
          "what": "--what", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
          "max_new_tokens": "--max-new-tokens", "stop": "--stop", "best_of": "--best-of", "judge": "--judge",
+         "beam": "--beam",
          "messages": "messages"}
 ALWAYS = frozenset({"num", "seed"})
 # what each field is for, said when a model refuses it
@@ -35,7 +36,8 @@ FOR = {"prompt": "text-conditional models and language models", "label": "class-
        "image": "captioning models", "steps": "diffusion models", "guidance": "conditional diffusion models",
        "sampler": "diffusion models", "frames": "video models",
        "what": "image models (VAE: reconstructions, interpolation; diffusion: trajectory)",
-       "temperature": "text models", "top_k": "language models", "top_p": "language models",
+       "temperature": "text models", "top_k": "language models", "top_p": "language models and captioners",
+       "beam": "captioners (beam search)",
        "max_new_tokens": "language models", "stop": "language models", "best_of": "language models",
        "judge": "best-of-N sampling (--best-of)", "messages": "chat models (a GPT tuned on sft or preferences data)"}
 MAX_BEST_OF = 1024
@@ -48,7 +50,7 @@ class Request:
     seed: int = 0
     prompt: str | None = None            # text-conditional models and language models
     label: int | None = None             # class-conditional models
-    image: str | None = None             # models that take an input image (captioners)
+    image: tuple = ()                    # captioners: what to caption, each a file path, file bytes or a uint8 array
     steps: int | None = None             # diffusion sampler steps
     guidance: float | None = None        # classifier-free guidance scale
     sampler: str | None = None           # diffusion sampler name
@@ -62,6 +64,7 @@ class Request:
     best_of: int | None = None           # best-of-N: N samples per sample asked for, the judge keeps the best
     judge: str | None = None             # "lexicon" or a reward-model run
     messages: tuple[tuple[str, str], ...] = ()     # a chat of (role, content), instead of a prompt
+    beam: int | None = None              # captioners: beam search of this width
 
     def given(self) -> set[str]:
         """The names of the fields set to something other than 'not given'."""
@@ -78,6 +81,7 @@ class Request:
 class Text:
     texts: list[str]
     prompts: list[str] | None = None
+    images: list[str] | None = None      # captions: the name of the image each text describes
     kind = "text"
 
 

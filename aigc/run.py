@@ -15,6 +15,7 @@ from aigc.generation import Request, generate
 from aigc.io import rundir
 from aigc.io.samples import check_out, write_result
 from aigc.recipes import build_config, open_run, recipe_class
+from aigc.recipes.captioner import read_array
 from aigc.threads import ThreadPolicy
 from aigc.train import Trainer, dist, pick_device
 
@@ -130,16 +131,21 @@ def sample_run(run, request: Request, out=None, ema: bool = True, device: str = 
     return result, write_result(result, out)
 
 
-def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False, sample_num=None) -> dict:
+def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False, sample_num=None, captioner=None) -> dict:
     """The family's own measures (recipe.full_eval) on `num` eval examples (default: all), plus the dataset's
-    sample-quality metrics on `sample_num` (default: num, else recipe.EVAL_SAMPLES) generated samples."""
+    sample-quality metrics on `sample_num` (default: num, else recipe.EVAL_SAMPLES) generated samples; with a
+    `captioner` run, its captions of text-conditional samples judged against their prompts (`caption_judge`)."""
     from tqdm import tqdm
 
     run_dir = rundir.check_run_dir(run)
+    cap_dir = rundir.check_run_dir(captioner) if captioner else None
     if out:
         rundir.check_writable(out)                    # before the work, so that its result is not lost
     ThreadPolicy().start()
     cfg, recipe = open_run(run_dir, pick_device(device))
+    if cap_dir is not None and not (recipe.EVAL_SAMPLES and "prompt" in recipe.accepts()):
+        raise AigcError(f"--captioner judges the samples of a text-conditional image or video model; this "
+                        f"{recipe.describe_model()} makes none")
     data = recipe.load_data(cfg, run_dir)
     t0 = time.perf_counter()
     torch.manual_seed(0)
@@ -149,10 +155,26 @@ def eval_run(run, num=None, k=1000, out=None, device="auto", quiet=False, sample
             else None
     if samples is not None:                      # outside no_grad: the feature classifier may train first
         result["sample_quality"] = data.score_result(samples)
+    if cap_dir is not None:
+        result["caption_judge"] = judge_by_captions(cap_dir, samples, data, pick_device(device))
     result = {"family": cfg.family, "dataset": cfg.data.name, "run": str(run_dir),
               "step": _last_step(run_dir), **result, "eval_seconds": round(time.perf_counter() - t0, 1)}
     _write_json(result, run_dir / rundir.EVAL, out)
     return result
+
+
+def judge_by_captions(cap_dir: Path, samples, data, device) -> dict:
+    """Caption text-conditional samples with the captioner run `cap_dir` and let the dataset compare the captions
+    with the prompts (and, for shapes, with its detector): the judge that still works on a user's own data."""
+    _, cap = open_run(cap_dir, device)
+    if "image" not in cap.accepts():
+        raise AigcError(f"--captioner {cap_dir} is a {cap.describe_model()}, not a captioner")
+    arrays = samples.images if samples.kind == "images" else samples.videos
+    with torch.no_grad():
+        captions = cap.caption(torch.stack([read_array(a, cap.cfg) for a in arrays]))
+    report = data.judge_captions(samples.channels_first(), samples.prompts, captions)
+    return {**report, "captioner": str(cap_dir), "decoding": cap.decoding_name(),
+            "examples": [{"prompt": p, "caption": c} for p, c in zip(samples.prompts[:5], captions[:5])]}
 
 
 def eval_samples(path, dataset, data_dir=None, out=None) -> dict:

@@ -34,7 +34,11 @@ CASES = {
     "video-gan": ("moving-shapes", [*CLIPS, "g_width=8", "d_width=8", "z_dim=8"], {"guidance": 2.0}),
     "video-diffusion": ("moving-shapes", [*CLIPS, "width=16", "heads=2", "groups=4", "mults=[1, 2]", "sample_steps=2",
                                           "train_frames=2"], {"top_p": 0.5}),
+    "captioner": ("shapes", [*SHAPES, "n_layer=1", "n_head=2", "n_embd=16", "enc_width=8", "grid=4", "block_size=12"],
+                  {"steps": 2}),
 }
+# what a family needs in every request beyond num and seed (a captioner: the images to caption)
+NEEDS = {"captioner": lambda: {"num": None, "image": tuple(np.zeros((2, 32, 32, 3), np.uint8) + 200)}}
 
 
 def test_every_family_has_a_case():
@@ -99,7 +103,8 @@ def test_family_skeleton(family, mnist_dir, corpus, tmp_path):
     assert all(torch.equal(after[k], v) for k, v in weights(recipe).items())
 
     # generate returns the declared kind and shape, the same for the same request and seed
-    result = generate(recipe, Request(num=2, seed=3))
+    request = Request(**{"num": 2, "seed": 3, **NEEDS.get(family, dict)()})
+    result = generate(recipe, request)
     assert result.kind == recipe.output
     if result.kind == "images":
         assert result.images.dtype == np.uint8 and result.images.shape == (2, *data.image_shape[1:],
@@ -109,18 +114,18 @@ def test_family_skeleton(family, mnist_dir, corpus, tmp_path):
         assert result.videos.dtype == np.uint8 and result.videos.shape == (2, t, h, w, c)
     else:
         assert len(result.texts) == 2 and all(isinstance(t, str) for t in result.texts)
-    assert np.array_equal(payload(generate(recipe, Request(num=2, seed=3))), payload(result))
+    assert np.array_equal(payload(generate(recipe, request)), payload(result))
 
     # save -> load gives the same outputs
     save_run(recipe, cfg, run)
     _, loaded = open_run(run, torch.device("cpu"), ema=False)
     assert all(torch.equal(after[k], v) for k, v in weights(loaded).items())
-    assert np.array_equal(payload(generate(loaded, Request(num=2, seed=3))), payload(result))
+    assert np.array_equal(payload(generate(loaded, request)), payload(result))
 
     # a request field the family does not take is a clear error that names it
     field, value = next(iter(CASES[family][2].items()))
     with pytest.raises(AigcError, match="does not apply"):
-        generate(recipe, Request(num=1, **{field: value}))
+        generate(recipe, Request(**{"num": 1, **NEEDS.get(family, dict)(), field: value}))
 
 
 @pytest.mark.parametrize("field,value,words", [("guidance", float("nan"), "--guidance must be a finite number"),

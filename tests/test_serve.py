@@ -32,7 +32,7 @@ SHAKESPEARE = "ROMEO: but soft, what light through yonder window breaks? It is t
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Tiny trained runs: a char GPT, an SFT chat model fine-tuned from it, text-to-image diffusion on shapes
-    (20 noise levels) and video diffusion on moving-shapes."""
+    (20 noise levels), video diffusion on moving-shapes and a captioner on shapes."""
     root = tmp_path_factory.mktemp("serve-runs")
     corpus = root / "corpus.txt"
     corpus.write_text(SHAKESPEARE, encoding="utf-8")
@@ -49,7 +49,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     clips = ["num_eval=4", "frames=4", "batch_size=2", "width=16", "heads=2", "groups=4", "mults=[1, 2]",
              "sample_steps=2", "train_frames=2", "T=20", "eval_batches=1"]
     start_training("video-diffusion", "moving-shapes", None, clips, {"train.steps": 2}, root / "clip", False, True)
-    return {name: root / name for name in ("gpt", "chat", "t2i", "clip")}
+    cap = ["num_train=64", "num_eval=16", "batch_size=8", "n_layer=1", "n_head=2", "n_embd=16", "enc_width=8", "grid=4",
+           "block_size=12", "eval_batches=1"]
+    start_training("captioner", "shapes", None, cap, {"train.steps": 2}, root / "cap", False, True)
+    return {name: root / name for name in ("gpt", "chat", "t2i", "clip", "cap")}
 
 
 def free_port() -> int:
@@ -119,7 +122,7 @@ def test_openai_client_completions_plain_and_streamed(url, runs):
     from openai import OpenAI
 
     client = OpenAI(base_url=url + "/v1", api_key="unused")
-    assert [m.id for m in client.models.list().data] == ["gpt", "chat", "t2i", "clip"]
+    assert [m.id for m in client.models.list().data] == ["gpt", "chat", "t2i", "clip", "cap"]
     plain = client.completions.create(model="gpt", prompt="ROMEO:", max_tokens=24, seed=5, temperature=0.9)
     expected = same_as_sample(runs["gpt"], prompt="ROMEO:", max_new_tokens=24, seed=5, temperature=0.9).texts[0]
     assert plain.choices[0].text == expected and len(expected) > 0
@@ -156,6 +159,30 @@ def test_images_generate_matches_sample(url, runs):
     assert len(r.data) == 3
     for d, img in zip(r.data, expected.images):
         assert np.array_equal(png(d.b64_json).reshape(img.shape), img)
+
+
+def png_bytes_of(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_captions_route_matches_sample(url, runs, tmp_path):
+    from aigc.data.shapes import generate as render
+
+    images, _ = render(3, seed=4)
+    files = [png_bytes_of(im.permute(1, 2, 0).numpy()) for im in images]
+    body = {"model": "cap", "images": [base64.b64encode(f).decode() for f in files], "beam": 2, "seed": 1}
+    r = httpx.post(url + "/v1/captions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    paths = []
+    for i, f in enumerate(files):
+        paths.append(tmp_path / f"{i}.png")
+        paths[-1].write_bytes(f)
+    expected = same_as_sample(runs["cap"], image=tuple(map(str, paths)), beam=2, seed=1).texts
+    assert [d["text"] for d in r.json()["data"]] == expected and [d["index"] for d in r.json()["data"]] == [0, 1, 2]
+    sampled = httpx.post(url + "/v1/captions", json={**body, "beam": None, "top_p": 0.9, "n": 2}, timeout=60).json()
+    assert [d["index"] for d in sampled["data"]] == [0, 0, 1, 1, 2, 2]
 
 
 def test_video_route_and_progress_events(url):
@@ -210,6 +237,12 @@ BAD = [
     ("/v1/images/generations", {"model": "t2i", "n": 1000}, 400, "n must be at most"),
     ("/v1/videos/generations", {"model": "clip", "frames": 9}, 400, "frame"),
     ("/v1/completions", {"model": "gpt", "prompt": "a" * 30_000}, 400, "characters"),
+    ("/v1/captions", {"model": "cap", "images": ["bm90IGFuIGltYWdl"]}, 400, "not a readable image"),
+    ("/v1/captions", {"model": "cap", "images": ["%%%"]}, 400, "base64"),
+    ("/v1/captions", {"model": "cap", "images": []}, 422, "images"),
+    ("/v1/captions", {"model": "cap", "images": ["bm90"], "n": 2}, 400, "top_p"),
+    ("/v1/captions", {"model": "t2i", "images": ["bm90"]}, 400, "does not caption"),
+    ("/v1/completions", {"model": "cap", "prompt": "a"}, 400, "prompt does not apply"),
 ]
 
 

@@ -118,7 +118,8 @@ class Dataset:
     binarize: bool = False                              # dynamic binarisation of training batches
     caption_dropout: float = 0.0
     holdout: list = field(default_factory=list)         # (color, shape) pairs never trained on
-    text_vocab: list = field(default_factory=list)      # captioned data: the caption words
+    text_vocab: list = field(default_factory=list)      # captioned data: the caption words (or BPE merges)
+    text_tokens: str = "words"                          # how text_vocab reads: words | bpe (tokenizers.CaptionTokens)
     note: str = ""                                      # said once when loaded (e.g. skipped files)
     reference_split: str = "eval"                       # what the sample metrics compare against
     reference: torch.Tensor | None = None               # those images (default: eval.images, before binarising)
@@ -173,25 +174,55 @@ class Dataset:
                 raise AigcError(f"dataset '{self.name}' has no class labels to score class accuracy against")
             if labels.min() < 0 or labels.max() >= self.num_classes:
                 raise AigcError(f"labels must lie in 0..{self.num_classes - 1}")
-        if prompts is not None:
+        skipped = {}
+        if prompts is not None and self.text_tokens == "bpe":         # a captioned folder: no detector knows it
+            skipped["prompt_metrics"] = ("skipped: no detector reads a user's captions off the pixels; judge the "
+                                         "samples with a captioner (aigc eval RUN --captioner CAPTIONER_RUN)")
+        elif prompts is not None:
             raise AigcError(f"prompt accuracy needs the built-in 'shapes' data (a detector reads its attributes off "
                             f"the pixels), not '{self.name}'")
         if len(images) < MIN_SAMPLES:
             return {"feature_metrics": f"skipped: {len(images)} samples (< {MIN_SAMPLES}) are too few for FID/KID/PR",
-                    "num_samples": len(images)}
+                    "num_samples": len(images), **skipped}
         try:
             net, info = self.classifier()
         except AigcError as e:                      # e.g. an unlabelled image folder: no feature classifier
-            return {"feature_metrics": f"skipped: {e}", "num_samples": len(images)}
+            return {"feature_metrics": f"skipped: {e}", "num_samples": len(images), **skipped}
         ref = self.reference_images
         report = image_report(net, self.name, ref, images, self.train.images[:len(images)],
                               labels=labels if self.class_scored else None, ref_split=self.reference_split)
         report["classifier_test_accuracy"] = info.get("test_accuracy")
-        return report
+        return {**report, **skipped}
+
+    # ---------------------------------------------------------------- scoring captions (the captioner family)
+    def score_captions(self, texts: list[str], index: torch.Tensor) -> dict:
+        """Captions decoded free-running for the eval split's items `index`: BLEU-4 against their own captions and
+        the share equal to them (case and spacing aside). Datasets whose captions a parser reads add attribute
+        accuracy."""
+        from aigc.metrics.captions import bleu4
+
+        refs = self.eval.captions(index)
+        return {**bleu4(texts, refs), "exact_match": exact_match(texts, refs), "num_samples": len(texts),
+                "reference_split": f"{self.name} eval split"}
+
+    def judge_captions(self, images: torch.Tensor, prompts: list[str], captions: list[str]) -> dict:
+        """A captioner's captions of generated samples against the prompts they were made for (the judge that works
+        on a user's own data, where no detector exists): BLEU-4 and exact match."""
+        from aigc.metrics.captions import bleu4
+
+        out = bleu4(captions, prompts)
+        return {"caption_judge_bleu4": out["bleu4"], "caption_judge_exact_match": exact_match(captions, prompts),
+                "bleu_signature": out["bleu_signature"], "num_samples": len(captions)}
 
     def score_result(self, result) -> dict:
         """Score a generation result (aigc/generation.py) of this dataset's kind."""
         return self.score(result.channels_first(), result.label_tensor(), result.prompts)
+
+
+def exact_match(texts: list[str], refs: list[str]) -> float:
+    """The share of texts equal to their reference, ignoring case and spacing."""
+    same = [" ".join(t.lower().split()) == " ".join(r.lower().split()) for t, r in zip(texts, refs)]
+    return round(sum(same) / max(len(same), 1), 4)
 
 
 class Batcher:

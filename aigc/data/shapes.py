@@ -265,6 +265,28 @@ def parse_caption(text: str) -> dict[str, int]:
     return out
 
 
+def write_folder(folder, n: int, seed: int = 0) -> list[str]:
+    """n shapes images as PNG files plus a metadata.jsonl with their full captions: a captioned image folder (the
+    `images` dataset's format) that stands in for a user's own pictures in tests and benchmarks. Returns the
+    captions, in file order."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images, attrs = generate(n, seed)
+    caps = captions(attrs, torch.arange(n))
+    lines = []
+    for i, (img, cap) in enumerate(zip(images, caps)):
+        name = f"{i:05d}.png"
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / name)
+        lines.append(json.dumps({"file_name": name, "text": cap}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return caps
+
+
 # ---------------------------------------------------------------- the `shapes` dataset
 @dataclass
 class Config(ImageConfig):
@@ -291,6 +313,46 @@ class ShapesDataset(Dataset):
         out = super().score(images, labels, None)
         if prompts is not None:
             out.update(prompt_accuracy(images, prompts, self.holdout))
+        return out
+
+    def score_captions(self, texts: list[str], index: torch.Tensor) -> dict:
+        """BLEU-4 and, read back by `parse_caption`, the accuracy of every attribute against the image's own
+        (`caption_accuracy`: all four right), apart for the held-out (color, shape) pairs when there are any."""
+        from aigc.metrics.captions import attribute_accuracy, read_attributes
+
+        keys = ("color", "shape", "size", "position")
+        read = read_attributes(texts, parse_caption, keys)
+        truth = {k: self.eval.attrs[k][index] for k in keys}
+        out = {**super().score_captions(texts, index), **attribute_accuracy(read, truth)}
+        if self.holdout:
+            pairs = parse_holdout(self.holdout)
+            held = torch.tensor([p in pairs for p in zip(truth["color"].tolist(), truth["shape"].tolist())])
+            for name, sel in (("seen", ~held), ("holdout", held)):
+                if sel.any():
+                    sub = attribute_accuracy({k: v[sel] for k, v in read.items()},
+                                             {k: v[sel] for k, v in truth.items()})
+                    out[f"caption_accuracy_{name}"] = sub["caption_accuracy"]
+                    out[f"num_{name}"] = int(sel.sum())
+        return out
+
+    def judge_captions(self, images, prompts, captions) -> dict:
+        """Captions as a second judge of text-to-image samples: how often the captions name what the prompts asked
+        for (`caption_judge_accuracy`, every attribute the prompt names), beside the detector's prompt accuracy on
+        the same samples, and how often the two judges agree, per sample (`judge_agreement`: both say right or both
+        say wrong) and per attribute (the caption's reading equals the detector's)."""
+        keys = ("color", "shape", "size", "position")
+        want = [parse_caption(p) for p in prompts]
+        said = [parse_caption(c) for c in captions]
+        det = detect(images)
+        cap_ok = torch.tensor([all(s.get(k) == v for k, v in w.items()) for w, s in zip(want, said)])
+        det_ok = torch.tensor([all(int(det[k][i]) == v for k, v in w.items()) for i, w in enumerate(want)])
+        out = {**super().judge_captions(images, prompts, captions),
+               "caption_judge_accuracy": round(float(cap_ok.double().mean()), 4),
+               "detector_prompt_accuracy": round(float(det_ok.double().mean()), 4),
+               "judge_agreement": round(float((cap_ok == det_ok).double().mean()), 4)}
+        for k in keys:
+            read = torch.tensor([s.get(k, -1) for s in said])
+            out[f"{k}_agreement"] = round(float((read == det[k]).double().mean()), 4)
         return out
 
 

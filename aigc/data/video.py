@@ -92,6 +92,16 @@ class MovingShapes(VideoDataset):
             requested = {k: torch.tensor([p.get(k, -1) for p in parsed]) for k in ("color", "shape", "direction")}
         return {"num_samples": len(videos), **clip_metrics(detect_shape_clips(videos), requested)}
 
+    def score_captions(self, texts: list[str], index: torch.Tensor) -> dict:
+        """BLEU-4 and, read back by `parse_clip_caption`, the accuracy of shape, color and direction against the
+        clip's own (`caption_accuracy`: all three right)."""
+        from aigc.metrics.captions import attribute_accuracy, read_attributes
+
+        keys = ("color", "shape", "direction")
+        truth = {k: self.eval.attrs[k][index] for k in keys}
+        return {**super().score_captions(texts, index),
+                **attribute_accuracy(read_attributes(texts, parse_clip_caption, keys), truth)}
+
 
 class MovingMnist(VideoDataset):
     digits: Dataset | None = None        # the MNIST Dataset (its feature classifier scores the digit crops)

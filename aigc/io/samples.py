@@ -35,8 +35,9 @@ def write_result(result, out: str | Path | None) -> Path | None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if result.kind == "text":
         if out.suffix == ".jsonl":
-            prompts = result.prompts or [None] * len(result.texts)
-            lines = [json.dumps({"prompt": p, "text": t}, ensure_ascii=False) for p, t in zip(prompts, result.texts)]
+            key, inputs = ("image", result.images) if result.images is not None else ("prompt", result.prompts)
+            inputs = inputs or [None] * len(result.texts)
+            lines = [json.dumps({key: p, "text": t}, ensure_ascii=False) for p, t in zip(inputs, result.texts)]
             out.write_text("\n".join(lines) + "\n", encoding="utf-8")
         else:
             out.write_text("\n\n".join(result.texts) + "\n", encoding="utf-8")

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from aigc.models.text_encoder import TextEncoder
+from aigc.models.text_encoder import caption_encoder
 
 
 @dataclass
@@ -61,6 +61,7 @@ class GANConfig:
     text_layers: int = 1         # Transformer layers of the text encoder
     num_classes: int = 0         # set from the data for cond = class
     text_vocab: list = field(default_factory=list)   # set from the data for cond = text
+    text_tokens: str = "words"    # how text_vocab reads: words | bpe (BPE merges)
 
 
 def base_size(size: int) -> int:
@@ -81,7 +82,7 @@ class Condition(nn.Module):
         if cfg.cond == "class":
             self.net = nn.Embedding(cfg.num_classes, dim)
         else:
-            self.net = TextEncoder(len(cfg.text_vocab) + 1, dim, layers=cfg.text_layers)
+            self.net = caption_encoder(cfg, dim)
 
     def forward(self, y):
         return self.net(y)

@@ -1,10 +1,12 @@
 """A small Transformer text encoder for captions (conditional GANs, text-to-image diffusion).
 
-Captions are short word sequences over a closed vocabulary (the shapes captions have 22 words), so
-the encoder is tiny: word + position embeddings, a few pre-LN Transformer encoder layers (no causal
-mask: every word sees the whole caption), and a masked mean over the words. A caption with no known
-word (all attributes dropped, or classifier-free guidance's empty prompt) maps to a *learned* null
-embedding rather than to zeros, so "no condition" is something the networks can learn to use."""
+The built-in captions are short word sequences over a closed vocabulary (the shapes captions have 22 words,
+`WordVocab`); a user's captioned folder brings its own words, read as byte-level BPE tokens
+(aigc/data/tokenizers.CaptionTokens, an open vocabulary). Either way the encoder is tiny:
+token + position embeddings, a few pre-LN Transformer encoder layers (no causal mask: every word sees the
+whole caption), and a masked mean over the words. A caption with no known word (all attributes dropped, or
+classifier-free guidance's empty prompt) maps to a *learned* null embedding rather than to zeros, so "no
+condition" is something the networks can learn to use."""
 
 from __future__ import annotations
 
@@ -32,6 +34,17 @@ class WordVocab:
         """The known words of `text` that carry meaning (not 'a', 'the', 'in' ...)."""
         return [w for w in self.split(text) if w in self.index and w not in STOP_WORDS]
 
+    def problem(self, prompt: str) -> str | None:
+        """Why `prompt` cannot condition a model of this vocabulary (None: it can)."""
+        known = ", ".join(w for w in self.words if w not in STOP_WORDS)
+        if not self.content_words(prompt):
+            return f"the prompt '{prompt}' has no word this model knows; known words: {known}"
+        unknown = [w for w in self.split(prompt) if w not in self.index]
+        if unknown:
+            return (f"this model does not know {', '.join(repr(w) for w in unknown)}: leave "
+                    f"{'it' if len(unknown) == 1 else 'them'} out or use words it knows: {known}")
+        return None
+
     def encode(self, texts: list[str]) -> torch.Tensor:
         """(B, max_len) int64, known words left-aligned, padded with 0."""
         out = torch.zeros(len(texts), self.max_len, dtype=torch.long)
@@ -40,6 +53,20 @@ class WordVocab:
             if ids:
                 out[i, :len(ids)] = torch.tensor(ids)
         return out
+
+
+def caption_vocab(cfg):
+    """The caption vocabulary a model config names: `text_tokens` = words (WordVocab over `text_vocab`, the
+    caption words) or bpe (CaptionTokens from `text_vocab`, its merges)."""
+    from aigc.data.tokenizers import CaptionTokens
+
+    return CaptionTokens(cfg.text_vocab) if cfg.text_tokens == "bpe" else WordVocab(cfg.text_vocab)
+
+
+def caption_encoder(cfg, dim: int) -> "TextEncoder":
+    """The TextEncoder for a model config's caption vocabulary (cfg.text_layers layers of width `dim`)."""
+    vocab = caption_vocab(cfg)
+    return TextEncoder(len(vocab), dim, cfg.text_layers, max_len=vocab.max_len)
 
 
 class TextEncoder(nn.Module):

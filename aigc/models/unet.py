@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from aigc.models.text_encoder import TextEncoder
+from aigc.models.text_encoder import caption_encoder
 
 
 @dataclass
@@ -66,6 +66,7 @@ class UNetConfig:
     text_layers: int = 1
     num_classes: int = 0             # set from the data
     text_vocab: list = field(default_factory=list)   # set from the data
+    text_tokens: str = "words"    # how text_vocab reads: words | bpe (BPE merges)
 
 
 @dataclass
@@ -293,7 +294,7 @@ class UNet(nn.Module):
         if cfg.cond == "class":
             self.label = nn.Embedding(cfg.num_classes + 1, emb)      # the last index is the empty condition
         elif cfg.cond == "text":
-            self.text = TextEncoder(len(cfg.text_vocab) + 1, cfg.cond_dim, cfg.text_layers)
+            self.text = caption_encoder(cfg, cfg.cond_dim)
             self.text_proj = nn.Linear(cfg.cond_dim, emb)
         self.per_frame_map = video and cfg.cond != "none" and cfg.cond_map > 0 and cfg.frame_map
         if cfg.cond != "none" and cfg.cond_map:

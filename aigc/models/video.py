@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from aigc.models.text_encoder import TextEncoder
+from aigc.models.text_encoder import caption_encoder
 
 
 @dataclass
@@ -44,6 +44,7 @@ class VideoGANConfig:
     cond_dim: int = 64
     text_layers: int = 1
     text_vocab: list = field(default_factory=list)   # set from the data
+    text_tokens: str = "words"    # how text_vocab reads: words | bpe (BPE merges)
 
 
 def temporal_doublings(frames: int, spatial: int) -> int:
@@ -71,7 +72,7 @@ class VideoGenerator(nn.Module):
         n_t = temporal_doublings(t, n_s)
         self.t0 = t // 2 ** n_t
         chans = [cfg.g_width * 2 ** (n_s - 1 - i) for i in range(n_s)]
-        self.text = TextEncoder(len(cfg.text_vocab) + 1, cfg.cond_dim, cfg.text_layers) if cfg.cond == "text" else None
+        self.text = caption_encoder(cfg, cfg.cond_dim) if cfg.cond == "text" else None
         zin = cfg.z_dim + (cfg.cond_dim if self.text is not None else 0)
         self.c0 = chans[0]
         self.fc = nn.Linear(zin, self.c0 * self.t0 * 16, bias=False)
@@ -117,7 +118,7 @@ class ClipDiscriminator(nn.Module):
         self.out = sn(nn.Linear(feat, 1))
         self.text = None
         if cfg.cond == "text":
-            self.text = TextEncoder(len(cfg.text_vocab) + 1, cfg.cond_dim, cfg.text_layers)
+            self.text = caption_encoder(cfg, cfg.cond_dim)
             self.proj = sn(nn.Linear(cfg.cond_dim, feat, bias=False))
 
     def forward(self, x: torch.Tensor, y=None) -> torch.Tensor:

@@ -27,7 +27,8 @@ FAMILIES = {"vae": "aigc.recipes.vae:VAERecipe", "gpt": "aigc.recipes.gpt:GPTRec
             "gan": "aigc.recipes.gan:GANRecipe", "text-gan": "aigc.recipes.text_gan:TextGANRecipe",
             "diffusion": "aigc.recipes.diffusion:DiffusionRecipe",
             "video-gan": "aigc.recipes.video:VideoGANRecipe",
-            "video-diffusion": "aigc.recipes.video:VideoDiffusionRecipe"}
+            "video-diffusion": "aigc.recipes.video:VideoDiffusionRecipe",
+            "captioner": "aigc.recipes.captioner:CaptionerRecipe"}
 
 
 def recipe_class(family: str):

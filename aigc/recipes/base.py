@@ -96,9 +96,9 @@ class ImageRecipe(Recipe):
             m.num_classes = data.num_classes
         elif m.cond == "text":
             if not data.text_vocab:
-                raise AigcError(f"cond = text needs captioned data (the built-in 'shapes' or 'moving-shapes'); "
-                                f"'{data.name}' has none")
-            m.text_vocab = list(data.text_vocab)
+                raise AigcError(f"cond = text needs captioned data (the built-in 'shapes' or 'moving-shapes', or an "
+                                f"images folder with a metadata.jsonl); '{data.name}' has none")
+            m.text_vocab, m.text_tokens = list(data.text_vocab), data.text_tokens
 
     def condition_fields(self) -> set[str]:
         """The request field that carries this model's condition: label, prompt or none."""
@@ -112,10 +112,16 @@ class ImageRecipe(Recipe):
         kind = {"class": "class-conditional", "text": "text-conditional"}.get(self.cfg.model.cond, "unconditional")
         return f"{kind} {self.family} model"
 
+    example_prompts: list[str] = []      # a captioned folder's eval captions (RUN/prompts.txt): its random prompts
+
     def random_prompts(self, n: int, generator=None) -> list[str]:
-        """Captions of n random examples of the training data (from the global RNG without a generator)."""
+        """Captions of n random examples of the training data (from the global RNG without a generator); for a
+        captioned folder, n drawn from its held-out captions."""
         from aigc.data import random_prompts
 
+        if self.example_prompts:
+            pick = torch.randint(len(self.example_prompts), (n,), generator=generator).tolist()
+            return [self.example_prompts[i] for i in pick]
         return random_prompts(self.cfg.data.name, n, generator)
 
     def check_condition_args(self, label, prompt) -> None:
@@ -153,16 +159,10 @@ class ImageRecipe(Recipe):
     @staticmethod
     def check_prompt(vocab, prompt: str) -> None:
         from aigc.errors import AigcError
-        from aigc.models.text_encoder import STOP_WORDS
 
-        if not vocab.content_words(prompt):
-            raise AigcError(f"the prompt '{prompt}' has no word this model knows; known words: "
-                            f"{', '.join(w for w in vocab.words if w not in STOP_WORDS)}")
-        unknown = [w for w in vocab.split(prompt) if w not in vocab.index]
-        if unknown:
-            raise AigcError(f"this model does not know {', '.join(repr(w) for w in unknown)}: leave "
-                            f"{'it' if len(unknown) == 1 else 'them'} out or use words it knows: "
-                            f"{', '.join(w for w in vocab.words if w not in STOP_WORDS)}")
+        why = vocab.problem(prompt)
+        if why:
+            raise AigcError(why)
 
     @staticmethod
     def make_batcher(data, cfg):
@@ -170,11 +170,19 @@ class ImageRecipe(Recipe):
 
         return Batcher(data, cfg.data.batch_size, cfg.train.seed)
 
+    PROMPTS_FILE = "prompts.txt"
+
     def save_artifacts(self, run_dir: Path, data) -> None:
-        """Files beside the checkpoint that sampling needs (none for image models)."""
+        """Files beside the checkpoint that sampling needs: for a text-conditional model of a captioned folder, its
+        held-out captions (one per line), the prompts of training grids and of `aigc sample` without --prompt."""
+        if getattr(self.cfg.model, "cond", "none") == "text" and data.text_tokens == "bpe":
+            self.example_prompts = data.eval.captions(torch.arange(len(data.eval)))
+            (Path(run_dir) / self.PROMPTS_FILE).write_text("\n".join(self.example_prompts) + "\n", encoding="utf-8")
 
     def load_artifacts(self, run_dir: Path) -> None:
-        pass
+        path = Path(run_dir) / self.PROMPTS_FILE
+        if path.is_file():
+            self.example_prompts = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
 
 
 class VideoRecipe(ImageRecipe):

@@ -27,7 +27,7 @@ from aigc.diffusion.schedule import PREDICTIONS, SCHEDULES
 from aigc.errors import AigcError, check_choice
 from aigc.generation import DEFAULT_NUM, images_result
 from aigc.io.images import save_grid
-from aigc.models.text_encoder import WordVocab
+from aigc.models.text_encoder import caption_vocab
 from aigc.models.unet import UNet, UNetConfig, check_size
 from aigc.recipes.base import ImageRecipe
 from aigc.train.dist import draw_rows
@@ -122,7 +122,7 @@ class DiffusionCore:
         self.sampling_net = sampling_net or net
         self.sample_batch = sample_batch
         self.schedule = Schedule(m.schedule, m.T, m.prediction, m.schedule_shift)
-        self.vocab = WordVocab(m.text_vocab) if m.cond == "text" else None
+        self.vocab = caption_vocab(m) if m.cond == "text" else None
 
     def device(self) -> torch.device:
         return next(self.net.parameters()).device

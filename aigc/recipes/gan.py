@@ -28,7 +28,7 @@ from aigc.errors import AigcError, check_choice
 from aigc.generation import DEFAULT_NUM, images_result
 from aigc.io.images import save_grid
 from aigc.models.gan import Discriminator, GANConfig, Generator, base_size
-from aigc.models.text_encoder import WordVocab
+from aigc.models.text_encoder import caption_vocab
 from aigc.recipes.base import ImageRecipe
 from aigc.train.dist import draw_rows
 
@@ -137,7 +137,7 @@ class GANRecipe(Adversarial, ImageRecipe):
         m = cfg.model
         self.shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
         self._pair(cfg, Generator(m, self.shape), Discriminator(m, self.shape))
-        self.vocab = WordVocab(m.text_vocab) if m.cond == "text" else None
+        self.vocab = caption_vocab(m) if m.cond == "text" else None
 
     @staticmethod
     def check_config(cfg: RunConfig) -> None:

@@ -16,7 +16,7 @@ from aigc.config import RunConfig
 from aigc.diffusion.samplers import frame_noise
 from aigc.errors import AigcError, check_choice
 from aigc.generation import DEFAULT_NUM, video_result
-from aigc.models.text_encoder import WordVocab
+from aigc.models.text_encoder import caption_vocab
 from aigc.models.unet import UNet, VideoUNetConfig
 from aigc.models.video import VideoDiscriminator, VideoGANConfig, VideoGenerator, spatial_doublings
 from aigc.recipes.base import VideoRecipe
@@ -62,7 +62,7 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
         m = cfg.model
         self.shape = self.video_shape(cfg)
         self._pair(cfg, VideoGenerator(m, self.shape), VideoDiscriminator(m, self.shape))
-        self.vocab = WordVocab(m.text_vocab) if m.cond == "text" else None
+        self.vocab = caption_vocab(m) if m.cond == "text" else None
         self.heads = {"clip": 1.0, "diff": m.frame_diff}
 
     @staticmethod

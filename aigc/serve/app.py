@@ -36,9 +36,9 @@ from aigc.serve.workers import Job, QueueFull, Worker, make_worker
 API_NAMES = {"num": "n", "seed": "seed", "prompt": "prompt", "label": "label", "image": "image", "steps": "steps",
              "guidance": "guidance", "sampler": "sampler", "frames": "frames", "what": "what",
              "temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "max_new_tokens": "max_tokens",
-             "stop": "stop", "messages": "messages"}
+             "stop": "stop", "messages": "messages", "beam": "beam"}
 ROUTES = {"text": "/v1/completions", "images": "/v1/images/generations", "video": "/v1/videos/generations",
-          "audio": "/v1/audio/speech"}
+          "audio": "/v1/audio/speech", "captions": "/v1/captions"}
 PAGE = Path(__file__).with_name("page.html")
 
 
@@ -553,6 +553,34 @@ def create_app(models: dict[str, Served], api_key: str | None = None, limits: Li
             return S.VideoResponse(created=int(time.time()), data=data, seed=seed), (gif_bytes(clips), ".gif")
 
         return await media_route(request, served, body, gen, seed, "videos", build)
+
+    # ------------------------------------------------------------------ captions
+    @app.post("/v1/captions", response_model=S.CaptionResponse, dependencies=v1, responses=ERRORS)
+    async def captions(body: S.CaptionRequest, request: Request):
+        """Captions of base64 images (or GIF clips) by a captioner model: one per image, or n each with top_p."""
+        served = models.get(body.model)
+        if served is not None and "image" not in served.recipe.accepts():
+            raise ApiError(400, f"model '{body.model}' does not caption images; use "
+                                f"{ROUTES.get(served.recipe.output, 'another route')}", param="model")
+        served = model_for(body.model, "text", "/v1/captions")
+        files = []
+        for i, b64 in enumerate(body.images):
+            try:
+                files.append(base64.b64decode(b64, validate=True))
+            except (ValueError, TypeError):
+                raise ApiError(400, f"images[{i}] is not valid base64", param="images") from None
+        seed = body.seed if body.seed is not None else secrets.randbelow(2 ** 31)
+        gen = GenRequest(num=body.n, seed=seed, image=tuple(files), beam=body.beam, top_p=body.top_p)
+        check_request(served.recipe, gen, API_NAMES)
+        job, q, deadline = submit(served, gen)
+        result = await wait_result(job, q, deadline, request)
+        if result is None:
+            return error_response(499, "the client went away")
+        data = [S.CaptionData(index=i // body.n, text=t) for i, t in enumerate(result.texts)]
+        if history is not None:
+            history.add(served.name, "captions", None, {"images": len(files), "n": body.n, "beam": body.beam,
+                                                        "top_p": body.top_p}, seed, text="\n".join(result.texts))
+        return S.CaptionResponse(created=int(time.time()), model=served.name, data=data, seed=seed)
 
     known_paths.update(r.path for r in app.routes)
 

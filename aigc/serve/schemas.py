@@ -145,6 +145,29 @@ class VideoResponse(BaseModel):
     seed: int
 
 
+class CaptionRequest(Strict):
+    model: str = Field(description="a served captioner run's name (GET /v1/models)")
+    images: list[str] = Field(min_length=1, max_length=64,
+                              description="base64 image files: PNG/JPEG, or an animated GIF for a clip captioner")
+    n: int = Field(1, ge=1, le=16, description="captions per image (they differ only with top_p)")
+    beam: Optional[int] = Field(None, ge=1, le=64, description="beam search of this width (default: greedy)")
+    top_p: Optional[float] = Field(None, gt=0, le=1, description="nucleus sampling instead of greedy decoding")
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="default: random (returned in the response)")
+    user: Optional[str] = None
+
+
+class CaptionData(BaseModel):
+    index: int = Field(description="which of the request's images")
+    text: str
+
+
+class CaptionResponse(BaseModel):
+    created: int
+    model: str
+    data: list[CaptionData]
+    seed: int
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
