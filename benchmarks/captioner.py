@@ -2,6 +2,7 @@
 text-to-image, and text-to-image trained from a captioned folder of PNGs against the built-in shapes preset.
 
   python benchmarks/captioner.py [--only ROW,ROW] [--cap-minutes 10] [--minutes 20] [--num 1000] [--table]
+  python benchmarks/captioner.py --figure     # docs/img/captioner-shapes.png from the shapes-holdout run
 
 Rows (runs go to bench_runs/cap/, results to benchmarks/results/captioner.json):
   shapes-holdout  `aigc train captioner --data shapes --set holdout=[...]` (two (color, shape) pairs never seen),
@@ -102,11 +103,33 @@ def judge(args) -> dict:
     ev = aigc("eval", t2i, "--num", args.num, "--captioner", RUNS / "cap-shapes-all", "--quiet")
     q, j = ev["sample_quality"], ev["caption_judge"]
     return {"judge_captioner": {k: cap[k] for k in cap if k != "examples"}, "t2i": train,
+            "mismatched_prompts": mismatched(t2i, RUNS / "cap-shapes-all", args.num),
             "t2i_command": "aigc train diffusion --data shapes --minutes " + str(args.minutes),
             "eval_command": f"aigc eval {t2i.relative_to(ROOT)} --num {args.num} --captioner "
                             f"{(RUNS / 'cap-shapes-all').relative_to(ROOT)}",
             "prompt_accuracy": q.get("prompt_accuracy"), "fid": q.get("fid"), "caption_judge": j,
             "goal_met": j["judge_agreement"] >= GOALS["agreement"]}
+
+
+def mismatched(t2i: Path, cap_dir: Path, num: int) -> dict:
+    """The judges on wrong answers: the same samples as `aigc eval T2I --num N` (seed 0, the eval captions in turn),
+    each judged against the next sample's prompt (a derangement, so most prompts do not match their image). When
+    nearly every sample is right for its own prompt, agreement there says little about catching wrong samples;
+    here both judges should mostly say wrong."""
+    from aigc.recipes import open_run
+    from aigc.recipes.captioner import read_array
+
+    cfg, recipe = open_run(t2i, torch.device("cpu"))
+    data = recipe.load_data(cfg, t2i)
+    _, cap = open_run(cap_dir, torch.device("cpu"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        samples = recipe.generate_for_eval(data, num)
+        captions = cap.caption(torch.stack([read_array(a, cap.cfg) for a in samples.images]))
+    prompts = samples.prompts[1:] + samples.prompts[:1]
+    out = data.judge_captions(samples.channels_first(), prompts, captions)
+    return {k: out[k] for k in ("caption_judge_accuracy", "detector_prompt_accuracy", "judge_agreement",
+                                "num_samples")}
 
 
 def folder_config() -> Path:
@@ -174,7 +197,8 @@ def markdown(results: dict) -> str:
     if "shapes-holdout" in results:
         r = results["shapes-holdout"]
         lines += [f"Captioner on shapes, held out: green triangle, yellow circle ({r['steps']} steps in "
-                  f"{r['budget_min']:g} min, reference {r['reference_ms']} ms; 5000 evaluation images):", "",
+                  f"{r['budget_min']:g} min, reference {r['reference_ms']} ms, where the issue's budget scales to "
+                  f"{r['budget_scaled_min']} min; 5000 evaluation images, every pair):", "",
                   "| decoding | caption acc (seen) | caption acc (held out) | shape | color | size | position "
                   "| BLEU-4 |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -188,7 +212,8 @@ def markdown(results: dict) -> str:
         r = results["moving-shapes"]
         g = r["greedy"]
         lines += [f"Captioner on moving-shapes ({r['steps']} steps in {r['budget_min']:g} min, reference "
-                  f"{r['reference_ms']} ms; 2000 evaluation clips, greedy): caption accuracy "
+                  f"{r['reference_ms']} ms, scaled budget {r['budget_scaled_min']} min; 2000 evaluation clips, "
+                  f"greedy): caption accuracy "
                   f"**{g['caption_accuracy']}** "
                   f"(shape {g['shape_accuracy']}, color {g['color_accuracy']}, direction {g['direction_accuracy']}), "
                   f"BLEU-4 {g['bleu4']}.", ""]
@@ -200,11 +225,18 @@ def markdown(results: dict) -> str:
                   f"{r['judge_captioner']['greedy']['caption_accuracy']}): detector prompt accuracy "
                   f"{j['detector_prompt_accuracy']}, caption-judge accuracy {j['caption_judge_accuracy']}, "
                   f"**agreement {j['judge_agreement']}** (per attribute: shape {j['shape_agreement']}, color "
-                  f"{j['color_agreement']}, size {j['size_agreement']}, position {j['position_agreement']}).", ""]
+                  f"{j['color_agreement']}, size {j['size_agreement']}, position {j['position_agreement']})."]
+        if "mismatched_prompts" in r:
+            m = r["mismatched_prompts"]
+            lines.append(f"The same samples judged against the next sample's prompt (mostly wrong answers): detector "
+                         f"{m['detector_prompt_accuracy']}, captions {m['caption_judge_accuracy']}, agreement "
+                         f"**{m['judge_agreement']}**.")
+        lines.append("")
     if "folder" in results:
         r = results["folder"]
         lines += [f"Text-to-image from a captioned folder of 2000 PNGs ({r['steps']} steps in {r['budget_min']:g} "
-                  f"min) against the built-in preset ({r['builtin_preset']['steps']} steps), "
+                  f"min, reference {r['reference_ms']} ms, scaled budget {r['budget_scaled_min']} min) against the "
+                  f"built-in preset ({r['builtin_preset']['steps']} steps), "
                   f"{r['folder']['num_samples']} samples for the same prompts, detector prompt accuracy: folder "
                   f"**{r['folder']['prompt_accuracy']}**, built-in {r['builtin_preset']['prompt_accuracy']} (gap "
                   f"{r['gap']}).", ""]
@@ -213,10 +245,40 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def figure(path: Path = ROOT / "docs" / "img" / "captioner-shapes.png", n: int = 16) -> Path:
+    """The first n evaluation images of the shapes-holdout run (none picked) with its greedy captions; a caption
+    that gets an attribute wrong is printed in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from aigc.recipes import open_run
+
+    run_dir = RUNS / "cap-shapes-holdout"
+    cfg, recipe = open_run(run_dir, torch.device("cpu"))
+    data = recipe.load_data(cfg, run_dir)
+    x = data.eval.batch(torch.arange(n))["image"]
+    with torch.no_grad():
+        texts = recipe.caption(x)
+    fig, axes = plt.subplots(4, n // 4, figsize=(2.6 * n // 4, 11))
+    for i, ax in enumerate(axes.flat):
+        ok = data.score_captions([texts[i]], torch.tensor([i]))["caption_accuracy"] == 1.0
+        ax.imshow(x[i].permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(texts[i].replace(" in the ", "\nin the "), fontsize=9, color="black" if ok else "red")
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    return path
+
+
 def add_args(ap) -> None:
     ap.add_argument("--cap-minutes", type=float, default=10.0, help="captioner budget on shapes")
     ap.add_argument("--num", type=int, default=1000, help="text-to-image samples judged")
 
 
 if __name__ == "__main__":
-    rows_main(__doc__, ROWS, OUT, markdown, add_args)
+    if "--figure" in sys.argv:
+        print(figure())
+    else:
+        rows_main(__doc__, ROWS, OUT, markdown, add_args)

@@ -121,7 +121,12 @@ def test_metadata_reader_good_missing_file_bad_line_missing_text_and_unreadable(
     with pytest.raises(AigcError, match=r"metadata.jsonl:2: not valid JSON"):
         load_dataset(data_config("images", dir=str(folder)))
     meta.write_text(good + json.dumps({"file_name": "00000.png"}) + "\n")
-    with pytest.raises(AigcError, match=r"metadata.jsonl:21: missing or empty \"text\""):
+    with pytest.raises(AigcError, match=r"metadata.jsonl:21: expected an object with string fields \"file_name\", "
+                                        r"\"text\""):
+        load_dataset(data_config("images", dir=str(folder)))
+
+    meta.write_text(good + json.dumps({"file_name": "00001.png", "text": "  "}) + "\n")
+    with pytest.raises(AigcError, match=r"metadata.jsonl:21: \"text\" is empty"):
         load_dataset(data_config("images", dir=str(folder)))
 
     meta.write_text(good)
@@ -213,3 +218,18 @@ def test_bad_arrays_are_clear_errors(bad):
     _, _, recipe = tiny_captioner()
     with pytest.raises(AigcError, match=r"expected uint8 \[H,W,C\]"):
         generate(recipe, Request(image=(bad,)))
+
+
+def test_word_dropout_hides_previous_tokens_in_training_only():
+    _, data, recipe = tiny_captioner(sets=["word_dropout=1.0"])
+    seen = []
+    recipe.model.decoder.wte.register_forward_hook(lambda mod, args, out: seen.append(args[0].clone()))
+    batch = data.eval.batch(torch.arange(4))
+    tokens = recipe.token_batch(batch["caption"])
+    eos = recipe.cfg.model.eos
+    recipe.model.train()
+    recipe.model.loss(batch["image"], tokens)
+    assert (seen[-1][:, 1:] == eos).all() and (seen[-1][:, 0] == eos).all()
+    recipe.model.eval()
+    recipe.model.loss(batch["image"], tokens)
+    assert torch.equal(seen[-1], tokens[:, :-1].clamp(min=0))                 # evaluation sees the caption

@@ -49,8 +49,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     clips = ["num_eval=4", "frames=4", "batch_size=2", "width=16", "heads=2", "groups=4", "mults=[1, 2]",
              "sample_steps=2", "train_frames=2", "T=20", "eval_batches=1"]
     start_training("video-diffusion", "moving-shapes", None, clips, {"train.steps": 2}, root / "clip", False, True)
-    cap = ["num_train=64", "num_eval=16", "batch_size=8", "n_layer=1", "n_head=2", "n_embd=16", "enc_width=8", "grid=4",
-           "block_size=12", "eval_batches=1"]
+    cap = ["num_train=64", "num_eval=16", "batch_size=8", "n_layer=1", "n_head=2", "n_embd=16", "enc_width=8",
+           "grid=4", "block_size=12", "eval_batches=1"]
     start_training("captioner", "shapes", None, cap, {"train.steps": 2}, root / "cap", False, True)
     return {name: root / name for name in ("gpt", "chat", "t2i", "clip", "cap")}
 
@@ -241,8 +241,8 @@ BAD = [
     ("/v1/captions", {"model": "cap", "images": ["%%%"]}, 400, "base64"),
     ("/v1/captions", {"model": "cap", "images": []}, 422, "images"),
     ("/v1/captions", {"model": "cap", "images": ["bm90"], "n": 2}, 400, "top_p"),
-    ("/v1/captions", {"model": "t2i", "images": ["bm90"]}, 400, "does not caption"),
-    ("/v1/completions", {"model": "cap", "prompt": "a"}, 400, "prompt does not apply"),
+    ("/v1/captions", {"model": "t2i", "images": ["bm90"]}, 400, "makes images, not what /v1/captions serves"),
+    ("/v1/completions", {"model": "cap", "prompt": "a"}, 400, "captions images, not what /v1/completions serves"),
 ]
 
 
@@ -369,10 +369,14 @@ def chromium() -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed")
-def test_web_page_streams_text_generates_images_and_stops(runs, tmp_path):
+def test_web_page_streams_text_generates_images_captions_and_stops(runs, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    with live_server([runs["gpt"], runs["t2i"]], history=tmp_path / "h", max_tokens=100_000) as u, \
+    from aigc.data.shapes import generate as render
+
+    pic = tmp_path / "shape.png"
+    pic.write_bytes(png_bytes_of(render(1, seed=2)[0][0].permute(1, 2, 0).numpy()))
+    with live_server([runs["gpt"], runs["t2i"], runs["cap"]], history=tmp_path / "h", max_tokens=100_000) as u, \
             sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -390,6 +394,13 @@ def test_web_page_streams_text_generates_images_and_stops(runs, tmp_path):
         page.fill("#n", "4")
         page.click("#go")
         page.wait_for_function("document.querySelectorAll('#media img').length === 4")
+        page.select_option("#model", "cap")
+        assert page.is_hidden("#prompt") and page.is_visible("#images")
+        page.set_input_files("#images", str(pic))
+        page.click("#go")
+        page.wait_for_function("document.querySelectorAll('#media figcaption').length === 1")
+        expected = same_as_sample(runs["cap"], image=(str(pic),), seed=0).texts[0]
+        assert page.inner_text("#media figcaption") == expected
         page.select_option("#model", "gpt")
         page.fill("#prompt", "ROMEO:")
         page.fill("#max_tokens", "100000")

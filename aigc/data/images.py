@@ -6,7 +6,6 @@ usable by text-to-image models and by the captioner."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,21 +57,14 @@ class Folder:
 def read_metadata(folder: Path) -> dict[str, str]:
     """FOLDER/metadata.jsonl (the Hugging Face ImageFolder convention): one {"file_name": ..., "text": ...} per line,
     file names relative to the folder. Returns {relative posix path: caption}; errors name the line."""
+    from aigc.data.text import read_jsonl
+
     path = folder / METADATA
     out = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise AigcError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise AigcError(f"{path}:{n}: expected a JSON object with \"file_name\" and \"text\"")
+    for n, row in read_jsonl(path, ("file_name", "text")):
         for key in ("file_name", "text"):
-            if not isinstance(row.get(key), str) or not row[key].strip():
-                raise AigcError(f"{path}:{n}: missing or empty \"{key}\" (each line needs \"file_name\" and "
-                                f"\"text\")")
+            if not row[key].strip():
+                raise AigcError(f"{path}:{n}: \"{key}\" is empty")
         name = Path(row["file_name"]).as_posix()
         if not (folder / name).is_file():
             raise AigcError(f"{path}:{n}: image file not found: {folder / name}")

@@ -10,7 +10,10 @@ input: motion becomes a local pattern, bright where the shape arrived and dark w
 Transformer encoder layers let every token see the others.
 Decoder: the blocks of models/gpt.py (causal self-attention, MLP, pre-LayerNorm, tied output embedding) with a
 cross-attention sub-layer added to each block:  x += SelfAttn(LN x);  x += CrossAttn(LN x, image tokens);
-x += MLP(LN x). Trained by teacher forcing (next-token cross-entropy on the caption); decoded free-running:
+x += MLP(LN x). Trained by teacher forcing (next-token cross-entropy on the caption), optionally with word
+dropout (previous tokens hidden at random, Bowman et al. 2016), which weakens the decoder's language prior: a
+decoder that never saw a green triangle learns "green" predicts "circle or square" unless it must read the
+shape off the image; decoded free-running:
 greedy, beam search (length-normalised log-probability) or nucleus sampling (Holtzman et al. 2020)."""
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class CaptionerConfig:
     frame_diff: bool = False     # clips: the CNN also reads each frame minus the first frame
     clip_frames: int = 0         # set from the data: frames per clip (0 = an image model)
     channels: int = 3            # set from the data
+    word_dropout: float = 0.0    # training: chance of hiding each previous caption token from the decoder
     decoding: str = "greedy"     # the default decoding: greedy | beam | top_p
     beam: int = 4                # beam width for decoding = beam
     top_p: float = 0.9           # nucleus for decoding = top_p
@@ -172,6 +176,10 @@ class Captioner(nn.Module):
         """Teacher forcing. tokens: (B, L+1) [bos, caption, eos, -1 padding]; cross-entropy in nats per caption
         token (the eos included, the padding not)."""
         x, y = tokens[:, :-1].clamp(min=0), tokens[:, 1:]
+        if self.training and self.m.word_dropout > 0:            # word dropout (Bowman et al. 2016): the decoder
+            hide = torch.rand(x.shape, device=x.device) < self.m.word_dropout    # must read the image, not guess
+            hide[:, 0] = False                                   # a word from the words before it
+            x = torch.where(hide, self.eos, x)
         logits = self.decoder(x, self.encoder(images))
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-1, reduction="sum")
         count = (y >= 0).sum()

@@ -148,7 +148,8 @@ class CaptionerRecipe(Recipe):
             n = min(TRAIN_PEEK, len(data.eval))
             texts = self.caption(torch.cat([b[self.key] for b in data.eval_batches(DECODE_BATCH, n)]))
             peek = data.score_captions(texts, torch.arange(n))
-            result.update({k: v for k, v in peek.items() if k in ("caption_accuracy", "bleu4")})
+            result.update({k: v for k, v in peek.items() if k in ("caption_accuracy", "caption_accuracy_holdout",
+                                                                  "bleu4")})
         return result
 
     def save_samples(self, path: Path) -> None:

@@ -234,13 +234,16 @@ def create_app(models: dict[str, Served], api_key: str | None = None, limits: Li
     v1 = [Depends(authorize)]
 
     def model_for(name: str, kind: str, route: str) -> Served:
+        """The served model `name`, if `route` is one for what it makes (a captioner's route is /v1/captions)."""
         served = models.get(name)
         if served is None:
             raise ApiError(404, f"no model '{name}'; served: {', '.join(models)}", "not_found_error", "model",
                            "model_not_found")
-        if served.recipe.output != kind:
-            raise ApiError(400, f"model '{name}' makes {served.recipe.output}, not {kind}; use "
-                                f"{ROUTES.get(served.recipe.output, 'another route')}", param="model")
+        captioner = "image" in served.recipe.accepts()
+        if captioner != (route == ROUTES["captions"]) or served.recipe.output != kind:
+            right = ROUTES["captions"] if captioner else ROUTES.get(served.recipe.output, "another route")
+            does = "captions images" if captioner else f"makes {served.recipe.output}"
+            raise ApiError(400, f"model '{name}' {does}, not what {route} serves; use {right}", param="model")
         return served
 
     # ------------------------------------------------------------------ plain routes
@@ -558,11 +561,7 @@ def create_app(models: dict[str, Served], api_key: str | None = None, limits: Li
     @app.post("/v1/captions", response_model=S.CaptionResponse, dependencies=v1, responses=ERRORS)
     async def captions(body: S.CaptionRequest, request: Request):
         """Captions of base64 images (or GIF clips) by a captioner model: one per image, or n each with top_p."""
-        served = models.get(body.model)
-        if served is not None and "image" not in served.recipe.accepts():
-            raise ApiError(400, f"model '{body.model}' does not caption images; use "
-                                f"{ROUTES.get(served.recipe.output, 'another route')}", param="model")
-        served = model_for(body.model, "text", "/v1/captions")
+        served = model_for(body.model, "text", ROUTES["captions"])
         files = []
         for i, b64 in enumerate(body.images):
             try:
