@@ -113,7 +113,7 @@ def test_corrupt_gz(tmp_path, mnist_dir):
 
 @pytest.mark.parametrize("args,fragments", [
     (["train", "vea", "--data", "mnist", "--steps", "1"], ["unknown family 'vea'",
-                                                           "valid: diffusion, gan, gpt, text-gan, vae"]),
+                                                           "valid: captioner, diffusion, gan, gpt, text-gan, vae"]),
     (["train", "vae", "--data", "cifar", "--steps", "1"], ["unknown dataset 'cifar'", "mnist"]),
     (["train", "vae", "--data", "mnist", "--steps", "1", "--set", "z_dimm=3"], ["unknown config key", "z_dim"]),
     (["train", "vae", "--data", "mnist", "--steps", "1", "--set", "lr=fast"], ["wrong type for train.lr"]),
