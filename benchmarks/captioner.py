@@ -204,7 +204,8 @@ def markdown(results: dict) -> str:
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for how in ("greedy", "beam4"):
             g = r[how]
-            lines.append(f"| {g['decoding']} | {g['caption_accuracy_seen']} | {g['caption_accuracy_holdout']} | "
+            name = "beam 4" if how == "beam4" else "greedy"
+            lines.append(f"| {name} | {g['caption_accuracy_seen']} | {g['caption_accuracy_holdout']} | "
                          f"{g['shape_accuracy']} | {g['color_accuracy']} | {g['size_accuracy']} | "
                          f"{g['position_accuracy']} | {g['bleu4']} |")
         lines.append("")
