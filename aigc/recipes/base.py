@@ -235,12 +235,36 @@ class VideoRecipe(ImageRecipe):
         save_grid(path.with_suffix(".png"), rows.flatten(0, 1), nrow=rows.shape[1])
 
 
-class TextRecipe(Recipe):
-    """Families that train on a token stream (text, code, sft, preferences). `window(cfg)` is the number of input
-    tokens per example; batches hold window + 1 tokens. The model config has `vocab_size`."""
+class TokenizerRecipe(Recipe):
+    """Families that make text through a tokenizer kept in the run (RUN/tokenizer.json), so that sampling decodes
+    exactly: the text families and the captioner. The model config has `vocab_size`."""
     output = "text"
     TOKENIZER_FILE = "tokenizer.json"
     tokenizer = None
+
+    @staticmethod
+    def set_vocab_size(cfg, tokenizer) -> None:
+        """Write the tokenizer's size into the model config; a clear error when a trained model expects another."""
+        from aigc.errors import AigcError
+
+        if cfg.model.vocab_size and cfg.model.vocab_size != tokenizer.vocab_size:
+            raise AigcError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model expects "
+                            f"{cfg.model.vocab_size}")
+        cfg.model.vocab_size = tokenizer.vocab_size
+
+    def save_artifacts(self, run_dir: Path, data) -> None:
+        self.tokenizer = data.tokenizer
+        (Path(run_dir) / self.TOKENIZER_FILE).write_text(data.tokenizer.to_json(), encoding="utf-8")
+
+    def load_artifacts(self, run_dir: Path) -> None:
+        from aigc.data.tokenizers import load_tokenizer
+
+        self.tokenizer = load_tokenizer(Path(run_dir) / self.TOKENIZER_FILE)
+
+
+class TextRecipe(TokenizerRecipe):
+    """Families that train on a token stream (text, code, sft, preferences). `window(cfg)` is the number of input
+    tokens per example; batches hold window + 1 tokens."""
 
     @staticmethod
     def window(cfg) -> int:
@@ -251,15 +275,11 @@ class TextRecipe(Recipe):
         import importlib
 
         from aigc.data import check_kind, entry
-        from aigc.errors import AigcError
 
         check_kind(cfg.data.name, "text", cfg.family)
         tok = Path(run_dir) / cls.TOKENIZER_FILE if run_dir else None
         data = importlib.import_module(entry(cfg.data.name).module).load(cfg.data, cls.window(cfg), tok)
-        if cfg.model.vocab_size and cfg.model.vocab_size != data.tokenizer.vocab_size:
-            raise AigcError(f"the tokenizer has {data.tokenizer.vocab_size} tokens but the model expects "
-                            f"{cfg.model.vocab_size}")
-        cfg.model.vocab_size = data.tokenizer.vocab_size
+        cls.set_vocab_size(cfg, data.tokenizer)
         return data
 
     @staticmethod
@@ -267,12 +287,3 @@ class TextRecipe(Recipe):
         from aigc.data.text import TokenBatcher
 
         return TokenBatcher(data, cfg.data.batch_size, cfg.train.seed)
-
-    def save_artifacts(self, run_dir: Path, data) -> None:
-        self.tokenizer = data.tokenizer
-        (Path(run_dir) / self.TOKENIZER_FILE).write_text(data.tokenizer.to_json(), encoding="utf-8")
-
-    def load_artifacts(self, run_dir: Path) -> None:
-        from aigc.data.tokenizers import load_tokenizer
-
-        self.tokenizer = load_tokenizer(Path(run_dir) / self.TOKENIZER_FILE)

@@ -23,17 +23,15 @@ from aigc.config import RunConfig
 from aigc.errors import AigcError, check_choice
 from aigc.generation import Text
 from aigc.models.captioner import Captioner, CaptionerConfig
-from aigc.recipes.base import Recipe
+from aigc.recipes.base import TokenizerRecipe
 
-TOKENIZER_FILE = "tokenizer.json"
 CORPUS = 20000                     # captions the tokenizer learns from (clips: drawn from the generator)
 DECODE_BATCH = 250
 TRAIN_PEEK = 256                   # eval items decoded free-running at every training evaluation
 
 
-class CaptionerRecipe(Recipe):
+class CaptionerRecipe(TokenizerRecipe):
     family = "captioner"
-    output = "text"
     ModelConfig = CaptionerConfig
 
     def __init__(self, cfg: RunConfig):
@@ -41,7 +39,6 @@ class CaptionerRecipe(Recipe):
         self.model = Captioner(cfg.model, cfg.model.eos)
         self.modules = {"captioner": self.model}
         self.device = torch.device("cpu")
-        self.tokenizer = None
         self.key = "video" if cfg.model.clip_frames else "image"
 
     @staticmethod
@@ -81,16 +78,14 @@ class CaptionerRecipe(Recipe):
             c, h, _ = data.image_shape
             cfg.data.channels, cfg.data.image_size = c, h
         m.channels = cfg.data.channels
-        tok_file = Path(run_dir) / TOKENIZER_FILE if run_dir else None
+        tok_file = Path(run_dir) / cls.TOKENIZER_FILE if run_dir else None
         if tok_file is not None and tok_file.is_file():
             data.tokenizer = load_tokenizer(tok_file)
         else:
             data.tokenizer = BPETokenizer.train(training_captions(data), cfg.model.tokenizer_vocab,
                                                 prefix_space=True)
-        if m.vocab_size and m.vocab_size != data.tokenizer.vocab_size:
-            raise AigcError(f"the tokenizer has {data.tokenizer.vocab_size} tokens but the model expects "
-                            f"{m.vocab_size}")
-        m.vocab_size, m.eos = data.tokenizer.vocab_size, data.tokenizer.eot_id
+        cls.set_vocab_size(cfg, data.tokenizer)
+        m.eos = data.tokenizer.eot_id
         return data
 
     @staticmethod
@@ -100,15 +95,6 @@ class CaptionerRecipe(Recipe):
 
         cls = VideoBatcher if cfg.model.clip_frames else Batcher
         return cls(data, cfg.data.batch_size, cfg.train.seed)
-
-    def save_artifacts(self, run_dir: Path, data) -> None:
-        self.tokenizer = data.tokenizer
-        (Path(run_dir) / TOKENIZER_FILE).write_text(data.tokenizer.to_json(), encoding="utf-8")
-
-    def load_artifacts(self, run_dir: Path) -> None:
-        from aigc.data.tokenizers import load_tokenizer
-
-        self.tokenizer = load_tokenizer(Path(run_dir) / TOKENIZER_FILE)
 
     def token_batch(self, captions: list[str]) -> torch.Tensor:
         """Captions -> (B, L+1) int64 [eos, tokens, eos, -1 padding], cut to the model's block_size."""
