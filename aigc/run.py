@@ -15,7 +15,6 @@ from aigc.generation import Request, generate
 from aigc.io import rundir
 from aigc.io.samples import check_out, write_result
 from aigc.recipes import build_config, open_run, recipe_class
-from aigc.recipes.captioner import read_array
 from aigc.threads import ThreadPolicy
 from aigc.train import Trainer, dist, pick_device
 
@@ -170,8 +169,7 @@ def judge_by_captions(cap_dir: Path, samples, data, device) -> dict:
     if "image" not in cap.accepts():
         raise AigcError(f"--captioner {cap_dir} is a {cap.describe_model()}, not a captioner")
     arrays = samples.images if samples.kind == "images" else samples.videos
-    with torch.no_grad():
-        captions = cap.caption(torch.stack([read_array(a, cap.cfg) for a in arrays]))
+    captions = generate(cap, Request(image=tuple(arrays))).texts
     report = data.judge_captions(samples.channels_first(), samples.prompts, captions)
     return {**report, "captioner": str(cap_dir), "decoding": cap.decoding_name(),
             "examples": [{"prompt": p, "caption": c} for p, c in zip(samples.prompts[:5], captions[:5])]}

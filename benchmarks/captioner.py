@@ -116,8 +116,8 @@ def mismatched(t2i: Path, cap_dir: Path, num: int) -> dict:
     each judged against the next sample's prompt (a derangement, so most prompts do not match their image). When
     nearly every sample is right for its own prompt, agreement there says little about catching wrong samples;
     here both judges should mostly say wrong."""
+    from aigc.generation import Request, generate
     from aigc.recipes import open_run
-    from aigc.recipes.captioner import read_array
 
     cfg, recipe = open_run(t2i, torch.device("cpu"))
     data = recipe.load_data(cfg, t2i)
@@ -125,7 +125,7 @@ def mismatched(t2i: Path, cap_dir: Path, num: int) -> dict:
     torch.manual_seed(0)
     with torch.no_grad():
         samples = recipe.generate_for_eval(data, num)
-        captions = cap.caption(torch.stack([read_array(a, cap.cfg) for a in samples.images]))
+    captions = generate(cap, Request(image=tuple(samples.images))).texts
     prompts = samples.prompts[1:] + samples.prompts[:1]
     out = data.judge_captions(samples.channels_first(), prompts, captions)
     return {k: out[k] for k in ("caption_judge_accuracy", "detector_prompt_accuracy", "judge_agreement",

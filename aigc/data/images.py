@@ -21,15 +21,20 @@ EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
 def load_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """One image -> uint8 [C, size, size]: shorter side resized to `size`, then centre crop."""
+    """One image file -> uint8 [C, size, size] (`fit_image`)."""
     with Image.open(path) as im:
-        im = im.convert("L" if channels == 1 else "RGB")
-        w, h = im.size
-        scale = size / min(w, h)
-        im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+        return fit_image(im, size, channels)
+
+
+def fit_image(im: Image.Image, size: int, channels: int) -> np.ndarray:
+    """A PIL image -> uint8 [C, size, size]: shorter side resized to `size`, then centre crop."""
+    im = im.convert("L" if channels == 1 else "RGB")
+    w, h = im.size
+    scale = size / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 

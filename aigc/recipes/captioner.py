@@ -257,29 +257,19 @@ def _decode(src, name: str, size: int, channels: int, frames: int) -> np.ndarray
     """An image file -> uint8 [H, W, C] at the model's size; for a clip model, an animated GIF -> [T, H, W, C]."""
     from PIL import Image, ImageSequence, UnidentifiedImageError
 
-    from aigc.data.images import load_image
+    from aigc.data.images import fit_image, load_image
 
     try:
         if not frames:
             return np.moveaxis(load_image(src, size, channels), 0, -1)
         with Image.open(src) as im:
-            seq = [f.copy() for f in ImageSequence.Iterator(im)]
+            seq = [np.moveaxis(fit_image(f.convert("RGB"), size, channels), 0, -1) for f in ImageSequence.Iterator(im)]
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise AigcError(f"{name} is not a readable image: {e}") from None
     if len(seq) < 2:
         raise AigcError(f"{name} has one frame; this clip captioner reads clips (an animated GIF or an npz of "
                         "videos)")
-    out = []
-    for f in seq:
-        buf = io.BytesIO()
-        f.convert("RGB").save(buf, format="PNG")
-        out.append(np.moveaxis(load_image(io.BytesIO(buf.getvalue()), size, channels), 0, -1))
-    return np.stack(out)
-
-
-def read_array(a: np.ndarray, cfg, name: str = "array") -> torch.Tensor:
-    """A uint8 image [H, W, C] (a clip [T, H, W, C] for a clip model) as the model reads it."""
-    return _tensor(a, name, cfg.data.image_size, cfg.data.channels, cfg.model.clip_frames)
+    return np.stack(seq)
 
 
 def _tensor(a: np.ndarray, name: str, size: int, channels: int, frames: int) -> torch.Tensor:
