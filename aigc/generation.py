@@ -28,7 +28,7 @@ FLAGS = {"num": "--num", "seed": "--seed", "prompt": "--prompt", "label": "--lab
          "steps": "--steps", "guidance": "--guidance", "sampler": "--sampler", "frames": "--frames",
          "what": "--what", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
          "max_new_tokens": "--max-new-tokens", "stop": "--stop", "best_of": "--best-of", "judge": "--judge",
-         "beam": "--beam",
+         "beam": "--beam", "voice": "--voice",
          "messages": "messages"}
 ALWAYS = frozenset({"num", "seed"})
 # what each field is for, said when a model refuses it
@@ -37,7 +37,7 @@ FOR = {"prompt": "text-conditional models and language models", "label": "class-
        "sampler": "diffusion models", "frames": "video models",
        "what": "image models (VAE: reconstructions, interpolation; diffusion: trajectory)",
        "temperature": "text models", "top_k": "language models", "top_p": "language models and captioners",
-       "beam": "captioners (beam search)",
+       "beam": "captioners (beam search)", "voice": "text-to-speech models",
        "max_new_tokens": "language models", "stop": "language models", "best_of": "language models",
        "judge": "best-of-N sampling (--best-of)", "messages": "chat models (a GPT tuned on sft or preferences data)"}
 MAX_BEST_OF = 1024
@@ -65,6 +65,7 @@ class Request:
     judge: str | None = None             # "lexicon" or a reward-model run
     messages: tuple[tuple[str, str], ...] = ()     # a chat of (role, content), instead of a prompt
     beam: int | None = None              # captioners: beam search of this width
+    voice: str | None = None             # text-to-speech: one of the model's voices (default: drawn per sample)
 
     def given(self) -> set[str]:
         """The names of the fields set to something other than 'not given'."""
@@ -127,6 +128,7 @@ class Audio:
     sample_rate: int
     prompts: list[str] | None = None
     labels: np.ndarray | None = None
+    spectrograms: np.ndarray | None = None   # uint8 (N, n_mels, frames), low frequencies at the bottom (.png)
     kind = "audio"
 
 
@@ -141,6 +143,16 @@ def images_result(x, labels=None, prompts=None, nrow=None) -> Images:
 
     return Images(to_uint8(x), None if labels is None else np.asarray(torch.as_tensor(labels).cpu(), np.int64),
                   None if prompts is None else list(prompts), nrow)
+
+
+def audio_result(audio, sample_rate: int, labels=None, prompts=None, spectrograms=None) -> Audio:
+    """float audio (N, S) in [-1, 1] (+ uint8 spectrogram images (N, 1, H, W)) -> Audio."""
+    import torch
+
+    return Audio(np.asarray(torch.as_tensor(audio).float().cpu(), np.float32), int(sample_rate),
+                 None if prompts is None else list(prompts),
+                 None if labels is None else np.asarray(torch.as_tensor(labels).cpu(), np.int64),
+                 None if spectrograms is None else np.asarray(spectrograms[:, 0].cpu(), np.uint8))
 
 
 def video_result(x, prompts=None) -> Video:
@@ -207,4 +219,4 @@ def generate(recipe, request: Request, stream: Callable[[str], None] | None = No
 
 
 __all__ = ["Request", "Text", "Images", "Video", "Audio", "Result", "generate", "check_request", "KINDS",
-           "DEFAULT_NUM", "images_result", "video_result"]
+           "DEFAULT_NUM", "images_result", "video_result", "audio_result"]

@@ -47,6 +47,19 @@ def private_cache(tmp_path_factory):
         os.environ["AIGC_CACHE"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_data(tmp_path_factory):
+    """Data made on first use (the speech datasets) goes to a private folder, never the user's."""
+    path = tmp_path_factory.mktemp("data")
+    old = os.environ.get("AIGC_DATA")
+    os.environ["AIGC_DATA"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("AIGC_DATA", None)
+    else:
+        os.environ["AIGC_DATA"] = old
+
+
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory) -> Path:
     return make_mnist_dir(tmp_path_factory.mktemp("mnist"))

@@ -26,7 +26,7 @@ from aigc.errors import AigcError, check_choice, did_you_mean
 
 @dataclass(frozen=True)
 class Entry:
-    kind: str                            # images | video | text: which families can train on it
+    kind: str                            # images | audio | video | text | speech: which families can train on it
     module: str                          # aigc.data.X with Config (or a named config class) and load(cfg)
     config: str = "Config"
     prompts: bool = False                # the module has random_prompts(n, generator): captioned data
@@ -42,6 +42,8 @@ DATASETS = {
     "code": Entry("text", "aigc.data.text"),
     "sft": Entry("text", "aigc.data.text"),
     "preferences": Entry("text", "aigc.data.preferences"),
+    "spoken-digits": Entry("audio", "aigc.data.speech", "SpokenDigitsConfig"),
+    "speech": Entry("speech", "aigc.data.speech", "SpeechConfig"),
 }
 
 
@@ -60,12 +62,15 @@ def config_class(name: str) -> type:
     return getattr(importlib.import_module(e.module), e.config)
 
 
-def check_kind(name: str, kind: str, family: str) -> None:
-    """A clear error when `family` (which trains on `kind` data) is given a dataset of another kind."""
-    if entry(name).kind != kind:
+def check_kind(name: str, kind: str | tuple[str, ...], family: str) -> None:
+    """A clear error when `family` (which trains on `kind` data, or one of several kinds) is given another kind."""
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if entry(name).kind not in kinds:
         hint = {"video": " (train video-gan or video-diffusion on video data)",
-                "text": " (train gpt or text-gan on text data)"}.get(entry(name).kind, "")
-        raise AigcError(f"the {family} family trains on {kind} ({', '.join(names_of(kind))}), not '{name}'{hint}")
+                "text": " (train gpt or text-gan on text data)",
+                "speech": " (train tts on speech)"}.get(entry(name).kind, "")
+        names = ", ".join(n for k in kinds for n in names_of(k))
+        raise AigcError(f"the {family} family trains on {' or '.join(kinds)} ({names}), not '{name}'{hint}")
 
 
 def random_prompts(name: str, n: int, generator: torch.Generator | None = None) -> list[str]:
@@ -73,6 +78,13 @@ def random_prompts(name: str, n: int, generator: torch.Generator | None = None) 
     if not entry(name).prompts:
         raise AigcError(f"dataset '{name}' has no captions")
     return importlib.import_module(entry(name).module).random_prompts(n, generator)
+
+
+def to_audio(name: str, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Samples of an audio dataset's image form (log-mel images, float (N, C, H, W) in [0, 1]) -> (audio (N, S)
+    in [-1, 1], sample rate), as the dataset's module inverts them."""
+    module = importlib.import_module(entry(name).module)
+    return module.to_audio(x), module.SAMPLE_RATE
 
 
 @dataclass

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from aigc.errors import AigcError
+from aigc.io.audio import write_wav
 from aigc.io.images import save_gif, save_grid, save_npz
 from aigc.io.rundir import check_writable
 
 SUFFIXES = {"text": (".txt", ".jsonl", "any other"), "images": (".png", ".npz"), "video": (".gif", ".npz"),
-            "audio": (".wav", ".npz")}
+            "audio": (".wav", ".npz", ".png")}
 
 
 def check_out(kind: str, out: str | Path | None) -> Path | None:
@@ -54,6 +55,25 @@ def write_result(result, out: str | Path | None) -> Path | None:
         arrays = {"audio": result.audio.astype(np.float32), "sample_rate": np.int64(result.sample_rate)}
         if result.prompts is not None:
             arrays["prompts"] = np.asarray(result.prompts, dtype=np.str_)
+        if result.labels is not None:
+            arrays["labels"] = np.asarray(result.labels, np.int64)
         np.savez_compressed(out, **arrays)
         return out
-    raise AigcError("WAV output needs the audio writer of the speech family, which aigc does not have yet")
+    if out.suffix == ".png":
+        if result.spectrograms is None:
+            raise AigcError("this model's audio comes without spectrograms; write .wav or .npz")
+        return save_grid(out, result.spectrograms[..., None], nrow=min(4, len(result.spectrograms)))
+    return write_wavs(out, result.audio, result.sample_rate)
+
+
+def wav_paths(out: Path, n: int) -> list[Path]:
+    """FILE.wav for one sample, FILE-000.wav, FILE-001.wav, ... for several (DESIGN.md 'Sample files')."""
+    return [out] if n == 1 else [out.with_name(f"{out.stem}-{i:03d}.wav") for i in range(n)]
+
+
+def write_wavs(out: Path, audio: np.ndarray, sample_rate: int) -> Path:
+    """Write each sample as a 16-bit PCM WAV; returns the first file."""
+    paths = wav_paths(out, len(audio))
+    for path, a in zip(paths, audio):
+        write_wav(check_writable(path), a, sample_rate)
+    return paths[0]

@@ -32,6 +32,12 @@ class Recipe:
     def init_from(self, init_dir: Path) -> None:
         raise NotImplementedError
 
+    def save_artifacts(self, run_dir: Path, data) -> None:
+        """Files beside the checkpoint that sampling needs (a tokenizer, prompts); none by default."""
+
+    def load_artifacts(self, run_dir: Path) -> None:
+        """Read what `save_artifacts` wrote."""
+
     def device_of(self) -> torch.device:
         return next(iter(self.modules.values())).parameters().__next__().device
 
@@ -68,16 +74,40 @@ class Recipe:
 
 
 class ImageRecipe(Recipe):
-    output = "images"
+    """Image families. They also train on audio data held as log-mel images (spoken-digits): their samples then
+    become audio through the dataset's inversion (`result`), and `output` is "audio"."""
     data_key = "image"                   # the batch entry holding the data
     EVAL_SAMPLES = 10000
+
+    @property
+    def output(self) -> str:
+        from aigc.data import entry
+
+        return "audio" if entry(self.cfg.data.name).kind == "audio" else "images"
+
+    def result(self, x: torch.Tensor, labels=None, prompts=None, nrow=None):
+        """Samples float (N, C, H, W) in [0, 1] -> the Images result, or Audio for a model of audio data."""
+        from aigc.generation import audio_result, images_result
+
+        if self.output != "audio":
+            return images_result(x, labels, prompts, nrow)
+        if nrow is not None:
+            from aigc.errors import AigcError
+
+            raise AigcError(f"this {self.describe_model()} makes audio; --what variants other than samples show "
+                            "images and apply to image models")
+        from aigc.data import to_audio
+        from aigc.io.images import to_uint8
+
+        audio, rate = to_audio(self.cfg.data.name, x)
+        return audio_result(audio, rate, labels, prompts, torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2))
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
         """Load the dataset and write its resolved image shape into the config (to rebuild the model)."""
         from aigc.data import check_kind, load_dataset
 
-        check_kind(cfg.data.name, "images", cfg.family)
+        check_kind(cfg.data.name, ("images", "audio"), cfg.family)
         data = load_dataset(cfg.data)
         c, h, _ = data.image_shape
         cfg.data.channels, cfg.data.image_size = c, h
@@ -188,7 +218,7 @@ class ImageRecipe(Recipe):
 class VideoRecipe(ImageRecipe):
     """Video families: clips (B, C, T, H, W) from aigc/data/video.py, captioned on moving-shapes.
     `aigc sample` writes an animated GIF grid or an npz of `videos`."""
-    output = "video"
+    output = "video"                     # (replaces ImageRecipe's property)
     data_key = "video"
     EVAL_SAMPLES = 500
 

@@ -25,7 +25,7 @@ from aigc.diffusion import sample as run_sampler
 from aigc.diffusion.samplers import FEW_STEP, SAMPLERS, frame_noise
 from aigc.diffusion.schedule import PREDICTIONS, SCHEDULES
 from aigc.errors import AigcError, check_choice
-from aigc.generation import DEFAULT_NUM, images_result
+from aigc.generation import DEFAULT_NUM
 from aigc.io.images import save_grid
 from aigc.models.text_encoder import caption_vocab
 from aigc.models.unet import UNet, UNetConfig, check_size
@@ -322,18 +322,18 @@ class DiffusionRecipe(ImageRecipe):
             req = self.requested_conditions(num, r.label, r.prompt)
             c = self.core.cond_for(req.get("labels"), req.get("prompts"))
             strip = self.core.trajectory(num, c, None, r.sampler, r.steps, r.guidance)
-            return images_result(strip, nrow=TRAJECTORY_SNAPSHOTS + 1)
-        num = r.num or DEFAULT_NUM["images"]
+            return self.result(strip, nrow=TRAJECTORY_SNAPSHOTS + 1)
+        num = r.num or DEFAULT_NUM[self.output]
         out = self.requested_conditions(num, r.label, r.prompt)
         images = self.core.sample_for(out.get("labels"), out.get("prompts"), num, r.sampler, r.steps, r.guidance,
                                       on_step=progress)
-        return images_result(images, out.get("labels"), out.get("prompts"))
+        return self.result(images, out.get("labels"), out.get("prompts"))
 
     def generate_for_eval(self, data, num: int, sampler=None, steps=None, guidance=None, progress=None):
         """`num` samples for the sample-quality metrics (conditions from `eval_conditions`)."""
         labels, prompts = self.eval_conditions(data, num)
         images = self.core.sample_for(labels, prompts, num, sampler, steps, guidance, progress)
-        return images_result(images, labels, prompts)
+        return self.result(images, labels, prompts)
 
     def full_eval(self, data, num=None, k=None, progress=None) -> dict:
         """The denoising loss on the eval split (fixed timesteps and noise); sample quality follows."""

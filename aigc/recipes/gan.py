@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from aigc.config import RunConfig
 from aigc.errors import AigcError, check_choice
-from aigc.generation import DEFAULT_NUM, images_result
+from aigc.generation import DEFAULT_NUM
 from aigc.io.images import save_grid
 from aigc.models.gan import Discriminator, GANConfig, Generator, base_size
 from aigc.models.text_encoder import caption_vocab
@@ -254,10 +254,10 @@ class GANRecipe(Adversarial, ImageRecipe):
 
     def generate(self, request, stream=None, progress=None):
         self.check_condition_args(request.label, request.prompt)
-        num = request.num or DEFAULT_NUM["images"]
+        num = request.num or DEFAULT_NUM[self.output]
         out = self.requested_conditions(num, request.label, request.prompt)
         images = self._images(self._z(num), self._y(out.get("labels"), out.get("prompts")))
-        return images_result(images, out.get("labels"), out.get("prompts"))
+        return self.result(images, out.get("labels"), out.get("prompts"))
 
     def generate_for_eval(self, data, num: int):
         """`num` samples for the sample-quality metrics: classes in equal shares (class-conditional) or
@@ -268,7 +268,7 @@ class GANRecipe(Adversarial, ImageRecipe):
             j = min(num, i + 1000)
             y = self._y(labels[i:j] if labels is not None else None, prompts[i:j] if prompts is not None else None)
             chunks.append(self._images(self._z(j - i), y))
-        return images_result(torch.cat(chunks), labels, prompts)
+        return self.result(torch.cat(chunks), labels, prompts)
 
     def full_eval(self, data, num=None, k=None, progress=None) -> dict:
         """A GAN has no likelihood to report: D's outputs on the eval split; the sample-quality metrics follow."""

@@ -8,7 +8,7 @@ import torch
 
 from aigc.config import RunConfig
 from aigc.errors import AigcError, check_choice
-from aigc.generation import DEFAULT_NUM, images_result
+from aigc.generation import DEFAULT_NUM
 from aigc.io.images import save_grid
 from aigc.metrics.likelihood import iwae_nll
 from aigc.models.vae import VAE, VAEConfig
@@ -67,17 +67,17 @@ class VAERecipe(ImageRecipe):
         return "unconditional VAE"
 
     def generate(self, request, stream=None, progress=None):
-        num = request.num or DEFAULT_NUM["images"]
+        num = request.num or DEFAULT_NUM[self.output]
         if request.what == "samples":
-            return images_result(self.model.sample(num))
+            return self.result(self.model.sample(num))
         data = self.load_data(self.cfg)
         if request.what == "reconstructions":
-            return images_result(self.reconstructions(data, num), nrow=16)
-        return images_result(self.interpolations(data, pairs=max(1, num // 10)), nrow=10)
+            return self.result(self.reconstructions(data, num), nrow=16)
+        return self.result(self.interpolations(data, pairs=max(1, num // 10)), nrow=10)
 
     def generate_for_eval(self, data, num: int):
         """`num` samples (Bernoulli means, as in the grids) for the sample-quality metrics."""
-        return images_result(torch.cat([self.model.sample(min(1000, num - i)) for i in range(0, num, 1000)]))
+        return self.result(torch.cat([self.model.sample(min(1000, num - i)) for i in range(0, num, 1000)]))
 
     def reconstructions(self, data, num: int) -> torch.Tensor:
         """Rows of (original, reconstruction) pairs from the eval split."""
