@@ -36,6 +36,8 @@ CASES = {
                                           "train_frames=2"], {"top_p": 0.5}),
     "captioner": ("shapes", [*SHAPES, "n_layer=1", "n_head=2", "n_embd=16", "enc_width=8", "grid=4", "block_size=12"],
                   {"steps": 2}),
+    "tts": ("speech", ["num_train=20", "num_eval=10", "batch_size=4", "d_model=16", "enc_layers=1", "dec_layers=1",
+                       "griffin_lim_iters=2"], {"label": 3}),
 }
 # what a family needs in every request beyond num and seed (a captioner: the images to caption)
 NEEDS = {"captioner": lambda: {"num": None, "image": tuple(np.zeros((2, 32, 32, 3), np.uint8) + 200)}}
@@ -66,7 +68,7 @@ def build(family: str, mnist_dir: Path, corpus: Path):
 def payload(result):
     """What a result holds, as one array: images, clips or texts."""
     return np.asarray({"images": getattr(result, "images", None), "video": getattr(result, "videos", None),
-                       "text": getattr(result, "texts", None)}[result.kind])
+                       "text": getattr(result, "texts", None), "audio": getattr(result, "audio", None)}[result.kind])
 
 
 def weights(recipe) -> dict[str, torch.Tensor]:
@@ -112,6 +114,9 @@ def test_family_skeleton(family, mnist_dir, corpus, tmp_path):
     elif result.kind == "video":
         c, t, h, w = data.video_shape
         assert result.videos.dtype == np.uint8 and result.videos.shape == (2, t, h, w, c)
+    elif result.kind == "audio":
+        assert result.audio.dtype == np.float32 and result.audio.ndim == 2 and len(result.audio) == 2
+        assert np.abs(result.audio).max() <= 1 and result.sample_rate == 16000
     else:
         assert len(result.texts) == 2 and all(isinstance(t, str) for t in result.texts)
     assert np.array_equal(payload(generate(recipe, request)), payload(result))

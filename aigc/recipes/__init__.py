@@ -28,7 +28,7 @@ FAMILIES = {"vae": "aigc.recipes.vae:VAERecipe", "gpt": "aigc.recipes.gpt:GPTRec
             "diffusion": "aigc.recipes.diffusion:DiffusionRecipe",
             "video-gan": "aigc.recipes.video:VideoGANRecipe",
             "video-diffusion": "aigc.recipes.video:VideoDiffusionRecipe",
-            "captioner": "aigc.recipes.captioner:CaptionerRecipe"}
+            "captioner": "aigc.recipes.captioner:CaptionerRecipe", "tts": "aigc.recipes.tts:TTSRecipe"}
 
 
 def recipe_class(family: str):
