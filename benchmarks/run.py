@@ -327,6 +327,8 @@ REPORT = [
      "python benchmarks/preference.py (about 75 minutes)"),
     ("Image-to-text (captioner)", "captioner.json", "benchmarks.captioner",
      "python benchmarks/captioner.py [--only ROW] (about 80 minutes)"),
+    ("Speech (spoken digits, text-to-speech)", "speech.json", "benchmarks.speech",
+     "python benchmarks/speech.py [--only ROW] (three 20-minute runs, about 75 minutes)"),
     ("Serving", "serve.json", "benchmarks.serve", "python benchmarks/serve.py (about 3 minutes)"),
     ("Distributed training", "dist.json", "benchmarks.dist", "python benchmarks/dist.py (about 5 minutes)"),
     ("On a busy CPU", "busy_cpu.json", "benchmarks.busy_cpu", "python benchmarks/busy_cpu.py (about 10 minutes)"),

@@ -23,7 +23,14 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.exceptions import HTTPException
 
 from aigc.errors import AigcError, Cancelled
@@ -36,7 +43,7 @@ from aigc.serve.workers import Job, QueueFull, Worker, make_worker
 API_NAMES = {"num": "n", "seed": "seed", "prompt": "prompt", "label": "label", "image": "image", "steps": "steps",
              "guidance": "guidance", "sampler": "sampler", "frames": "frames", "what": "what",
              "temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "max_new_tokens": "max_tokens",
-             "stop": "stop", "messages": "messages", "beam": "beam"}
+             "stop": "stop", "messages": "messages", "beam": "beam", "voice": "voice"}
 ROUTES = {"text": "/v1/completions", "images": "/v1/images/generations", "video": "/v1/videos/generations",
           "audio": "/v1/audio/speech", "captions": "/v1/captions"}
 PAGE = Path(__file__).with_name("page.html")
@@ -556,6 +563,26 @@ def create_app(models: dict[str, Served], api_key: str | None = None, limits: Li
             return S.VideoResponse(created=int(time.time()), data=data, seed=seed), (gif_bytes(clips), ".gif")
 
         return await media_route(request, served, body, gen, seed, "videos", build)
+
+    # ------------------------------------------------------------------ speech
+    @app.post("/v1/audio/speech", dependencies=v1, response_class=Response,
+              responses={**ERRORS, 200: {"content": {"audio/wav": {}}, "description": "a WAV file"}})
+    async def speech(body: S.SpeechRequest, request: Request):
+        """Text to speech (OpenAI's route): the WAV file of `input` spoken by a text-to-speech model."""
+        from aigc.io.audio import wav_bytes
+
+        served = model_for(body.model, "audio", ROUTES["audio"])
+        seed = body.seed if body.seed is not None else secrets.randbelow(2 ** 31)
+        gen = GenRequest(num=1, seed=seed, prompt=body.input, voice=body.voice)
+        check_request(served.recipe, gen, {**API_NAMES, "prompt": "input"})
+        job, q, deadline = submit(served, gen)
+        result = await wait_result(job, q, deadline, request)
+        if result is None:
+            return error_response(499, "the client went away")
+        wav = wav_bytes(result.audio[0], result.sample_rate)
+        if history is not None:
+            history.add(served.name, "speech", body.input, {"voice": body.voice}, seed, data=wav, suffix=".wav")
+        return Response(wav, media_type="audio/wav", headers={"X-Seed": str(seed)})
 
     # ------------------------------------------------------------------ captions
     @app.post("/v1/captions", response_model=S.CaptionResponse, dependencies=v1, responses=ERRORS)

@@ -122,6 +122,17 @@ class VideoRequest(MediaRequest):
     response_format: Literal["gif"] = "gif"
 
 
+class SpeechRequest(Strict):
+    """OpenAI's audio.speech request (`input`, `voice`); the answer is a WAV file (16-bit PCM, mono, 16 kHz)."""
+    model: str = Field(description="a served text-to-speech run's name (GET /v1/models)")
+    input: str = Field(min_length=1, max_length=4096, description="the text to speak")
+    voice: Optional[str] = Field(None, max_length=32, description="one of the model's voices; default: drawn from "
+                                                                  "the seed")
+    response_format: Literal["wav"] = "wav"
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="default: random (returned in X-Seed)")
+    user: Optional[str] = None
+
+
 class ImageData(BaseModel):
     b64_json: str = Field(description="a PNG")
     revised_prompt: Optional[str] = None
