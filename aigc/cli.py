@@ -116,9 +116,10 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
 @cli.command()
 @click.argument("run", type=click.Path())
 @click.option("--num", type=click.IntRange(1, 100000), default=None,
-              help="how many samples (images 64, clips 16, text 1)")
+              help="how many samples (images 64, clips 16, text 1, audio 8; speech of a --prompt 1)")
 @click.option("--out", type=click.Path(), help="FILE.png (grid) or FILE.npz (arrays); video: FILE.gif or FILE.npz; "
-              "text: FILE.txt, FILE.jsonl (one JSON object per sample), default stdout")
+              "text: FILE.txt, FILE.jsonl (one JSON object per sample), default stdout; audio: FILE.wav, FILE.npz, "
+              "FILE.png (spectrograms)")
 @click.option("--prompt", help="text prompt (language models, text-conditional models)")
 @click.option("--prompt-file", type=click.Path(), help="read the prompt from this UTF-8 file")
 @click.option("--label", type=int, help="class label (class-conditional models)")
@@ -126,6 +127,7 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
               help="captioners: an image to caption (repeatable): PNG/JPEG, an npz sample file, or a GIF for a "
                    "clip model")
 @click.option("--beam", type=click.IntRange(1, 64), help="captioners: beam search of this width (default: greedy)")
+@click.option("--voice", help="text-to-speech: one of the model's voices (default: drawn from the seed per sample)")
 @click.option("--steps", type=int, help="sampler steps (diffusion)")
 @click.option("--guidance", type=FINITE, help="classifier-free guidance scale (conditional diffusion): 1 = "
                                              "conditional, "
@@ -153,11 +155,12 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
 @click.option("--stream", is_flag=True, help="text: print tokens as they are produced")
 @click.option("--no-ema", is_flag=True, help="use the raw weights even when EMA weights exist")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
-def sample(run, num, out, prompt, prompt_file, label, images, beam, steps, guidance, sampler, frames, seed, what,
-           max_new_tokens, temperature, top_k, top_p, stop, best_of, judge, stream, no_ema, device):
+def sample(run, num, out, prompt, prompt_file, label, images, beam, voice, steps, guidance, sampler, frames, seed,
+           what, max_new_tokens, temperature, top_k, top_p, stop, best_of, judge, stream, no_ema, device):
     """Generate samples from a trained RUN: a PNG grid or npz for image models, an animated GIF grid or npz
     for video models, text for language models, captions of --image files for captioners (one line per image:
-    file, tab, caption). An option the model does not take is an error."""
+    file, tab, caption), WAV files (FILE-000.wav ... for several), npz or a spectrogram PNG for audio models. An
+    option the model does not take is an error."""
     from aigc.generation import Request
     from aigc.run import sample_run
 
@@ -168,7 +171,8 @@ def sample(run, num, out, prompt, prompt_file, label, images, beam, steps, guida
             prompt = Path(prompt_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise AigcError(f"cannot read --prompt-file {prompt_file}: {e}") from None
-    request = Request(num=num, seed=seed, prompt=prompt, label=label, image=tuple(images), beam=beam, steps=steps,
+    request = Request(num=num, seed=seed, prompt=prompt, label=label, image=tuple(images), beam=beam, voice=voice,
+                      steps=steps,
                       guidance=guidance, sampler=sampler, frames=frames, what=what, temperature=temperature,
                       top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, stop=tuple(map(unescape_stop, stop)),
                       best_of=best_of, judge=judge)
@@ -183,6 +187,9 @@ def sample(run, num, out, prompt, prompt_file, label, images, beam, steps, guida
             click.echo("\n\n".join(result.texts))
         if out:
             click.echo(f"wrote {path}", err=True)
+    elif result.kind == "audio" and out.endswith(".wav") and len(result.audio) > 1:
+        last = path.name.replace("-000.wav", f"-{len(result.audio) - 1:03d}.wav")
+        click.echo(f"wrote {len(result.audio)} files: {path} ... {last}")
     else:
         click.echo(f"wrote {path}")
 

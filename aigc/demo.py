@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aigc.errors import AigcError
 from aigc.generation import Request
+from aigc.io.samples import write_result
 from aigc.run import eval_run, sample_run, start_training
 
 
@@ -31,6 +32,8 @@ class DemoEntry:
     prompts: list = field(default_factory=list)  # language models: sampled once per prompt
     image_prompts: list = field(default_factory=list)  # text-to-image / text-to-video: one small grid per prompt
     video: bool = False                          # samples are clips: animated GIF grids
+    speech_prompts: list = field(default_factory=list)  # text-to-speech: one WAV and its spectrogram per prompt
+    needs: str = ""                              # a program the entry's data is made with; skipped without it
 
 
 DEMOS = [
@@ -76,7 +79,16 @@ DEMOS = [
                     "Samples are decoded from z ~ N(0, I); reconstructions show test images (odd columns) and "
                     "their reconstructions (even columns); each interpolation row decodes a straight line between "
                     "the posterior means of two test images."),
-    DemoEntry("gpt-code", "GPT on Python code (the standard library)", "gpt", "code", 0.3,
+    DemoEntry("tts-speech", "Text-to-speech on synthesised speech (espeak-ng voices, 16 kHz)", "tts", "speech", 0.1,
+              sets=["eval_every=0", "sample_every=0", "ckpt_every=1000"], needs="espeak-ng",
+              eval_args={"num": 100, "sample_num": 100},
+              speech_prompts=["three red circles", "seven three one nine", "a large green triangle in the top left"],
+              blurb="A FastSpeech-2-style model: word tokens through a Transformer encoder, a duration per word "
+                    "(learned from the data's known word timings), each word repeated for its frames, a Transformer "
+                    "decoder to log-mel frames, and Griffin-Lim to audio. The data is synthesised by espeak-ng on "
+                    "first use (it is not human speech); the word error rate is a recogniser's, trained on real "
+                    "synthesised speech, on utterances of word pairs the model never heard together."),
+    DemoEntry("gpt-code", "GPT on Python code (the standard library)", "gpt", "code", 0.2,
               sets=["ckpt_every=500"], eval_args={},
               prompts=["def ", "class ", "import "],
               blurb="A 4-layer decoder-only Transformer with a byte-level BPE tokenizer, pre-trained on the "
@@ -96,7 +108,8 @@ def _metric_rows(result: dict) -> str:
 
 DRY_RUN = {"steps": 20, "eval": {"num": 100, "k": 10, "sample_num": 300}, "video_eval": {"num": 32, "sample_num": 8},
            "sets": {"shapes": ["num_train=2000", "num_eval=500"], "code": ["max_chars=300000", "data.vocab_size=512"],
-                    "moving-shapes": ["num_eval=32", "sample_steps=4", "frames=8"]}}
+                    "moving-shapes": ["num_eval=32", "sample_steps=4", "frames=8"],
+                    "speech": ["num_train=40", "num_eval=10", "d_model=32", "griffin_lim_iters=8"]}}
 
 
 def run_demo(out: Path, minutes: float, overwrite: bool = False, quiet: bool = False, dry_run: bool = False) -> Path:
@@ -114,14 +127,25 @@ def run_demo(out: Path, minutes: float, overwrite: bool = False, quiet: bool = F
     t0 = time.time()
     sections = []
     for e in DEMOS:
+        if e.needs and shutil.which(e.needs) is None:
+            print(f"[demo] {e.title}: skipped ({e.needs} is not installed)", file=sys.stderr)
+            sections.append(f"<section><h2>{html.escape(e.title)}</h2><p>Skipped: {html.escape(e.needs)} is not "
+                            "installed.</p></section>")
+            continue
         print(f"[demo] {e.title}: training for {minutes * e.share:.1f} min", file=sys.stderr)
         run = out / "runs" / e.name
         budget = {"train.steps": DRY_RUN["steps"]} if dry_run else {"train.minutes": minutes * e.share}
         sets = e.sets + (DRY_RUN["sets"].get(e.dataset, []) if dry_run else [])
         summary = start_training(e.family, e.dataset, None, sets, budget, str(run), False, quiet)
-        images, texts = {}, []
+        images, texts, sounds = {}, [], []
         ext = "gif" if e.video else "png"
-        if e.prompts:
+        if e.speech_prompts:
+            for i, prompt in enumerate(e.speech_prompts):
+                result, wav = sample_run(run, Request(prompt=prompt, seed=i), out / f"{e.name}-{i}.wav")
+                png = out / f"{e.name}-{i}.png"
+                write_result(result, png)
+                sounds.append((prompt, wav, png))
+        elif e.prompts:
             for i, prompt in enumerate(e.prompts):
                 result, _ = sample_run(run, Request(prompt=prompt, seed=i, max_new_tokens=200, temperature=0.8,
                                                     top_k=50))
@@ -144,6 +168,9 @@ def run_demo(out: Path, minutes: float, overwrite: bool = False, quiet: bool = F
         pre = "".join(f"<h3>prompt <code>{html.escape(p)}</code></h3>"
                       f"<pre><b>{html.escape(p)}</b>{html.escape(t)}</pre>"
                       for p, t in texts)
+        pre += "".join(f'<figure><figcaption>&ldquo;{html.escape(p)}&rdquo;</figcaption><audio controls '
+                       f'src="{html.escape(w.name)}"></audio><br><img src="{html.escape(s.name)}" '
+                       f'alt="spectrogram of {html.escape(p)}"></figure>' for p, w, s in sounds)
         sections.append(f"<section><h2>{html.escape(e.title)}</h2><p>{html.escape(e.blurb)}</p>{pre}"
                         f'<div class="figs">{figs}</div>'
                         f"<table><tr><th>metric</th><th>value</th></tr>{_metric_rows(result)}</table></section>")

@@ -66,14 +66,37 @@ def load_samples_npz(path: Path) -> dict:
     return out
 
 
+def load_audio_npz(path: Path):
+    """Validate a DESIGN.md audio sample file: audio float32 [N,S] in [-1, 1], sample_rate, labels [N]?, prompts
+    [N]? -> an Audio result."""
+    from aigc.generation import Audio
+
+    arrays = _read_npz(path)
+    if "audio" not in arrays or "sample_rate" not in arrays:
+        raise AigcError(f"{path} needs 'audio' float32 [N,S] and 'sample_rate' (keys: {', '.join(arrays) or 'none'})")
+    a = arrays["audio"]
+    if a.ndim != 2 or a.dtype.kind != "f":
+        raise AigcError(f"{path}: 'audio' must be float [N,S] in [-1, 1], got {a.dtype} {list(a.shape)}")
+    labels = arrays.get("labels")
+    if labels is not None and (labels.ndim != 1 or len(labels) != len(a) or labels.dtype.kind not in "iu"):
+        raise AigcError(f"{path}: 'labels' must be integers [N] matching the {len(a)} clips")
+    prompts = _prompts(path, arrays["prompts"], len(a)) if "prompts" in arrays else None
+    return Audio(np.clip(a.astype(np.float32), -1, 1), int(arrays["sample_rate"]), prompts,
+                 None if labels is None else labels.astype(np.int64))
+
+
 def eval_samples_file(path: Path, dataset: str, data_dir: str | None = None) -> dict:
     """Validate the sample file (before any data is loaded), then score it against `dataset`."""
     from aigc.config import data_config
     from aigc.data import entry, load_dataset
 
     kind = entry(dataset).kind
+    if kind in ("audio", "speech"):
+        result = load_audio_npz(path)
+        data = load_dataset(data_config(dataset, dir=data_dir or ""))
+        return {"samples": str(path), "dataset": dataset, **data.score_result(result)}
     if kind not in ("images", "video"):
-        raise AigcError(f"--samples scores images or clips; '{dataset}' is a {kind} dataset")
+        raise AigcError(f"--samples scores images, clips or audio; '{dataset}' is a {kind} dataset")
     video = kind == "video"
     s = load_videos_npz(path) if video else load_samples_npz(path)
     data = load_dataset(data_config(dataset, dir=data_dir or ""))

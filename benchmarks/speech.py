@@ -49,6 +49,14 @@ def aigc(*args) -> dict:
     return {**json.loads(p.stdout), "wall_s": round(wall, 1)}
 
 
+def sample(*args) -> None:
+    cmd = [sys.executable, "-m", "aigc", "sample", *map(str, args)]
+    print("$", " ".join(cmd[2:]), flush=True)
+    p, _, _ = run(cmd)
+    if p.returncode:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
+
+
 def budget(minutes: float) -> dict:
     from benchmarks.run import reference_ms
 
@@ -79,9 +87,9 @@ def digits_row(family: str, args) -> dict:
     ev = aigc("eval", out, "--num", args.num, "--quiet")
     q = ev["sample_quality"]
     t0 = time.perf_counter()
-    aigc("sample", out, "--num", 100, "--seed", 0, "--out", RUNS / f"{family}-samples.npz")
+    sample(out, "--num", 100, "--seed", 0, "--out", RUNS / f"{family}-samples.npz")
     sample_s = time.perf_counter() - t0
-    aigc("sample", out, "--label", 7, "--num", 8, "--seed", 0, "--out", IMG / f"speech-{family}-seven.png")
+    sample(out, "--label", 7, "--num", 8, "--seed", 0, "--out", IMG / f"speech-{family}-seven.png")
     return {**speed, **train, "command": f"aigc train {family} --data spoken-digits --minutes {args.minutes}; "
                                          f"aigc eval RUN --num {args.num}",
             **{k: q[k] for k in DIGIT_KEYS if k in q}, "floors": digit_floors(),
@@ -106,10 +114,11 @@ def tts_row(args) -> dict:
     result = generate(recipe, Request(num=64, prompt="a large yellow circle in the bottom right"))
     compute = time.perf_counter() - t0
     seconds = float((abs(result.audio) > 0).sum()) / result.sample_rate
-    aigc("sample", out, "--prompt", texts[2], "--num", 4, "--seed", 0, "--out", IMG / "speech-tts.png")
+    sample(out, "--prompt", texts[2], "--num", 4, "--seed", 0, "--out", IMG / "speech-tts.png")
     return {**speed, **train, "command": f"aigc train tts --data speech --minutes {args.minutes}; aigc eval RUN",
             "word_error_rate": q["word_error_rate"], "wer_real_eval": q["wer_real_eval"],
-            "wer_real_griffin_lim": q["wer_real_griffin_lim"], "num_samples": q["num_samples"],
+            "wer_real_griffin_lim": q["wer_real_griffin_lim"],
+            "wer_real_eval_holdout_pairs": q["wer_real_eval_holdout_pairs"], "num_samples": q["num_samples"],
             "eval_mel_loss": ev.get("eval_mel_loss"), "eval_duration_loss": ev.get("eval_duration_loss"),
             "real_time_factor": round(compute / seconds, 4), "rtf_audio_s": round(seconds, 1),
             "examples": q["examples"], "goal_met": q["word_error_rate"] <= GOALS["word_error_rate"]}

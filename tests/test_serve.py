@@ -52,7 +52,13 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     cap = ["num_train=64", "num_eval=16", "batch_size=8", "n_layer=1", "n_head=2", "n_embd=16", "enc_width=8",
            "grid=4", "block_size=12", "eval_batches=1"]
     start_training("captioner", "shapes", None, cap, {"train.steps": 2}, root / "cap", False, True)
-    return {name: root / name for name in ("gpt", "chat", "t2i", "clip", "cap")}
+    names = ["gpt", "chat", "t2i", "clip", "cap"]
+    if shutil.which("espeak-ng"):
+        tts = ["num_train=20", "num_eval=10", "batch_size=4", "d_model=16", "enc_layers=1", "dec_layers=1",
+               "griffin_lim_iters=2", "eval_batches=1"]
+        start_training("tts", "speech", None, tts, {"train.steps": 2}, root / "tts", False, True)
+        names.append("tts")
+    return {name: root / name for name in names}
 
 
 def free_port() -> int:
@@ -122,7 +128,7 @@ def test_openai_client_completions_plain_and_streamed(url, runs):
     from openai import OpenAI
 
     client = OpenAI(base_url=url + "/v1", api_key="unused")
-    assert [m.id for m in client.models.list().data] == ["gpt", "chat", "t2i", "clip", "cap"]
+    assert [m.id for m in client.models.list().data] == list(runs)
     plain = client.completions.create(model="gpt", prompt="ROMEO:", max_tokens=24, seed=5, temperature=0.9)
     expected = same_as_sample(runs["gpt"], prompt="ROMEO:", max_new_tokens=24, seed=5, temperature=0.9).texts[0]
     assert plain.choices[0].text == expected and len(expected) > 0
@@ -159,6 +165,24 @@ def test_images_generate_matches_sample(url, runs):
     assert len(r.data) == 3
     for d, img in zip(r.data, expected.images):
         assert np.array_equal(png(d.b64_json).reshape(img.shape), img)
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+def test_openai_client_speech_matches_sample(url, runs):
+    from openai import OpenAI
+
+    from aigc.io.audio import wav_bytes
+
+    client = OpenAI(base_url=url + "/v1", api_key="unused")
+    r = client.audio.speech.create(model="tts", voice="m3", input="three red circles", extra_body={"seed": 2})
+    expected = same_as_sample(runs["tts"], prompt="three red circles", voice="m3", seed=2)
+    assert r.content == wav_bytes(expected.audio[0], expected.sample_rate) and r.content[:4] == b"RIFF"
+    for body, words in (({"voice": "alloy"}, "unknown voice 'alloy': this model speaks with m1"),
+                        ({"input": "three purple circles"}, "unknown word 'purple'")):
+        bad = httpx.post(url + "/v1/audio/speech", json={"model": "tts", "input": "one", **body}, timeout=60)
+        assert bad.status_code == 400 and words in bad.json()["error"]["message"]
+    wrong = httpx.post(url + "/v1/audio/speech", json={"model": "t2i", "input": "one"}, timeout=60)
+    assert wrong.status_code == 400 and "/v1/images/generations" in wrong.json()["error"]["message"]
 
 
 def png_bytes_of(array: np.ndarray) -> bytes:
@@ -376,8 +400,8 @@ def test_web_page_streams_text_generates_images_captions_and_stops(runs, tmp_pat
 
     pic = tmp_path / "shape.png"
     pic.write_bytes(png_bytes_of(render(1, seed=2)[0][0].permute(1, 2, 0).numpy()))
-    with live_server([runs["gpt"], runs["t2i"], runs["cap"]], history=tmp_path / "h", max_tokens=100_000) as u, \
-            sync_playwright() as p:
+    served = [runs[n] for n in ("gpt", "t2i", "cap", "tts") if n in runs]
+    with live_server(served, history=tmp_path / "h", max_tokens=100_000) as u, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(u + "/")
@@ -401,6 +425,12 @@ def test_web_page_streams_text_generates_images_captions_and_stops(runs, tmp_pat
         page.wait_for_function("document.querySelectorAll('#media figcaption').length === 1")
         expected = same_as_sample(runs["cap"], image=(str(pic),), seed=0).texts[0]
         assert page.inner_text("#media figcaption") == expected
+        if "tts" in runs:                                               # speech plays in an <audio> element
+            page.select_option("#model", "tts")
+            page.fill("#prompt", "three red circles")
+            page.click("#go")
+            page.wait_for_function("document.querySelector('#media audio') && "
+                                   "document.querySelector('#media audio').src.startsWith('blob:')")
         page.select_option("#model", "gpt")
         page.fill("#prompt", "ROMEO:")
         page.fill("#max_tokens", "100000")

@@ -184,3 +184,37 @@ def test_griffin_lim_keeps_what_a_classifier_hears():
         heard, heard_again = net(real.float() / 255).argmax(1), net(again.float() / 255).argmax(1)
     assert (heard == ds.eval.labels).float().mean() > 0.7               # it hears the held-out voices
     assert (heard_again == heard).float().mean() >= 0.9                 # and Griffin-Lim changes little of it
+
+
+def test_audio_sample_files_are_checked(tmp_path):
+    from aigc.evaluation import load_audio_npz
+
+    good = tmp_path / "good.npz"
+    np.savez(good, audio=np.zeros((3, 160), np.float32), sample_rate=np.int64(16000), labels=np.arange(3),
+             prompts=np.array(["one", "two", "three"]))
+    result = load_audio_npz(good)
+    assert result.audio.shape == (3, 160) and result.labels.tolist() == [0, 1, 2] and result.prompts[2] == "three"
+    np.savez(tmp_path / "bad.npz", audio=np.zeros((3, 160), np.float32))
+    with pytest.raises(AigcError, match="needs 'audio' float32 \\[N,S\\] and 'sample_rate'"):
+        load_audio_npz(tmp_path / "bad.npz")
+    np.savez(tmp_path / "ints.npz", audio=np.zeros((3, 160), np.int16), sample_rate=np.int64(16000))
+    with pytest.raises(AigcError, match="must be float"):
+        load_audio_npz(tmp_path / "ints.npz")
+
+
+@needs_espeak
+def test_tts_from_the_command_line(tmp_path):
+    from conftest import assert_clean_error, run_cli
+
+    run = tmp_path / "tts"
+    p = run_cli("train", "tts", "--data", "speech", "--steps", "2", "--out", run, "--quiet", "--set", "num_train=20",
+                "--set", "num_eval=10", "--set", "batch_size=4", "--set", "d_model=16", "--set", "griffin_lim_iters=2")
+    assert p.returncode == 0, p.stderr
+    p = run_cli("sample", run, "--prompt", "Three red circles", "--voice", "m3", "--out", tmp_path / "s.wav")
+    assert p.returncode == 0 and (tmp_path / "s.wav").is_file(), p.stderr
+    p = run_cli("sample", run, "--num", "2", "--out", tmp_path / "two.wav")
+    assert "wrote 2 files" in p.stdout and (tmp_path / "two-001.wav").is_file()
+    assert_clean_error(run_cli("sample", run, "--label", "3", "--out", tmp_path / "x.wav"), "--label does not apply")
+    assert_clean_error(run_cli("sample", run, "--prompt", "three big circles", "--out", tmp_path / "x.wav"),
+                       "unknown word 'big'")
+    assert_clean_error(run_cli("sample", run, "--prompt", "one", "--out", tmp_path / "x.mp3"), ".wav or .npz or .png")

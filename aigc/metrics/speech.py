@@ -5,7 +5,7 @@ The recogniser: log-mel frames -> a 1-D convolution, a second with stride 2, the
 keeps its training to a CPU minute or two) -> per-frame word posteriors, trained with CTC (Graves et al. 2006) over
 word tokens (blank = token 0, the pause), greedy decoding. It trains on the training voices only: half its examples
 are utterances as recorded, half are spliced from random words of them (the data knows every word's frames), so
-that it hears any word order and has no prior for the phrases it was trained on; with light augmentation (a random
+that it hears words in any order and less of a prior for the data's phrases; with light augmentation (a random
 gain in dB, a time mask). It is cached like the feature classifier (AIGC_CACHE/classifiers), keyed by a digest of
 its data. Word error rate = (substitutions + deletions + insertions) / reference words, summed over utterances
 (Levenshtein over words)."""
@@ -120,7 +120,8 @@ def transcribe(net: Recogniser, mels: list[torch.Tensor], words: tuple[str, ...]
     return out
 
 
-def get_recogniser(name: str, draw, n_mels: int, vocab: int, key_digest: str, log=None) -> tuple[Recogniser, dict]:
+def get_recogniser(name: str, draw, n_mels: int, vocab: int, key_digest: str, steps: int = 1500,
+                   log=None) -> tuple[Recogniser, dict]:
     """The cached recogniser for this data (trained the first time); returns (net, info)."""
     key = f"{name}-recogniser-v{RECOGNISER_VERSION}-{key_digest}"
     folder = cache.cache_dir("classifiers")
@@ -133,7 +134,7 @@ def get_recogniser(name: str, draw, n_mels: int, vocab: int, key_digest: str, lo
         return net.eval(), {**meta, "key": key, "reused": True}
     if log:
         log(f"training the {name} word recogniser once, for the word error rate (cached in {folder}) ...")
-    net = train_recogniser(draw, n_mels, vocab, progress=log is not None)
+    net = train_recogniser(draw, n_mels, vocab, steps, progress=log is not None)
     meta = {**net.meta, "dataset": name}
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -59,7 +59,7 @@ class FFTBlock(nn.Module):
     def __init__(self, m: TTSConfig):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(m.d_model), nn.LayerNorm(m.d_model)
-        self.attn = nn.MultiheadAttention(m.d_model, m.heads, batch_first=True)     # no attention dropout: the fused path
+        self.attn = nn.MultiheadAttention(m.d_model, m.heads, batch_first=True)     # no dropout: the fused kernel
         self.conv1 = nn.Conv1d(m.d_model, m.d_model * m.ff_mult, m.kernel, padding=m.kernel // 2)
         self.conv2 = nn.Conv1d(m.d_model * m.ff_mult, m.d_model, 1)
         self.drop = nn.Dropout(m.dropout)
