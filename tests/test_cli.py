@@ -112,8 +112,8 @@ def test_corrupt_gz(tmp_path, mnist_dir):
 
 
 @pytest.mark.parametrize("args,fragments", [
-    (["train", "vea", "--data", "mnist", "--steps", "1"], ["unknown family 'vea'",
-                                                           "valid: captioner, diffusion, gan, gpt, text-gan, vae"]),
+    (["train", "vea", "--data", "mnist", "--steps", "1"],
+     ["unknown family 'vea'", "valid: captioner, diffusion, gan, gpt, text-gan, tts, vae"]),
     (["train", "vae", "--data", "cifar", "--steps", "1"], ["unknown dataset 'cifar'", "mnist"]),
     (["train", "vae", "--data", "mnist", "--steps", "1", "--set", "z_dimm=3"], ["unknown config key", "z_dim"]),
     (["train", "vae", "--data", "mnist", "--steps", "1", "--set", "lr=fast"], ["wrong type for train.lr"]),

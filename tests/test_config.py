@@ -56,7 +56,7 @@ def test_precedence_preset_config_flags_set(tmp_path):
 
 
 def test_unknown_family_lists_valid():
-    with pytest.raises(AigcError, match="valid: captioner, diffusion, gan, gpt, text-gan, vae, video-diffusion, "
+    with pytest.raises(AigcError, match="valid: captioner, diffusion, gan, gpt, text-gan, tts, vae, video-diffusion, "
                                         "video-gan"):
         build_config("vea", "mnist", None, [], {})
 
