@@ -23,7 +23,6 @@ budgets are for 3.9 ms: `budget_scaled_min` is the budget such a machine's speed
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -32,32 +31,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.run import provenance, rows_main, run, train_run  # noqa: E402
+from benchmarks.run import aigc_json as aigc  # noqa: E402
+from benchmarks.run import budget, provenance, rows_main, train_run  # noqa: E402
 
 RUNS = ROOT / "bench_runs" / "cap"
 OUT = ROOT / "benchmarks" / "results" / "captioner.json"
 HOLDOUT = '["green triangle", "yellow circle"]'
-REF_MS = 3.9
 GOALS = {"seen": 0.99, "holdout": 0.90, "moving": 0.95, "agreement": 0.97, "folder_gap": 0.05}
 KEEP = ("caption_accuracy", "caption_accuracy_seen", "caption_accuracy_holdout", "color_accuracy", "shape_accuracy",
         "size_accuracy", "position_accuracy", "direction_accuracy", "bleu4", "exact_match", "teacher_forced_loss",
         "num_samples", "num_seen", "num_holdout", "decoding", "bleu_signature")
-
-
-def aigc(*args) -> dict:
-    cmd = [sys.executable, "-m", "aigc", *map(str, args)]
-    print("$", " ".join(cmd[2:]), flush=True)
-    p, wall, _ = run(cmd)
-    if p.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
-    return {**json.loads(p.stdout), "wall_s": round(wall, 1)}
-
-
-def budget(minutes: float) -> dict:
-    from benchmarks.run import reference_ms
-
-    ref = reference_ms()
-    return {"budget_min": minutes, "reference_ms": ref, "budget_scaled_min": round(minutes * ref / REF_MS, 1)}
 
 
 def caption_row(name: str, dataset: str, sets: list[str], minutes: float, num: int | None) -> dict:

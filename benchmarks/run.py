@@ -170,6 +170,33 @@ def reference_ms() -> float:
 TRAIN_COST = ("train_wall_s", "train_peak_rss_mb")     # known only to the process that trained the run
 
 
+REFERENCE_MS = 3.9                   # the machine the issues' budgets are for (its reference_ms)
+
+
+def aigc_cli(*args) -> subprocess.CompletedProcess:
+    """`python -m aigc ARGS` (printed first); exits with its stderr when it fails."""
+    cmd = [sys.executable, "-m", "aigc", *map(str, args)]
+    print("$", " ".join(cmd[2:]), flush=True)
+    p, wall, _ = run(cmd)
+    if p.returncode:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
+    p.wall_s = round(wall, 1)
+    return p
+
+
+def aigc_json(*args) -> dict:
+    """`python -m aigc ARGS` that prints JSON (eval): the JSON plus wall_s."""
+    p = aigc_cli(*args)
+    return {**json.loads(p.stdout), "wall_s": p.wall_s}
+
+
+def budget(minutes: float) -> dict:
+    """An issue's budget in minutes beside this machine's reference_ms and the budget scaled to it (the minutes a
+    3.9 ms machine's compute takes here)."""
+    ref = reference_ms()
+    return {"budget_min": minutes, "reference_ms": ref, "budget_scaled_min": round(minutes * ref / REFERENCE_MS, 1)}
+
+
 def train_run(out: Path, train_args: list[str], minutes: float, unit: str) -> dict:
     """`aigc train TRAIN_ARGS --minutes M --out OUT` unless OUT already holds a checkpoint; then only what the
     run's metrics say. Returns run, steps, train_s, train_{unit}_per_s (from the batch size), and the

@@ -22,7 +22,6 @@ budgets are for 3.9 ms: `budget_scaled_min` is the budget such a machine's speed
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,39 +30,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.run import provenance, rows_main, run, train_run  # noqa: E402
+from benchmarks.run import aigc_cli, budget, provenance, rows_main, train_run  # noqa: E402
+from benchmarks.run import aigc_json as aigc  # noqa: E402
 
 RUNS = ROOT / "bench_runs" / "speech"
 OUT = ROOT / "benchmarks" / "results" / "speech.json"
 IMG = ROOT / "docs" / "img"
-REF_MS = 3.9
 GOALS = {"class_accuracy": 0.95, "word_error_rate": 0.10}
 DIGIT_KEYS = ("class_accuracy", "fid", "real_vs_real_fid", "kid", "precision", "recall", "class_entropy",
               "classifier_test_accuracy", "num_samples", "fid_name", "features")
-
-
-def aigc(*args) -> dict:
-    cmd = [sys.executable, "-m", "aigc", *map(str, args)]
-    print("$", " ".join(cmd[2:]), flush=True)
-    p, wall, _ = run(cmd)
-    if p.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
-    return {**json.loads(p.stdout), "wall_s": round(wall, 1)}
-
-
-def sample(*args) -> None:
-    cmd = [sys.executable, "-m", "aigc", "sample", *map(str, args)]
-    print("$", " ".join(cmd[2:]), flush=True)
-    p, _, _ = run(cmd)
-    if p.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
-
-
-def budget(minutes: float) -> dict:
-    from benchmarks.run import reference_ms
-
-    ref = reference_ms()
-    return {"budget_min": minutes, "reference_ms": ref, "budget_scaled_min": round(minutes * ref / REF_MS, 1)}
 
 
 def digit_floors() -> dict:
@@ -89,9 +64,9 @@ def digits_row(family: str, args) -> dict:
     ev = aigc("eval", out, "--num", args.num, "--quiet")
     q = ev["sample_quality"]
     t0 = time.perf_counter()
-    sample(out, "--num", 100, "--seed", 0, "--out", RUNS / f"{family}-samples.npz")
+    aigc_cli("sample", out, "--num", 100, "--seed", 0, "--out", RUNS / f"{family}-samples.npz")
     sample_s = time.perf_counter() - t0
-    sample(out, "--label", 7, "--num", 8, "--seed", 0, "--out", IMG / f"speech-{family}-seven.png")
+    aigc_cli("sample", out, "--label", 7, "--num", 8, "--seed", 0, "--out", IMG / f"speech-{family}-seven.png")
     return {**speed, **train, "command": f"aigc train {family} --data spoken-digits --minutes {args.minutes}; "
                                          f"aigc eval RUN --num {args.num}",
             **{k: q[k] for k in DIGIT_KEYS if k in q}, "floors": digit_floors(),
@@ -123,7 +98,7 @@ def tts_row(args, scaled: bool = False) -> dict:
     result = generate(recipe, Request(num=64, prompt="a large yellow circle in the bottom right"))
     compute = time.perf_counter() - t0
     seconds = float((abs(result.audio) > 0).sum()) / result.sample_rate
-    sample(out, "--prompt", texts[2], "--num", 4, "--seed", 0, "--out", IMG / "speech-tts.png")
+    aigc_cli("sample", out, "--prompt", texts[2], "--num", 4, "--seed", 0, "--out", IMG / "speech-tts.png")
     return {**speed, **train, "train_minutes": minutes,
             "command": f"aigc train tts --data speech --minutes {minutes}; aigc eval RUN",
             "word_error_rate": q["word_error_rate"], "wer_real_eval": q["wer_real_eval"],

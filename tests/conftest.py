@@ -34,30 +34,27 @@ def make_mnist_dir(folder: Path, n_train: int = 512, n_test: int = 128, seed: in
     return folder
 
 
+def _private(variable: str, path: Path):
+    """Point an environment variable at `path` for the session, then put it back."""
+    old = os.environ.get(variable)
+    os.environ[variable] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop(variable, None)
+    else:
+        os.environ[variable] = old
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
     """Feature classifiers trained by tests go to a private cache, never the user's."""
-    path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("AIGC_CACHE")
-    os.environ["AIGC_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("AIGC_CACHE", None)
-    else:
-        os.environ["AIGC_CACHE"] = old
+    yield from _private("AIGC_CACHE", tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="session", autouse=True)
 def private_data(tmp_path_factory):
     """Data made on first use (the speech datasets) goes to a private folder, never the user's."""
-    path = tmp_path_factory.mktemp("data")
-    old = os.environ.get("AIGC_DATA")
-    os.environ["AIGC_DATA"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("AIGC_DATA", None)
-    else:
-        os.environ["AIGC_DATA"] = old
+    yield from _private("AIGC_DATA", tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="session")

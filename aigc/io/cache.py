@@ -123,3 +123,28 @@ def clear(kind: str | None = None, older_than_days: float | None = None) -> tupl
             shutil.rmtree(p) if p.is_dir() else p.unlink()
         n, size = n + 1, size + e.bytes
     return n, size
+
+
+def load_weights(kind: str, key: str) -> tuple[dict, dict] | None:
+    """(state dict, metadata) of the network cached as KIND/KEY.safetensors + KEY.json, or None when absent."""
+    from safetensors.torch import load_file
+
+    folder = cache_dir(kind)
+    path, meta_path = folder / f"{key}.safetensors", folder / f"{key}.json"
+    if not (path.is_file() and meta_path.is_file()):
+        return None
+    touch(meta_path)
+    return load_file(str(path)), json.loads(meta_path.read_text())
+
+
+def save_weights(kind: str, key: str, state: dict, meta: dict) -> None:
+    """Cache a network's weights (safetensors, written atomically) and its metadata beside them."""
+    from safetensors.torch import save_file
+
+    folder = cache_dir(kind)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{key}.safetensors"
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    tmp.replace(path)
+    (folder / f"{key}.json").write_text(json.dumps(meta))

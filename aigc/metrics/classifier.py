@@ -8,12 +8,10 @@ these features are *not* Inception FID and must be reported with their definitio
 from __future__ import annotations
 
 import hashlib
-import json
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from aigc.io import cache
 
@@ -102,24 +100,19 @@ def get_classifier(name: str, images: torch.Tensor, labels: torch.Tensor, num_cl
     """The cached classifier for this dataset, trained on (images, labels) the first time.
     Returns (net, info) where info has the cache key, its test accuracy and whether it was reused."""
     key = f"{name}-v{FEATURE_VERSION}-{data_digest(images, labels)}"
-    folder = cache.cache_dir("classifiers")
-    path, meta_path = folder / f"{key}.safetensors", folder / f"{key}.json"
-    if path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+    cached = cache.load_weights("classifiers", key)
+    if cached is not None:
+        state, meta = cached
         net = FeatureNet(meta["channels"], meta["size"], meta["num_classes"])
-        net.load_state_dict(load_file(str(path)))
-        cache.touch(meta_path)
+        net.load_state_dict(state)
         return net.eval(), {**meta, "key": key, "reused": True}
     if log:
-        log(f"training the {name} feature classifier once, for the sample metrics (cached in {folder}) ...")
+        log(f"training the {name} feature classifier once, for the sample metrics (cached in "
+            f"{cache.cache_dir('classifiers')}) ...")
     net = train_classifier(images, labels, num_classes, progress=log is not None)
     meta = {**net.meta, "dataset": name, "images": len(images),
             "test_accuracy": round(accuracy(net, *test), 4) if test else None}
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    tmp.replace(path)
-    meta_path.write_text(json.dumps(meta))
+    cache.save_weights("classifiers", key, net.state_dict(), meta)
     return net, {**meta, "key": key, "reused": False}
 
 

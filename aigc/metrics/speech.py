@@ -18,7 +18,6 @@ import sys
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from aigc.io import cache
 
@@ -124,23 +123,18 @@ def get_recogniser(name: str, draw, n_mels: int, vocab: int, key_digest: str, st
                    log=None) -> tuple[Recogniser, dict]:
     """The cached recogniser for this data (trained the first time); returns (net, info)."""
     key = f"{name}-recogniser-v{RECOGNISER_VERSION}-{key_digest}"
-    folder = cache.cache_dir("classifiers")
-    path, meta_path = folder / f"{key}.safetensors", folder / f"{key}.json"
-    if path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+    cached = cache.load_weights("classifiers", key)
+    if cached is not None:
+        state, meta = cached
         net = Recogniser(meta["n_mels"], meta["vocab"], meta["width"])
-        net.load_state_dict(load_file(str(path)))
-        cache.touch(meta_path)
+        net.load_state_dict(state)
         return net.eval(), {**meta, "key": key, "reused": True}
     if log:
-        log(f"training the {name} word recogniser once, for the word error rate (cached in {folder}) ...")
+        log(f"training the {name} word recogniser once, for the word error rate (cached in "
+            f"{cache.cache_dir('classifiers')}) ...")
     net = train_recogniser(draw, n_mels, vocab, steps, progress=log is not None)
     meta = {**net.meta, "dataset": name}
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    tmp.replace(path)
-    meta_path.write_text(json.dumps(meta))
+    cache.save_weights("classifiers", key, net.state_dict(), meta)
     return net, {**meta, "key": key, "reused": False}
 
 
