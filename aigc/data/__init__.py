@@ -14,8 +14,10 @@ are part of the trainer's checkpoint, so a resumed run sees exactly the batches 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -45,6 +47,18 @@ DATASETS = {
     "spoken-digits": Entry("audio", "aigc.data.speech", "SpokenDigitsConfig"),
     "speech": Entry("speech", "aigc.data.speech", "SpeechConfig"),
 }
+
+
+def data_root() -> Path:
+    """Where data that aigc downloads or makes is kept: AIGC_DATA, default ~/.cache/aigc."""
+    return Path(os.environ.get("AIGC_DATA", Path.home() / ".cache" / "aigc"))
+
+
+def eval_batches(split, batch_size: int, limit: int | None = None):
+    """Batches of a split's first `limit` items (all when None), in order."""
+    n = len(split) if limit is None else min(limit, len(split))
+    for i in range(0, n, batch_size):
+        yield split.batch(torch.arange(i, min(i + batch_size, n)))
 
 
 def entry(name: str) -> Entry:
@@ -151,9 +165,7 @@ class Dataset:
 
     def eval_batches(self, batch_size: int, limit: int | None = None):
         """The eval split in order (already binarised once with a fixed seed when binarize is on)."""
-        n = len(self.eval) if limit is None else min(limit, len(self.eval))
-        for i in range(0, n, batch_size):
-            yield self.eval.batch(torch.arange(i, min(i + batch_size, n)))
+        return eval_batches(self.eval, batch_size, limit)
 
     # ---------------------------------------------------------------- scoring generated samples
     def feature_classes(self) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aigc.data import Dataset, ImageConfig, Split, finish_images
+from aigc.data import Dataset, ImageConfig, Split, data_root, finish_images
 from aigc.data.idx import read_idx
 from aigc.errors import AigcError
 
@@ -25,7 +24,7 @@ MIRRORS = ["https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.go
 
 
 def default_dir() -> Path:
-    return Path(os.environ.get("AIGC_DATA", Path.home() / ".cache" / "aigc")) / "mnist"
+    return data_root() / "mnist"
 
 
 def _md5(path: Path) -> str:

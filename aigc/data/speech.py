@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from aigc.config import DataConfig
-from aigc.data import Dataset, ImageConfig, Split
+from aigc.data import Dataset, ImageConfig, Split, data_root, eval_batches
 from aigc.data.audio import MelSpec, from_image, resample, to_image
 from aigc.data.shapes import COLOR_NAMES, SHAPES, SIZE_NAMES
 from aigc.data.shapes import random_prompts as shape_captions
@@ -55,10 +55,6 @@ DIGIT_MEL = MelSpec(n_fft=1024, hop=500, n_mels=32)
 SPEECH_MEL = MelSpec(n_fft=1024, hop=256, n_mels=64)
 DIGIT_SAMPLES = SAMPLE_RATE          # 1 s
 DIGIT_FRAMES = 32
-
-
-def data_root() -> Path:
-    return Path(os.environ.get("AIGC_DATA", Path.home() / ".cache" / "aigc"))
 
 
 def espeak() -> str:
@@ -86,8 +82,7 @@ def draw_voice(rng: np.random.Generator, voices: tuple[str, ...]) -> Voice:
 
 def draw_voices(seed: int, tag: int, split: str, n: int) -> list[Voice]:
     """The voices of a split's n utterances, each from its own generator (seed, tag, split, index)."""
-    voices = TRAIN_VOICES if split == "train" else HELD_OUT_VOICES
-    return [draw_voice(np.random.default_rng([seed, tag, split == "eval", i]), voices) for i in range(n)]
+    return [draw_voice(np.random.default_rng([seed, tag, split == "eval", i]), _voices(split)) for i in range(n)]
 
 
 def synth_word(word: str, voice: Voice) -> np.ndarray:
@@ -378,9 +373,7 @@ class SpeechData:
         return [t for t in self.eval.texts if has_holdout(t.split())]
 
     def eval_batches(self, batch_size: int, limit: int | None = None):
-        n = len(self.eval) if limit is None else min(limit, len(self.eval))
-        for i in range(0, n, batch_size):
-            yield self.eval.batch(torch.arange(i, min(i + batch_size, n)))
+        return eval_batches(self.eval, batch_size, limit)
 
     # ---------------------------------------------------------------- the word recogniser (word_error_rate)
     def recogniser(self):
@@ -467,10 +460,15 @@ def griffin_lim(mel: torch.Tensor) -> torch.Tensor:
     return SPEECH_MEL.decode(mel.T[None], samples=(len(mel) - 1) * SPEECH_MEL.hop)
 
 
+def text_words(text: str) -> list[str]:
+    """The words of a text as the models read them: lower case, commas and full stops dropped."""
+    return text.lower().replace(",", " ").replace(".", " ").split()
+
+
 def encode_text(text: str, max_words: int | None = None) -> list[int]:
     """A text -> tokens with a pause before, between and after the words; a clear error naming the words the
     models know when one is not among them."""
-    words = text.lower().replace(",", " ").replace(".", " ").split()
+    words = text_words(text)
     if not words:
         raise AigcError("the text to speak is empty")
     unknown = sorted({w for w in words if w not in WORDS})

@@ -105,7 +105,6 @@ def train_recogniser(draw, n_mels: int, vocab: int, steps: int = 1500, batch_siz
 @torch.no_grad()
 def transcribe(net: Recogniser, mels: list[torch.Tensor], words: tuple[str, ...], batch_size: int = 64) -> list[str]:
     """Greedy CTC decoding of log-mels (T, n_mels) -> texts; `words[i]` is the word of token i (0 = blank)."""
-    out = []
     order = sorted(range(len(mels)), key=lambda i: len(mels[i]))     # similar lengths batch together
     texts = [""] * len(mels)
     for k in range(0, len(order), batch_size):
@@ -115,8 +114,7 @@ def transcribe(net: Recogniser, mels: list[torch.Tensor], words: tuple[str, ...]
         for row, i, n in zip(best, idx, Recogniser.out_lengths(lens).tolist()):
             ids = torch.unique_consecutive(row[:n]).tolist()
             texts[i] = " ".join(words[t] for t in ids if t != 0)
-    out.extend(texts)
-    return out
+    return texts
 
 
 def get_recogniser(name: str, draw, n_mels: int, vocab: int, key_digest: str, steps: int = 1500,

@@ -121,7 +121,7 @@ class TTSRecipe(Recipe):
     def speak(self, texts: list[str], generator: torch.Generator, voice_name: str | None = None):
         """Texts -> an Audio result: tokens, log-mels by the model, audio by Griffin-Lim (16 kHz)."""
         from aigc.data.audio import to_image
-        from aigc.data.speech import SAMPLE_RATE, SPEECH_MEL, encode_text
+        from aigc.data.speech import SAMPLE_RATE, SPEECH_MEL, encode_text, text_words
 
         rows = [encode_text(t, self.cfg.model.max_words) for t in texts]
         voice, params = self.voices(len(texts), generator, voice_name)
@@ -144,7 +144,7 @@ class TTSRecipe(Recipe):
         padded = torch.stack([torch.nn.functional.pad(a, (0, longest - len(a))) for a in audio])
         frames = max(lengths)
         spec = torch.stack([torch.nn.functional.pad(m[:f], (0, 0, 0, frames - f)) for m, f in zip(mels, lengths)])
-        texts = [" ".join(t.lower().replace(",", " ").replace(".", " ").split()) for t in texts]
+        texts = [" ".join(text_words(t)) for t in texts]
         return audio_result(padded, SAMPLE_RATE, prompts=texts, spectrograms=to_image(spec.transpose(1, 2)))
 
     def random_texts(self, n: int, generator: torch.Generator) -> list[str]:
