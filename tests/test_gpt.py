@@ -119,6 +119,21 @@ def test_step_rows_matches_full_forward_at_different_positions():
     assert cache.pos[:3].tolist() == [4, 10, 2]
 
 
+def test_decoding_inside_autocast_keeps_the_weights_dtype():
+    """The trainer samples under bf16 autocast on CUDA; the decoder writes its fp32 cache in place, so it runs
+    outside autocast and gives the fp32 logits (CPU autocast stands in for CUDA's here)."""
+    m = tiny_gpt(block=16)
+    tok = torch.tensor([5, 6])
+    with torch.no_grad():
+        plain = [Decoder(m)(tok, KVCache(m.cfg, 2, "cpu", torch.float32)),
+                 Decoder(m).step_rows(tok, SlotCache(m.cfg, 2, "cpu", torch.float32))]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = [Decoder(m)(tok, KVCache(m.cfg, 2, "cpu", torch.float32)),
+                     Decoder(m).step_rows(tok, SlotCache(m.cfg, 2, "cpu", torch.float32))]
+    for a, b in zip(plain, mixed):
+        assert b.dtype == torch.float32 and torch.equal(a, b)
+
+
 def test_a_stream_does_not_depend_on_its_batch():
     """Streams that join, leave and fill the context beside it leave a stream's tokens unchanged."""
     m = tiny_gpt(block=16)

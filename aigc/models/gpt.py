@@ -15,6 +15,7 @@ a chain of tiny matmuls where Python and module-call overhead, not arithmetic, s
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -192,6 +193,19 @@ class GPT(nn.Module):
         return {"loss": loss, "sum": loss.detach() * count, "count": count}
 
 
+def _without_autocast(step):
+    """Run a Decoder step in the weights' own dtype also inside an autocast region (the trainer samples under
+    bf16 autocast on CUDA): the KV cache is written in place, which takes one dtype."""
+    @functools.wraps(step)
+    def wrapped(self, tok, cache):
+        kind = tok.device.type
+        if torch.is_autocast_enabled(kind):
+            with torch.autocast(kind, enabled=False):
+                return step(self, tok, cache)
+        return step(self, tok, cache)
+    return wrapped
+
+
 class Decoder:
     """The one-token forward pass of a GPT in eval mode: the same arithmetic as `GPT.forward(idx, cache)`
     for T = 1 (tested equal), as a flat sequence of tensor ops on the model's weights.
@@ -213,6 +227,7 @@ class Decoder:
         self.ln_f = (model.ln_f.weight, model.ln_f.bias)
         self.head = model.lm_head.weight.t()
 
+    @_without_autocast
     def __call__(self, tok: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """tok: (B,) token ids at position cache.pos -> logits (B, vocab); advances the cache."""
         p, (B,), H, hd, shape = cache.pos, tok.shape, self.cfg.n_head, self.hd, self.shape
@@ -231,6 +246,7 @@ class Decoder:
         cache.pos = p + 1
         return torch.mm(F.layer_norm(x, shape, *self.ln_f), self.head)
 
+    @_without_autocast
     def step_rows(self, tok: torch.Tensor, cache: SlotCache) -> torch.Tensor:
         """tok: (n,) token ids of rows 0..n-1 of a SlotCache, each at its own position -> logits (n, vocab);
         advances those rows. The same arithmetic as `__call__` per row, with each row's queries masked to its
