@@ -13,8 +13,11 @@ compilation of the first steps; `wall_s` is the whole command's time, start-up a
 `--gap-steps 20000,60000 [--gap-batch B]` instead trains the MNIST diffusion preset for each number of steps
 on the GPU and saves 2000 samples of each sampler in SAMPLERS (gap-STEPS.npz in --gap-dir): does the gap between
 deterministic DDIM-25 and DDPM-1000 (issue 6) shrink as the model trains longer than a CPU's 20 minutes?
-`--score-gap DIR` scores those files on this machine with the project's FID (mnist-clf-v1 features, the
-same classifier as benchmarks/diffusion.py) and adds them to benchmarks/results/cuda.json."""
+`--ddp` instead trains the gpt-text preset on one process and on 2 processes under torchrun (half the batch
+each, the same global batch) with NCCL and with gloo (AIGC_DIST_BACKEND): with one GPU both ranks share it,
+which NCCL may refuse; the row then keeps its error.
+`--score-gap DIR` scores the gap files on this machine with the project's FID (mnist-clf-v1 features, the same
+classifier as benchmarks/diffusion.py) and adds them to benchmarks/results/cuda.json."""
 
 from __future__ import annotations
 
@@ -64,10 +67,46 @@ def row(name: str, mode: str, steps: int, paths: dict, runs: Path) -> dict:
     info = {"steps": train[-1]["step"], "it_per_s": train[-1]["it_per_s"], "wall_s": round(wall, 1),
             "eval_loss": evals[-1].get("eval_loss") if evals else None}
     if mode == "amp":
-        proc, wall = aigc(["sample", str(out), "--num", "64", *sample_args, "--out", str(out / "s.png" if
-                           "gpt" not in name else out / "s.txt")])
+        kind = "s.txt" if name.startswith("gpt") else "s.gif" if name.startswith("video") else "s.png"
+        proc, wall = aigc(["sample", str(out), "--num", "64", *sample_args, "--out", str(out / kind)])
         info["sample_s"] = round(wall, 1) if proc.returncode == 0 else proc.stderr[-500:]
     return info
+
+
+def ddp_rows(text: str, steps: int, runs: Path) -> dict:
+    """gpt-text on 1 process, then 2 processes (batch halved) with each backend: speed, final loss, backend."""
+    import os
+
+    import tomllib
+
+    from benchmarks.dist import preset_batch
+
+    batch = preset_batch("gpt", "text")
+    out = {}
+    for name, procs, backend in (("1 process", 1, None), ("2 processes nccl", 2, "nccl"),
+                                 ("2 processes gloo", 2, "gloo")):
+        folder = runs / f"ddp-{procs}-{backend}"
+        args = ["train", "gpt", "--data", "text", "--data-dir", text, "--steps", str(steps), "--device", "cuda",
+                "--set", f"data.batch_size={batch // procs}", *QUIET, "--out", str(folder), "--quiet", "--overwrite"]
+        launcher = [sys.executable, "-m", "aigc"] if procs == 1 else \
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", "-m", "aigc"]
+        env = {**os.environ, **({"AIGC_DIST_BACKEND": backend} if backend else {})}
+        proc, wall, _ = run([*launcher, *args], env=env)
+        rows = read_metrics(folder) if (folder / "metrics.jsonl").is_file() else []
+        stop = next((r for r in rows if r.get("kind") == "stop"), None)
+        if proc.returncode or stop is None:
+            lines = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+            out[name] = {"error": "\n".join(lines[-8:])[-1500:]}
+        else:
+            evals = [r for r in rows if r.get("kind") == "eval"]
+            dist = next((r for r in rows if r.get("kind") == "dist"), {})
+            block = tomllib.loads((folder / "config.toml").read_text())["model"]["block_size"]
+            out[name] = {"steps": stop["step"], "train_loop_s": stop["elapsed_s"], "wall_s": round(wall, 1),
+                         "tokens_per_s": round(stop["step"] * batch * block / stop["elapsed_s"]),
+                         "val_loss": evals[-1].get("val_loss") if evals else None,
+                         "backend": dist.get("backend"), "world_size": dist.get("world_size", 1)}
+        print(name, out[name], flush=True)
+    return out
 
 
 SAMPLERS = ("ddim25", "ddim25_eta1.0", "dpm25",
@@ -147,6 +186,18 @@ def markdown(results: dict) -> str:
             sample = next((c["sample_s"] for c in cells if c and "sample_s" in c), "-")
             out.append(f"| {name} | " + " | ".join(text) + f" | {sample} |")
         out.append("")
+    ddp = results.get("ddp")
+    if ddp:
+        out += [f"torchrun on CUDA ({ddp['machine']['gpu']}, {ddp['date']}; `--ddp`): the {ddp['preset']}, "
+                f"{ddp['steps']} steps; 2 processes share the one GPU", "",
+                "| setting | backend | tokens/s | training s | final val loss |", "|---|---|---:|---:|---:|"]
+        for name, r in ddp["rows"].items():
+            if "error" in r:
+                out.append(f"| {name} | - | failed: {r['error']} | | |")
+            else:
+                out.append(f"| {name} | {r['backend'] or '-'} | {r['tokens_per_s']} | {r['train_loop_s']} | "
+                           f"{r['val_loss']} |")
+        out.append("")
     gap = results.get("sampler_gap")
     if gap:
         out += ["MNIST diffusion preset trained on the GPU (AMP), 2000 samples per sampler, FID scored on "
@@ -170,6 +221,7 @@ def main() -> None:
     ap.add_argument("--gap-batch", type=int, default=64, help="the sampler-gap runs' batch size (preset: 64)")
     ap.add_argument("--gap-dir", help="where the sampler-gap runs write gap-STEPS.npz and gap.json")
     ap.add_argument("--score-gap", metavar="DIR", help="score DIR/gap-*.npz here, into " + str(RESULTS))
+    ap.add_argument("--ddp", action="store_true", help="the torchrun rows on CUDA instead of the speed rows")
     ap.add_argument("--runs", default="/tmp/aigc-cuda-runs")
     ap.add_argument("--only", default=",".join(FAMILIES))
     ap.add_argument("--modes", default=",".join(MODES))
@@ -200,6 +252,10 @@ def main() -> None:
             results["runs"][str(steps)] = gap_samples(steps, args.gap_batch, args.mnist, Path(args.runs), gap_dir)
             print(steps, results["runs"][str(steps)], flush=True)
             (gap_dir / "gap.json").write_text(json.dumps(results, indent=1))
+        return
+    if args.ddp:
+        results["ddp"] = ddp_rows(args.text, args.steps, Path(args.runs))
+        Path(args.out).write_text(json.dumps(results, indent=1))
         return
     for name in args.only.split(","):
         for mode in args.modes.split(","):

@@ -94,11 +94,12 @@ COLUMNS = [("test_nelbo", "test -ELBO"), ("test_nll_iwae", "IWAE NLL"), ("sample
            ("sample_quality.prompt_accuracy", "prompt acc"), ("images_per_s", "train img/s")]
 
 
-def run(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
-    """Run a command; return (process, wall seconds, peak RSS in MB of that one process)."""
+def run(cmd: list[str], env: dict | None = None) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run a command (in `env`, default this one's); return (process, wall seconds, peak RSS in MB of that one
+    process)."""
     with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True)
+        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True, env=env)
         _, status, usage = os.wait4(proc.pid, 0)            # rusage of this child alone
         wall = time.perf_counter() - t0
         fo.seek(0), fe.seek(0)

@@ -1,5 +1,6 @@
-"""torchrun with gloo on CPU: 2 processes with batch B/2 each take the steps 1 process with batch B takes; a 2-process
-checkpoint resumes on 1 process; only rank 0 writes; a dead rank ends the run instead of hanging it."""
+"""torchrun with gloo on CPU (--device cpu, also on a GPU machine): 2 processes with batch B/2 each take the
+steps 1 process with batch B takes; a 2-process checkpoint resumes on 1 process; only rank 0 writes; a dead rank
+ends the run instead of hanging it."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def train(family, out, data_dir, procs: int, steps: int = 20, extra=(), timeout=
     """`aigc train` on `procs` processes with the case's global batch (data.batch_size is per process)."""
     dataset, sets = CASES[family]
     sets = [f"batch_size={int(s.split('=')[1]) // procs}" if s.startswith("batch_size=") else s for s in sets]
-    args = ["train", family, "--data", dataset, "--steps", str(steps), "--out", str(out), "--quiet",
+    args = ["train", family, "--data", dataset, "--steps", str(steps), "--out", str(out), "--quiet", "--device", "cpu",
             *[x for s in [*sets, *COMMON, *extra] for x in ("--set", s)]]
     if data_dir:
         args += ["--data-dir", str(data_dir)]
@@ -109,7 +110,7 @@ def test_a_dead_rank_ends_the_run(tmp_path, mnist_dir):
     dataset, sets = CASES["vae"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "aigc",
            "train", "vae", "--data", dataset, "--data-dir", str(mnist_dir), "--minutes", "5", "--out",
-           str(tmp_path / "run"), "--quiet", *[x for s in [*sets, *COMMON] for x in ("--set", s)]]
+           str(tmp_path / "run"), "--quiet", "--device", "cpu", *[x for s in [*sets, *COMMON] for x in ("--set", s)]]
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -141,7 +142,7 @@ def test_sigterm_saves_one_checkpoint_and_every_rank_exits(tmp_path, mnist_dir):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "aigc",
            "train", "vae", "--data", dataset, "--data-dir", str(mnist_dir), "--minutes", "5", "--out", str(run),
-           "--quiet", *[x for s in [*sets, *COMMON] for x in ("--set", s)]]
+           "--quiet", "--device", "cpu", *[x for s in [*sets, *COMMON] for x in ("--set", s)]]
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:

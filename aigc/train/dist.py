@@ -30,6 +30,7 @@ import torch
 
 RANK, WORLD, LOCAL_RANK, LOCAL_WORLD = 0, 1, 0, 1
 TIMEOUT_S = float(os.environ.get("AIGC_DIST_TIMEOUT", 1800))   # a collective waits this long (rank 0 may evaluate)
+BACKEND = os.environ.get("AIGC_DIST_BACKEND")   # override: nccl | gloo (gloo also all-reduces CUDA tensors)
 
 
 def launched() -> bool:
@@ -38,8 +39,9 @@ def launched() -> bool:
 
 
 def setup(device_name: str) -> str:
-    """Join the process group when launched by torchrun; returns the device name this rank uses (cuda:LOCAL_RANK
-    on GPUs). A no-op for a single process."""
+    """Join the process group when launched by torchrun; returns the device name this rank uses (on GPUs
+    cuda:LOCAL_RANK, wrapped round the GPUs there are: NCCL refuses two ranks on one GPU, gloo takes them).
+    A no-op for a single process."""
     global RANK, WORLD, LOCAL_RANK, LOCAL_WORLD
     if not launched() or torch.distributed.is_initialized():
         return device_name
@@ -48,9 +50,10 @@ def setup(device_name: str) -> str:
     LOCAL_WORLD = int(os.environ.get("LOCAL_WORLD_SIZE", WORLD))
     cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
     if cuda:
-        torch.cuda.set_device(LOCAL_RANK)
-        device_name = f"cuda:{LOCAL_RANK}"
-    torch.distributed.init_process_group("nccl" if cuda else "gloo",
+        index = LOCAL_RANK % max(1, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        device_name = f"cuda:{index}"
+    torch.distributed.init_process_group(BACKEND or ("nccl" if cuda else "gloo"),
                                          timeout=datetime.timedelta(seconds=TIMEOUT_S))
     return device_name
 
