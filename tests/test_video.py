@@ -260,6 +260,88 @@ def test_depthwise_per_clip_equals_a_grouped_conv3d():
         assert torch.allclose(gx, rx, atol=1e-4) and torch.allclose(gk, rk, atol=1e-4)
 
 
+@pytest.mark.parametrize("coords", [False, True])
+def test_motion_generator_image_discriminator_and_word_classifier(coords):
+    """g_arch = motion makes clips at the full frame rate from a content and a per-frame motion code (with and
+    without coordinate channels and conditional BatchNorm); the image
+    discriminator sees image_frames frames of each clip; the clip discriminator's word classifier has a logit
+    per vocabulary id."""
+    from aigc.models.video import some_frames
+
+    shape = (3, 8, 32, 32)
+    cfg = VideoGANConfig(g_width=8, d_width=8, z_dim=16, cond="text", cond_dim=16, text_vocab=VOCAB, g_arch="motion",
+                         motion_dim=8, g_coords=coords, g_cbn=coords, image_d=1.0, image_frames=3, aux_words=1.0)
+    G, D = VideoGenerator(cfg, shape), VideoDiscriminator(cfg, shape)
+    y = torch.randint(1, len(VOCAB), (2, 5))
+    x = G(torch.randn(2, 16), y)
+    assert x.shape == (2, *shape) and x.abs().max() <= 1
+    out = D(x, y)
+    assert set(out) == {"clip", "diff", "image", "words"}
+    assert out["image"].shape == (6,) and out["words"].shape == (2, len(VOCAB) + 1)
+    clips = torch.arange(2 * 8, dtype=torch.float32).view(2, 1, 8, 1, 1).expand(2, 3, 8, 4, 4)
+    frames = some_frames(clips, 3, torch.Generator().manual_seed(0))[:, 0, 0, 0]
+    assert len(set(frames[:3].tolist())) == 3 and all(0 <= f < 8 for f in frames[:3])        # clip 0's frames
+    assert all(8 <= f < 16 for f in frames[3:])                                                 # clip 1's
+
+
+def _tiny_video_gan(*sets):
+    from aigc.recipes import build_config, recipe_class
+
+    cfg = build_config("video-gan", "moving-shapes", None,
+                       ["num_eval=8", "frames=4", "g_width=8", "d_width=8", "z_dim=8",
+                        "cond_dim=8", "batch_size=8", *sets], {})
+    cls = recipe_class("video-gan")
+    data = cls.load_data(cfg)
+    return cls(cfg), data
+
+
+def test_collapse_detector_warns_when_samples_ignore_their_noise(capsys):
+    recipe, data = _tiny_video_gan("g_arch=motion")
+    batch = next(iter(recipe.make_batcher(data, recipe.cfg)))
+    x, y = batch["video"] * 2 - 1, recipe._y(batch["caption"])
+    recipe._check_diversity(x, y)
+    healthy = recipe._diversity                           # an untrained G still spreads its clips by z
+    with torch.no_grad():                                 # G's last layer zeroed: every clip is the same
+        last = [m for m in recipe.G.net if isinstance(m, torch.nn.ConvTranspose3d)][-1]
+        last.weight.zero_()
+    for _ in range(2):
+        recipe._check_diversity(x, y)
+    assert recipe._diversity < 0.01 < healthy
+    assert "mode collapse" in capsys.readouterr().err
+
+
+def test_word_classifier_and_frame_difference_moments_losses():
+    from aigc.train.trainer import Optimizers
+
+    recipe, data = _tiny_video_gan("g_arch=motion", "aux_words=1", "frame_diff_mode=moments", "image_d=1")
+    assert recipe.D.diff is None and recipe.D.image is not None      # moments: no frame-difference network
+    y = recipe._y(["a red circle moving up", "a blue square moving left"])
+    target = torch.zeros(2, len(recipe.vocab))
+    target.scatter_(1, y, 1.0)
+    right, wrong = {"words": 20 * (2 * target - 1)}, {"words": -20 * (2 * target - 1)}
+    assert float(recipe._words(right, y)) < 1e-6 < 1.0 < float(recipe._words(wrong, y))
+    batch = next(iter(recipe.make_batcher(data, recipe.cfg)))
+    out = recipe.train_step(batch, Optimizers(recipe.param_groups(), recipe.cfg.train, torch.device("cpu")))
+    assert {"d_image_real", "d_image_fake", "g_loss"} <= set(out) and all(torch.isfinite(torch.as_tensor(v))
+                                                                          for v in out.values())
+
+
+def test_start_spread_of_clips():
+    from aigc.metrics.video import start_spread
+
+    attrs = vd.shape_clip_attributes(16, torch.Generator().manual_seed(0))
+    attrs.update(color=torch.zeros(16, dtype=torch.long), shape=torch.zeros(16, dtype=torch.long),
+                 direction=torch.ones(16, dtype=torch.long))
+    spread = start_spread(vd.detect_shape_clips(vd.render_shape_clips(attrs, 4)))
+    x0, y0 = attrs["x0"].double(), attrs["y0"].double()
+    assert spread["start_spread_px"] == pytest.approx(float((x0.var(unbiased=False) + y0.var(unbiased=False)).sqrt()),
+                                                      abs=0.6)
+    assert spread["clips_with_a_start"] == 16 and spread["distinct_starts"] > 8
+    same = {k: v[:1].repeat(16) for k, v in attrs.items()}
+    one = start_spread(vd.detect_shape_clips(vd.render_shape_clips(same, 4)))
+    assert one["start_spread_px"] == 0 and one["distinct_starts"] == 1
+
+
 def test_video_diffusion_uses_the_image_samplers(monkeypatch):
     import aigc.recipes.diffusion as rd
     from aigc.recipes import build_config, recipe_class

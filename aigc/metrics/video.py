@@ -14,7 +14,10 @@
                           centre, in px, averaged over the temporally consistent clips (0 for real clips,
                           which move exactly 1 px per frame); mean_speed is the mean displacement (real: 1).
                           Both are None when no clip is consistent: a clip of noise, detected as one box
-                          filling the canvas, "moves" 0 px and would otherwise look perfectly smooth."""
+                          filling the canvas, "moves" 0 px and would otherwise look perfectly smooth.
+    start_spread          (`start_spread`) for clips of one prompt: the spread (root of the summed variances of
+                          x and y, px) of where the shape is in the first frame, and how many distinct start
+                          pixels there are: a collapsed generator starts every clip at the same place."""
 
 from __future__ import annotations
 
@@ -54,3 +57,14 @@ def clip_metrics(det: dict[str, torch.Tensor], requested: dict[str, torch.Tensor
         out["axis_accuracy"] = round(float(on_axis[want >= 0].double().mean()), 4)
     out["prompt_accuracy"] = round(float((ok_frames.all(1) & dir_ok).double().mean()), 4)
     return out
+
+
+def start_spread(det: dict[str, torch.Tensor]) -> dict:
+    """Where the shape is in frame 0 of clips made for one prompt (clips with no shape there are left out)."""
+    found = det["found"][:, 0]
+    cx, cy = det["cx"][found, 0].double(), det["cy"][found, 0].double()
+    n = int(found.sum())
+    spread = float((cx.var(unbiased=False) + cy.var(unbiased=False)).sqrt()) if n > 1 else None
+    distinct = len({(round(float(a)), round(float(b))) for a, b in zip(cx, cy)})
+    return {"start_spread_px": None if spread is None else round(spread, 2), "distinct_starts": distinct,
+            "clips_with_a_start": n}

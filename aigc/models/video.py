@@ -13,7 +13,26 @@ generated clips), in the style of VGAN (Vondrick et al. 2016) and TGAN (Saito et
   as input channels of the first: on its own input the motion discriminator cannot fall back on
   appearance, so the generator is pushed to match the statistics of motion itself (speed, direction, a
   shape that keeps its form while it moves), and the ablation is clean (weight 0 removes the network).
-  Both logits enter the losses, the difference term weighted by `frame_diff`."""
+  Both logits enter the losses, the difference term weighted by `frame_diff`. The other reading of the
+  material's "frame difference loss" is `frame_diff_mode = "moments"`: no network, G's loss gets the L1
+  distance between the mean absolute frame difference of its clips and of the real batch, per frame pair.
+
+The stabilised recipe (issue 37; measured in docs/video.md) adds, as the anchors do:
+- `g_arch = "motion"`: a content code (z and the caption) fixed over the clip and a motion code per frame from
+  a GRU started from it (MoCoGAN, Tulyakov et al. 2018); each frame's codes -> a 4x4 map, so the latent has the
+  clip's full frame rate and the 3D transposed convolutions upsample space only, their 3-frame kernels mixing
+  neighbouring frames. `g_coords` adds the (x, y) coordinates as two input channels of every upsampling layer
+  (CoordConv, Liu et al. 2018), so that where a shape is drawn is a function G can compute.
+- `aux_words`: the clip discriminator also names the caption's words from the clip (a multi-label classifier
+  on its features, trained on real clips; G is trained to make its clips read as their captions): the
+  auxiliary classifier of AC-GAN (Odena et al. 2017) with words for classes, as TAC-GAN (Dash et al. 2017)
+  does for text. Projection alone lets G ignore the caption for thousands of steps; a classifier's
+  gradient names the missing attribute directly. Direction is a word too, read by a 3D network.
+- `g_cbn`: every BatchNorm of G takes its gain and bias from z and the caption embedding (conditional batch
+  norm, de Vries et al. 2017; BigGAN, Brock et al. 2019), so the caption reaches every layer, not only the input.
+- `image_d`: an image discriminator on `image_frames` random frames of each clip (MoCoGAN's D_I, DVD-GAN's
+  spatial discriminator, Clark et al. 2019): the image GAN's projection discriminator (models/gan.py), which
+  keeps each frame a sharp shape of the caption's color and kind while the clip discriminators judge motion."""
 
 from __future__ import annotations
 
@@ -24,7 +43,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from aigc.models.text_encoder import caption_encoder
+from aigc.models.gan import Discriminator, GANConfig
+from aigc.models.text_encoder import caption_encoder, caption_vocab
 
 
 @dataclass
@@ -39,7 +59,17 @@ class VideoGANConfig:
     lr_g: float = 0.0            # TTUR (0 = train.lr)
     lr_d: float = 0.0
     d_steps: int = 1
-    frame_diff: float = 1.0      # weight of the frame-difference discriminator (0 = no such network)
+    frame_diff: float = 1.0      # weight of the frame-difference term (0 = none)
+    frame_diff_mode: str = "d"   # d (a discriminator on frame differences) | moments (G matches their size)
+    g_arch: str = "tgan"         # tgan (latent at T/8 frames, upsampled in time) | motion (content + per-frame motion)
+    motion_dim: int = 32         # motion: size of the per-frame motion code
+    g_coords: bool = False       # coordinate channels at G's upsampling layers
+    g_cbn: bool = False          # G's BatchNorm gains and biases made from z and the caption (conditional BN)
+    image_d: float = 0.0         # weight of the per-frame image discriminator (0 = no such network)
+    image_frames: int = 4        # frames of each clip the image discriminator sees
+    mode_seeking: float = 0.0    # weight of the mode-seeking term in G's loss (Mao et al. 2019; 0 = off)
+    aux_words: float = 0.0       # weight of the clip discriminator's caption-word classifier (AC-GAN; 0 = off)
+    collapse_every: int = 250    # steps between the collapse detector's checks of sample diversity (0 = off)
     cond: str = "text"           # none | text
     cond_dim: int = 64
     text_layers: int = 1
@@ -63,42 +93,90 @@ def spatial_doublings(size: int) -> int:
     return n
 
 
+class Coords(nn.Module):
+    """(B, C, T, H, W) -> (B, C + 2, T, H, W): x and y in [-1, 1] appended as channels (CoordConv)."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, _, t, hh, ww = h.shape
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, hh, device=h.device, dtype=h.dtype),
+                                torch.linspace(-1, 1, ww, device=h.device, dtype=h.dtype), indexing="ij")
+        return torch.cat([h, torch.stack([xs, ys])[None, :, None].expand(b, 2, t, hh, ww)], 1)
+
+
+class CondBatchNorm3d(nn.Module):
+    """BatchNorm without its own affine part; gain 1 + g(c) and bias b(c) from a condition vector c."""
+
+    def __init__(self, channels: int, cond: int):
+        super().__init__()
+        self.bn = nn.BatchNorm3d(channels, affine=False)
+        self.gain, self.bias = nn.Linear(cond, channels), nn.Linear(cond, channels)
+        for lin in (self.gain, self.bias):
+            nn.init.zeros_(lin.weight), nn.init.zeros_(lin.bias)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shape = (len(c), -1, 1, 1, 1)
+        return self.bn(h) * (1 + self.gain(c).view(shape)) + self.bias(c).view(shape)
+
+
 class VideoGenerator(nn.Module):
+    """z (and the caption) -> clip. g_arch "tgan": one code -> a (c0, T0, 4, 4) map, T doubled by the first
+    layers; "motion": a content code and a GRU's motion code per frame -> a (c0, T, 4, 4) map (MoCoGAN)."""
+
     def __init__(self, cfg: VideoGANConfig, shape: tuple[int, int, int, int]):
         super().__init__()
         c, t, h, _ = shape
         self.cfg, self.shape = cfg, shape
         n_s = spatial_doublings(h)
-        n_t = temporal_doublings(t, n_s)
+        n_t = temporal_doublings(t, n_s) if cfg.g_arch == "tgan" else 0
         self.t0 = t // 2 ** n_t
         chans = [cfg.g_width * 2 ** (n_s - 1 - i) for i in range(n_s)]
         self.text = caption_encoder(cfg, cfg.cond_dim) if cfg.cond == "text" else None
         zin = cfg.z_dim + (cfg.cond_dim if self.text is not None else 0)
         self.c0 = chans[0]
-        self.fc = nn.Linear(zin, self.c0 * self.t0 * 16, bias=False)
-        self.fc_norm = nn.Sequential(nn.BatchNorm3d(self.c0), nn.ReLU(True))
+        if cfg.g_arch == "motion":
+            self.h0 = nn.Linear(zin, cfg.motion_dim)
+            self.gru = nn.GRUCell(cfg.motion_dim, cfg.motion_dim)
+            self.fc = nn.Linear(zin + cfg.motion_dim, self.c0 * 16, bias=False)
+        else:
+            self.fc = nn.Linear(zin, self.c0 * self.t0 * 16, bias=False)
+        norm = (lambda ch: CondBatchNorm3d(ch, zin)) if cfg.g_cbn else nn.BatchNorm3d
+        self.fc_norm = nn.Sequential(norm(self.c0), nn.ReLU(True))
         mods = []
-        outs = chans[1:] + [c]
-        for i, (a, o) in enumerate(zip(chans, outs)):
+        for i, (a, o) in enumerate(zip(chans, chans[1:] + [c])):      # double H, W (and T while i < n_t)
             k, s = ((4, 4, 4), (2, 2, 2)) if i < n_t else ((3, 4, 4), (1, 2, 2))
             last = i == len(chans) - 1
-            mods.append(nn.ConvTranspose3d(a, o, k, s, 1, bias=last))
+            mods += [*([Coords()] if cfg.g_coords else []), nn.ConvTranspose3d(a + 2 * cfg.g_coords, o, k, s, 1,
+                                                                               bias=last)]
             if not last:
-                mods += [nn.BatchNorm3d(o), nn.ReLU(True)]
+                mods += [norm(o), nn.ReLU(True)]
         self.net = nn.Sequential(*mods, nn.Tanh())
 
     def forward(self, z: torch.Tensor, y=None) -> torch.Tensor:
         """z (B, z_dim), y word ids (B, L) -> clips (B, C, T, H, W) in [-1, 1]."""
         if self.text is not None:
             z = torch.cat([z, self.text(y)], 1)
-        h = self.fc(z).view(-1, self.c0, self.t0, 4, 4)
-        return self.net(self.fc_norm(h))
+        if self.cfg.g_arch == "motion":
+            m, steps = torch.tanh(self.h0(z)), []
+            for _ in range(self.t0):                   # the motion code of each frame, from the one before
+                steps.append(m)
+                m = self.gru(torch.zeros_like(m), m)
+            codes = torch.stack(steps, 1)                                        # (B, T, motion_dim)
+            per_frame = torch.cat([z[:, None].expand(-1, self.t0, -1), codes], 2)
+            h = self.fc(per_frame).view(len(z), self.t0, self.c0, 4, 4).transpose(1, 2)
+        else:
+            h = self.fc(z).view(-1, self.c0, self.t0, 4, 4)
+        if not self.cfg.g_cbn:
+            return self.net(self.fc_norm(h))
+        for m in (*self.fc_norm, *self.net):
+            h = m(h, z) if isinstance(m, CondBatchNorm3d) else m(h)
+        return h
 
 
 class ClipDiscriminator(nn.Module):
-    """Stride-2 Conv3d layers down to 4x4 pixels -> logit (+ caption projection)."""
+    """Stride-2 Conv3d layers down to 4x4 pixels -> logit (+ caption projection); with `words` > 0 also logits
+    over the caption vocabulary (`classify`)."""
 
-    def __init__(self, cfg: VideoGANConfig, shape: tuple[int, int, int, int]):
+    def __init__(self, cfg: VideoGANConfig, shape: tuple[int, int, int, int], words: int = 0):
         super().__init__()
         c, t, h, _ = shape
         sn = spectral_norm if cfg.spectral_norm else (lambda m: m)
@@ -120,13 +198,15 @@ class ClipDiscriminator(nn.Module):
         if cfg.cond == "text":
             self.text = caption_encoder(cfg, cfg.cond_dim)
             self.proj = sn(nn.Linear(cfg.cond_dim, feat, bias=False))
+        self.classify = nn.Linear(feat, words) if words else None
 
-    def forward(self, x: torch.Tensor, y=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y=None):
+        """-> logits (B,), or (logits, word logits (B, words)) with a classifier."""
         h = self.features(x)
         out = self.out(h).squeeze(1)
         if self.text is not None:
             out = out + (self.proj(self.text(y)) * h).sum(1)
-        return out
+        return out if self.classify is None else (out, self.classify(h))
 
 
 def frame_differences(x: torch.Tensor) -> torch.Tensor:
@@ -134,18 +214,43 @@ def frame_differences(x: torch.Tensor) -> torch.Tensor:
     return x[:, :, 1:] - x[:, :, :-1]
 
 
+def image_discriminator(cfg: VideoGANConfig, shape: tuple[int, int, int]) -> Discriminator:
+    """The image GAN's DCGAN projection discriminator with the video GAN's width, norm and caption encoder."""
+    return Discriminator(GANConfig(arch="dcgan", d_width=cfg.d_width, spectral_norm=cfg.spectral_norm,
+                                   cond="text" if cfg.cond == "text" else "none", cond_dim=cfg.cond_dim,
+                                   text_layers=cfg.text_layers, text_vocab=cfg.text_vocab,
+                                   text_tokens=cfg.text_tokens), shape)
+
+
+def some_frames(x: torch.Tensor, k: int, generator=None) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B * k, C, H, W): k frames of each clip drawn without replacement, clip by clip."""
+    b, c, t, h, w = x.shape
+    pick = torch.rand(b, t, generator=generator).argsort(1)[:, :k].to(x.device)
+    return x.transpose(1, 2)[torch.arange(b, device=x.device)[:, None], pick].reshape(b * k, c, h, w)
+
+
 class VideoDiscriminator(nn.Module):
-    """The clip discriminator and, when cfg.frame_diff > 0, the frame-difference discriminator.
-    forward -> {"clip": logits (B,), "diff": logits (B,)?}."""
+    """The clip discriminator and, by the config, the frame-difference discriminator and the per-frame
+    image discriminator. forward -> {"clip": logits (B,), "diff": (B,)?, "image": (B * image_frames,)?,
+    "words": the clip discriminator's word logits (B, vocabulary)?}."""
 
     def __init__(self, cfg: VideoGANConfig, shape: tuple[int, int, int, int]):
         super().__init__()
         c, t, h, w = shape
-        self.clip = ClipDiscriminator(cfg, shape)
-        self.diff = ClipDiscriminator(cfg, (c, t - 1, h, w)) if cfg.frame_diff > 0 else None
+        self.cfg = cfg
+        words = len(caption_vocab(cfg)) if cfg.aux_words > 0 and cfg.cond == "text" else 0     # token ids
+        self.clip = ClipDiscriminator(cfg, shape, words)
+        self.diff = ClipDiscriminator(cfg, (c, t - 1, h, w)) if cfg.frame_diff > 0 and cfg.frame_diff_mode == "d" \
+            else None
+        self.image = image_discriminator(cfg, (c, h, w)) if cfg.image_d > 0 else None
 
     def forward(self, x: torch.Tensor, y=None) -> dict[str, torch.Tensor]:
         out = {"clip": self.clip(x, y)}
+        if isinstance(out["clip"], tuple):
+            out["clip"], out["words"] = out["clip"]
         if self.diff is not None:
             out["diff"] = self.diff(frame_differences(x), y)
+        if self.image is not None:
+            k = min(self.cfg.image_frames, x.shape[2])
+            out["image"] = self.image(some_frames(x, k), None if y is None else y.repeat_interleave(k, 0))
         return out

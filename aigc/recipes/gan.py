@@ -82,10 +82,12 @@ class Adversarial:
         return {"d_loss": loss.detach(), "d_real": torch.sigmoid(real.detach()).mean(),
                 "d_fake": torch.sigmoid(fake.detach()).mean()}
 
-    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+    def generator_loss(self, fake: torch.Tensor, y=None) -> torch.Tensor:
+        """G's loss on D's outputs for its samples made with conditions y."""
         return g_loss(self.cfg.model.loss, fake)
 
-    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor, y=None) -> torch.Tensor:
+        """D's loss on its outputs for real inputs with conditions y and for samples made with them."""
         return d_loss(self.cfg.model.loss, real, fake)
 
     def r1_logits(self, real: torch.Tensor) -> torch.Tensor:
@@ -99,7 +101,7 @@ class Adversarial:
         use_r1 = m.r1 > 0 and self._step % m.r1_every == 0
         real_in = x.detach().requires_grad_(use_r1)
         r, f = self.D(real_in, y), self.D(fake, y)
-        loss = self.discriminator_loss(r, f)
+        loss = self.discriminator_loss(r, f, y)
         pen = None
         if use_r1:
             pen = r1_penalty(self.r1_logits(r), real_in)
@@ -117,12 +119,29 @@ class Adversarial:
                   f"Try model.loss=\"ns\" or \"hinge\", model.spectral_norm=true, model.r1=1, or a lower "
                   f"model.lr_d.", file=sys.stderr)
 
-    def g_update(self, fake_logits, opt, extra=None) -> torch.Tensor:
+    def g_step_on(self, z: torch.Tensor, y, opt, extra=None) -> torch.Tensor:
+        """One generator update on G(z, y). With model.mode_seeking = lam > 0 (Mao et al. 2019) the two halves
+        of the batch share their conditions, so their distance in output space per unit of distance in z is how
+        much G uses z; lam over it is added to G's loss. `extra(fake)`: another regulariser of the samples."""
+        lam, n = self.cfg.model.mode_seeking, len(z)
+        seek = lam > 0 and n >= 2
+        k = n // 2
+        if seek and y is not None:
+            y = torch.cat([y[:k], y[:k], y[2 * k:]])
+        fake = self.G(z, y)
+        reg = extra(fake) if extra is not None else None
+        if seek:
+            ratio = (fake[:k] - fake[k:2 * k]).abs().mean() / (z[:k] - z[k:2 * k]).abs().mean()
+            reg = lam / (ratio + 1e-5) + (0 if reg is None else reg)
+        return self.g_update(lambda: self.D(fake, y), opt, extra=reg, y=y)
+
+    def g_update(self, fake_logits, opt, extra=None, y=None) -> torch.Tensor:
         """One generator update on `fake_logits()` (D's logits for fresh samples) through a frozen D:
-        D gets no gradients and keeps its weights. `extra`: a regulariser added to the loss (not reported)."""
+        D gets no gradients and keeps its weights. `extra`: a regulariser added to the loss (not reported);
+        `y`: the samples' conditions, for `generator_loss`."""
         self.D.requires_grad_(False)
         try:
-            loss = self.generator_loss(fake_logits())
+            loss = self.generator_loss(fake_logits(), y)
             opt.update("G", loss if extra is None else loss + extra)
         finally:
             self.D.requires_grad_(True)
@@ -199,18 +218,8 @@ class GANRecipe(Adversarial, ImageRecipe):
         return out
 
     def g_step(self, n: int, y, opt) -> torch.Tensor:
-        """One generator update on n fresh samples with conditions y (see `g_update`)."""
-        lam = self.cfg.model.mode_seeking
-        if lam <= 0 or n < 2:
-            return self.g_update(lambda: self.D(self.G(self._z(n), y), y), opt)
-        # mode seeking: the two halves of the batch share their conditions, so their distance in image space
-        # per unit of distance in z is how much G uses z; its inverse is added to G's loss
-        k = n // 2
-        y = None if y is None else torch.cat([y[:k], y[:k], y[2 * k:]])
-        z = self._z(n)
-        fake = self.G(z, y)
-        ratio = (fake[:k] - fake[k:2 * k]).abs().mean() / (z[:k] - z[k:2 * k]).abs().mean()
-        return self.g_update(lambda: self.D(fake, y), opt, extra=lam / (ratio + 1e-5))
+        """One generator update on n fresh samples with conditions y (see `g_update`, `g_step_on`)."""
+        return self.g_step_on(self._z(n), y, opt)
 
     def evaluate(self, data, max_batches=None) -> dict[str, float]:
         """D's mean output on held-out real images and on fresh samples (a cheap health check; the

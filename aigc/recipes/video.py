@@ -6,11 +6,13 @@ classifier-free guidance of aigc/diffusion (the video denoiser is just another `
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from aigc.config import RunConfig
 from aigc.diffusion.samplers import frame_noise
@@ -18,7 +20,13 @@ from aigc.errors import AigcError, check_choice
 from aigc.generation import DEFAULT_NUM, video_result
 from aigc.models.text_encoder import caption_vocab
 from aigc.models.unet import UNet, VideoUNetConfig
-from aigc.models.video import VideoDiscriminator, VideoGANConfig, VideoGenerator, spatial_doublings
+from aigc.models.video import (
+    VideoDiscriminator,
+    VideoGANConfig,
+    VideoGenerator,
+    frame_differences,
+    spatial_doublings,
+)
 from aigc.recipes.base import VideoRecipe
 from aigc.recipes.diffusion import (
     DiffusionConfig,
@@ -31,6 +39,8 @@ from aigc.recipes.gan import LOSSES, Adversarial, d_loss, g_loss
 from aigc.train.dist import draw_rows
 
 SAMPLE_CLIPS = 16                        # clips in the training-time sample GIF
+COLLAPSE = 0.25                          # sample spread for one caption below this share of the real batch's
+COLLAPSE_CHECKS = 2                      # ... at this many checks in a row: the collapse warning
 
 
 @dataclass
@@ -55,6 +65,12 @@ def _check_cond(cond: str) -> None:
 
 
 class VideoGANRecipe(Adversarial, VideoRecipe):
+    """The video GAN (models/video.py): D is a set of discriminators ("heads": the clip, frame differences,
+    single frames), each with its weight in both losses; G's loss may add the mode-seeking term and the
+    frame-difference moments. The collapse detector: every `collapse_every` steps, 8 samples for each of 4
+    captions of the batch (fixed noise, G in eval mode); their pixel spread per caption over the real batch's
+    spread is logged as `diversity` (a collapsed G, whose z does nothing, gives about 0), with a warning when it
+    stays under COLLAPSE. D winning completely is watched as in the image GAN."""
     family = "video-gan"
     ModelConfig = VideoGANConfig
 
@@ -63,17 +79,22 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
         self.shape = self.video_shape(cfg)
         self._pair(cfg, VideoGenerator(m, self.shape), VideoDiscriminator(m, self.shape))
         self.vocab = caption_vocab(m) if m.cond == "text" else None
-        self.heads = {"clip": 1.0, "diff": m.frame_diff}
+        self.heads = {"clip": 1.0, "diff": m.frame_diff, "image": m.image_d}
+        self._diversity, self._low = None, 0
 
     @staticmethod
     def check_config(cfg: RunConfig) -> None:
         m = cfg.model
         check_choice("model.loss", m.loss, LOSSES)
+        check_choice("model.g_arch", m.g_arch, ("tgan", "motion"))
+        check_choice("model.frame_diff_mode", m.frame_diff_mode, ("d", "moments"))
         _check_cond(m.cond)
-        if min(m.z_dim, m.g_width, m.d_width, m.cond_dim, m.r1_every, m.d_steps) < 1:
-            raise AigcError("model.z_dim, g_width, d_width, cond_dim, r1_every and d_steps must be positive")
-        if m.r1 < 0 or m.frame_diff < 0 or m.lr_g < 0 or m.lr_d < 0:
-            raise AigcError("model.r1, frame_diff, lr_g and lr_d must be >= 0")
+        if min(m.z_dim, m.g_width, m.d_width, m.cond_dim, m.r1_every, m.d_steps, m.motion_dim, m.image_frames) < 1:
+            raise AigcError("model.z_dim, g_width, d_width, cond_dim, r1_every, d_steps, motion_dim and "
+                            "image_frames must be positive")
+        if min(m.r1, m.frame_diff, m.lr_g, m.lr_d, m.image_d, m.mode_seeking, m.collapse_every, m.aux_words) < 0:
+            raise AigcError("model.r1, frame_diff, lr_g, lr_d, image_d, mode_seeking, collapse_every and "
+                            "aux_words must be >= 0")
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
@@ -82,19 +103,31 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
             spatial_doublings(cfg.data.image_size)
         except ValueError as e:
             raise AigcError(str(e)) from None
+        if cfg.model.image_d > 0 and cfg.data.image_size not in (32, 64):
+            raise AigcError(f"model.image_d uses the image GAN's discriminator, which reads 32 or 64 px frames, not "
+                            f"{cfg.data.image_size} px: set model.image_d=0 or data.image_size=32")
         VideoRecipe.set_condition(cfg, data)
         return data
 
-    # ---------------------------------------------------------------- losses over both discriminators
+    # ---------------------------------------------------------------- losses over the discriminators
     def _total(self, fn, *logits: dict) -> torch.Tensor:
         """sum over the discriminators h of weight_h * fn(logits_h ...)."""
-        return sum(self.heads[h] * fn(*(d[h] for d in logits)) for h in logits[0])
+        return sum(self.heads[h] * fn(*(d[h] for d in logits)) for h in logits[0] if h in self.heads)
 
-    def generator_loss(self, fake: dict) -> torch.Tensor:
-        return self._total(lambda f: g_loss(self.cfg.model.loss, f), fake)
+    def _words(self, logits: dict, y) -> torch.Tensor:
+        """aux_words x the caption-word classifier's loss: binary cross-entropy per vocabulary entry against
+        the words of the caption (the padding id left out)."""
+        if "words" not in logits or y is None:
+            return torch.zeros(())
+        out = logits["words"]
+        target = torch.zeros_like(out).scatter_(1, y.to(out.device), 1.0)[:, 1:]
+        return self.cfg.model.aux_words * F.binary_cross_entropy_with_logits(out[:, 1:], target)
 
-    def discriminator_loss(self, real: dict, fake: dict) -> torch.Tensor:
-        return self._total(lambda a, b: d_loss(self.cfg.model.loss, a, b), real, fake)
+    def generator_loss(self, fake: dict, y=None) -> torch.Tensor:
+        return self._total(lambda f: g_loss(self.cfg.model.loss, f), fake) + self._words(fake, y)
+
+    def discriminator_loss(self, real: dict, fake: dict, y=None) -> torch.Tensor:
+        return self._total(lambda a, b: d_loss(self.cfg.model.loss, a, b), real, fake) + self._words(real, y)
 
     def r1_logits(self, real: dict) -> torch.Tensor:
         return self._total(lambda a: a, real)
@@ -119,12 +152,42 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
             out = self.d_stats(loss, r["clip"], f["clip"])
             if pen is not None:
                 out["r1"] = pen.detach()
-            if "diff" in r:
-                out["d_diff_real"] = torch.sigmoid(r["diff"].detach()).mean()
-                out["d_diff_fake"] = torch.sigmoid(f["diff"].detach()).mean()
-        out["g_loss"] = self.g_update(lambda: self.D(self.G(self._z(len(x)), y), y), opt)
+            for h in ("diff", "image"):
+                if h in r:
+                    out[f"d_{h}_real"] = torch.sigmoid(r[h].detach()).mean()
+                    out[f"d_{h}_fake"] = torch.sigmoid(f[h].detach()).mean()
+        extra = None
+        if m.frame_diff > 0 and m.frame_diff_mode == "moments":
+            real = frame_differences(x).abs().mean((0, 1, 3, 4))                 # per frame pair, (T - 1,)
+            extra = lambda fake: m.frame_diff * (frame_differences(fake).abs().mean((0, 1, 3, 4))  # noqa: E731
+                                                 - real).abs().mean()
+        out["g_loss"] = self.g_step_on(self._z(len(x)), y, opt, extra)
         self._watch(float(out["d_real"]), float(out["d_fake"]))
+        if m.collapse_every and self._step % m.collapse_every == 0:
+            self._check_diversity(x, y)
+        if self._diversity is not None:
+            out["diversity"] = self._diversity
         return out
+
+    def _check_diversity(self, x: torch.Tensor, y) -> None:
+        """The collapse detector (see the class docstring)."""
+        g = torch.Generator().manual_seed(99)
+        rows = torch.arange(min(4, len(x))).repeat_interleave(8)
+        was = self.G.training
+        self.G.eval()
+        try:
+            with torch.no_grad():
+                fake = self.G(self._z(len(rows), g), None if y is None else y[rows.to(y.device)])
+        finally:
+            self.G.train(was)
+        spread = fake.view(-1, 8, *fake.shape[1:]).std(1).mean()
+        self._diversity = round(float(spread / x.std(0).mean().clamp(min=1e-6)), 4)
+        self._low = self._low + 1 if self._diversity < COLLAPSE else 0
+        if self._low == COLLAPSE_CHECKS:
+            print(f"\nwarning: mode collapse at step {self._step}: samples for one caption spread "
+                  f"{self._diversity:.2f} of the real clips' spread ({COLLAPSE_CHECKS} checks in a row under "
+                  f"{COLLAPSE}): the generator ignores its noise. Try model.mode_seeking=1, model.image_d=1 or a "
+                  f"lower learning rate.", file=sys.stderr)
 
     def evaluate(self, data, max_batches=None) -> dict[str, float]:
         """The discriminators' mean outputs on held-out real clips and on fresh samples (a health check)."""
@@ -134,9 +197,9 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
             x = batch["video"].to(self.device_of()) * 2 - 1
             y = self._y(batch.get("caption"))
             for kind, logits in (("real", self.D(x, y)), ("fake", self.D(self.G(self._z(len(x)), y), y))):
-                for h, v in logits.items():
-                    key = f"eval_d{'_diff' if h == 'diff' else ''}_{kind}"
-                    sums[key] = sums.get(key, 0.0) + torch.sigmoid(v).sum().item()
+                for h, v in ((h, v) for h, v in logits.items() if h in self.heads):
+                    key = f"eval_d{'' if h == 'clip' else '_' + h}_{kind}"
+                    sums[key] = sums.get(key, 0.0) + torch.sigmoid(v).view(len(x), -1).mean(1).sum().item()
             n += len(x)
         return {k: round(v / max(n, 1), 4) for k, v in sums.items()}
 
