@@ -11,7 +11,7 @@ import click
 from aigc.errors import AigcError, Interrupted
 from aigc.generation import MAX_NEW_TOKENS
 
-FAMILY_HELP = "vae | gpt | gan | text-gan | diffusion | video-gan | video-diffusion | captioner"
+FAMILY_HELP = "vae | gpt | gan | text-gan | diffusion | video-gan | video-diffusion | captioner | tts"
 DATASET_HELP = ("mnist | shapes | images (images); moving-shapes | moving-mnist (video); text | code | sft | "
                 "preferences (gpt)")
 
@@ -81,8 +81,8 @@ def train(family, dataset, data_dir, minutes, steps, out, config_file, sets, dev
     """Train FAMILY on a dataset, or continue a run with --resume RUN.
 
     \b
-    FAMILY: vae | gpt | gan | text-gan | diffusion | video-gan | video-diffusion | captioner. Without --config, the
-    preset configs/FAMILY-DATASET.toml is used when there is one.
+    FAMILY: vae | gpt | gan | text-gan | diffusion | video-gan | video-diffusion | captioner | tts.
+    Without --config, the preset configs/FAMILY-DATASET.toml is used when there is one.
     \b
       aigc train gpt --data text --data-dir input.txt --minutes 10
       aigc train gpt --data code --set tokenizer=bpe --minutes 5        # the Python standard library

@@ -3,11 +3,14 @@
 
   python benchmarks/video.py [--only ROW,ROW] [--minutes 20] [--clips 256] [--table]
 
+`speed`: the GAN's sampling time beside video diffusion's, measured in one process (speed_row).
+
 Rows: `real` (the evaluation clips through the same detector: the ceiling), `gan-v2-seed0/1/2` (the
-stabilised video GAN of issue 37, CANDIDATE, from three seeds), its frame-difference ablation at the same
-budget (`gan-v2-nodiff`: no such term, `gan-v2-moments`: the other reading, G matching the size of real frame
-differences; seed 0), `diffusion-preset-quiet-seed0/1/2` (the video-diffusion preset from three seeds). All
-without progress evaluations within the budget; the material's recipe (the preset) kept its 2026-11-23 rows
+video-gan preset of issue 37 from three seeds), its frame-difference ablation at the same budget, seed 0
+(`gan-v2-nodiff`: no such term, `gan-v2-diffd`: the material's reading, a discriminator on frame differences,
+where the preset reads it as G matching the size of real frame differences), `diffusion-preset-quiet-seed0/1/2`
+(the video-diffusion preset from three seeds). All without progress evaluations within the budget; the
+material's recipe as it was (TGAN generator, clip and frame-difference discriminators) keeps its 2026-11-23 rows
 `gan`, `gan-nodiff`, `gan-diff0.3` (retired rows). Collapse: 16 clips for one prompt, the spread of where the
 shape starts (`aigc.metrics.video.start_spread`) beside 16 real clips of that caption. Metrics: frame accuracy
 (shape and color right in a frame), direction accuracy, temporal consistency, prompt accuracy, motion
@@ -17,6 +20,7 @@ runs go to bench_runs/ (not in git). What was tried and measured: docs/video.md.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -30,31 +34,22 @@ from benchmarks.run import budget, provenance, rows_main, run, train_run  # noqa
 RUNS = ROOT / "bench_runs"
 OUT = ROOT / "benchmarks" / "results" / "video.json"
 QUIET = ["--set", "train.eval_every=0", "--set", "train.sample_every=0"]   # no progress evals/samples in the budget
-# the stabilised video GAN of issue 37 (not the preset until it meets the goals): MoCoGAN-style motion codes,
-# coordinate channels and conditional BatchNorm in G; an image discriminator on 4 frames per clip and a caption-word
-# classifier on the clip discriminator beside the clip and frame-difference discriminators; mode seeking
-CANDIDATE = ["model.g_arch=motion", "model.g_coords=true", "model.g_cbn=true", "model.image_d=1",
-             "model.aux_words=1", "model.mode_seeking=1", "model.g_width=16", "model.d_width=16", "train.lr=3e-4"]
-
-
 def sets(*values: str) -> list[str]:
     return [a for v in values for a in ("--set", v)]
 
 
 TRAIN = {  # row -> (run folder, family, settings on top of the family's preset)
-    **{f"gan-v2-seed{s}": (f"video-gan-v2-seed{s}-20min", "video-gan", [*QUIET, *sets(*CANDIDATE), "--seed", str(s)])
-       for s in (0, 1, 2)},
-    "gan-v2-nodiff": ("video-gan-v2-nodiff-20min", "video-gan", [*QUIET, *sets(*CANDIDATE, "model.frame_diff=0")]),
-    "gan-v2-moments": ("video-gan-v2-moments-20min", "video-gan",
-                       [*QUIET, *sets(*CANDIDATE, "model.frame_diff_mode=moments")]),
+    **{f"gan-v2-seed{s}": (f"video-gan-v2-seed{s}-20min", "video-gan", [*QUIET, "--seed", str(s)]) for s in (0, 1, 2)},
+    "gan-v2-nodiff": ("video-gan-v2-nodiff-20min", "video-gan", [*QUIET, *sets("model.frame_diff=0")]),
+    "gan-v2-diffd": ("video-gan-v2-diffd-20min", "video-gan", [*QUIET, *sets("model.frame_diff_mode=d")]),
     **{f"diffusion-preset-quiet-seed{s}": (f"video-diffusion-preset-quiet-seed{s}-20min", "video-diffusion",
                                            [*QUIET, "--seed", str(s)]) for s in (0, 1, 2)},
 }
 NAMES = {"real": "real clips (detector ceiling)",
-         **{f"gan-v2-seed{s}": f"stabilised video GAN (issue 37), seed {s}" for s in (0, 1, 2)},
-         "gan-v2-nodiff": "stabilised video GAN without the frame-difference term",
-         "gan-v2-moments": "stabilised video GAN, frame-difference term read as G matching the size of real "
-                           "frame differences",
+         **{f"gan-v2-seed{s}": f"video GAN preset (issue 37), seed {s}" for s in (0, 1, 2)},
+         "gan-v2-nodiff": "video GAN preset without the frame-difference term",
+         "gan-v2-diffd": "video GAN preset, frame-difference term read as a discriminator on frame differences",
+         "speed": "sampling time of the GAN and of video diffusion, one process",
          **{f"diffusion-preset-quiet-seed{s}": f"video diffusion preset, seed {s}" for s in (0, 1, 2)}}
 KEYS = ("frame_accuracy", "shape_frame_accuracy", "color_frame_accuracy", "direction_accuracy",
         "temporal_consistency", "prompt_accuracy", "motion_smoothness", "mean_speed", "stray_share")
@@ -91,6 +86,11 @@ def model_row(row: str, args) -> dict:
     out = {**info, "what": NAMES[row], "train_frames_per_s": round(info["steps"] * recipe.frames_per_step(cfg)
                                                                    / info["train_s"], 1),
            **scored(recipe, data, args.clips)}
+    train_rows = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+                  if r.get("kind") == "train" and "diversity" in r]
+    if train_rows:                       # the collapse detector's reading over the run (recipes/video.py)
+        out["diversity_min"] = min(r["diversity"] for r in train_rows)
+        out["diversity_last"] = train_rows[-1]["diversity"]
     if row.startswith("diffusion"):
         out["by_guidance"] = {str(w): scored(recipe, data, args.clips, guidance=w) for w in (1.0, 2.0, 3.0)}
     t0 = time.perf_counter()
@@ -136,7 +136,35 @@ def real_row(args) -> dict:
     return {"what": NAMES["real"], **{k: q.get(k) for k in KEYS}, "num_clips": args.clips, **real_spread()}
 
 
-ROWS = {"real": real_row, **{row: (lambda r: lambda a: model_row(r, a))(row) for row in TRAIN}}
+def speed_row(args) -> dict:
+    """Sampling speed of the video GAN beside video diffusion's, in one process: 16 clips of SPREAD_PROMPT from
+    the gan-v2-seed0 run and from the video-diffusion preset trained 10 steps (sampling costs the same whatever
+    the weights: the preset's sampler, steps and guidance), each timed 3 times, the fastest kept."""
+    from aigc.generation import Request, generate
+    from aigc.recipes import open_run
+
+    gan_dir, diff_dir = RUNS / TRAIN["gan-v2-seed0"][0], RUNS / "video-diffusion-preset-10steps"
+    if not (gan_dir / "checkpoint").is_dir():
+        raise SystemExit("the speed row times the gan-v2-seed0 run: run that row first")
+    if not (diff_dir / "checkpoint").is_dir():
+        proc, _, _ = run([sys.executable, "-m", "aigc", "train", "video-diffusion", "--data", "moving-shapes",
+                          "--steps", "10", *QUIET, "--out", str(diff_dir), "--quiet", "--overwrite"])
+        if proc.returncode:
+            raise SystemExit(f"training failed:\n{proc.stderr[-3000:]}")
+    out = {"what": "16 clips, in process, fastest of 3"}
+    for name, folder in (("gan", gan_dir), ("diffusion", diff_dir)):
+        cfg, recipe = open_run(folder, torch.device("cpu"))
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            generate(recipe, Request(num=16, prompt=SPREAD_PROMPT, seed=0))
+            times.append(time.perf_counter() - t0)
+        out[f"{name}_16_s"] = round(min(times), 3)
+    out["diffusion_over_gan"] = round(out["diffusion_16_s"] / out["gan_16_s"])
+    return out
+
+
+ROWS = {"real": real_row, **{row: (lambda r: lambda a: model_row(r, a))(row) for row in TRAIN}, "speed": speed_row}
 
 
 def markdown(results: dict) -> str:
@@ -146,7 +174,7 @@ def markdown(results: dict) -> str:
              "`aigc sample --num 16` wall |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in ROWS:
         r = results.get(row)
-        if r:
+        if r and row != "speed":
             cli = f"{r['cli_sample16_wall_s']} s" if "cli_sample16_wall_s" in r else "-"
             lines.append(f"| {row} | {f(r.get('steps'))} | {f(r.get('train_frames_per_s'))} | "
                          + " | ".join(str(f(r.get(k))) for k in KEYS) + f" | {cli} |")
@@ -161,6 +189,10 @@ def markdown(results: dict) -> str:
             lines.append(f"| {row} | {f(r.get('start_spread_px'))} | {r['distinct_starts']} | {f(r.get('gen16_s'))} | "
                          f"{f(r.get('gen_clips_per_s'))} | {f(r.get('reference_ms'))} | "
                          f"{f(r.get('budget_scaled_min'))} |")
+    sp = results.get("speed")
+    if sp:
+        lines += ["", f"Sampling speed ({sp['what']}): the GAN {sp['gan_16_s']} s, video diffusion (its preset's "
+                  f"sampler) {sp['diffusion_16_s']} s: {sp['diffusion_over_gan']}x."]
     lines += ["", "| video diffusion row | guidance w | " + " | ".join(SHORT) + " |",
               "|---|---:|" + "---:|" * len(SHORT)]
     for row in ROWS:

@@ -67,10 +67,11 @@ def _check_cond(cond: str) -> None:
 class VideoGANRecipe(Adversarial, VideoRecipe):
     """The video GAN (models/video.py): D is a set of discriminators ("heads": the clip, frame differences,
     single frames), each with its weight in both losses; G's loss may add the mode-seeking term and the
-    frame-difference moments. The collapse detector: every `collapse_every` steps, 8 samples for each of 4
-    captions of the batch (fixed noise, G in eval mode); their pixel spread per caption over the real batch's
-    spread is logged as `diversity` (a collapsed G, whose z does nothing, gives about 0), with a warning when it
-    stays under COLLAPSE. D winning completely is watched as in the image GAN."""
+    frame-difference moments. The collapse detector: at step 1 (logged only: an untrained G) and every
+    `collapse_every` steps, 8 samples for each of 4 captions of the batch (fixed noise, G in eval mode); their
+    pixel spread per caption over the real batch's spread is logged as `diversity` (a collapsed G, whose z does
+    nothing, gives about 0; the value is held between readings), with a warning when it stays under COLLAPSE.
+    D winning completely is watched as in the image GAN."""
     family = "video-gan"
     ModelConfig = VideoGANConfig
 
@@ -163,7 +164,7 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
                                                  - real).abs().mean()
         out["g_loss"] = self.g_step_on(self._z(len(x)), y, opt, extra)
         self._watch(float(out["d_real"]), float(out["d_fake"]))
-        if m.collapse_every and self._step % m.collapse_every == 0:
+        if m.collapse_every and (self._step == 1 or self._step % m.collapse_every == 0):
             self._check_diversity(x, y)
         if self._diversity is not None:
             out["diversity"] = self._diversity
@@ -182,6 +183,8 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
             self.G.train(was)
         spread = fake.view(-1, 8, *fake.shape[1:]).std(1).mean()
         self._diversity = round(float(spread / x.std(0).mean().clamp(min=1e-6)), 4)
+        if self._step < self.cfg.model.collapse_every:       # the untrained G's reading: logged, not judged
+            return
         self._low = self._low + 1 if self._diversity < COLLAPSE else 0
         if self._low == COLLAPSE_CHECKS:
             print(f"\nwarning: mode collapse at step {self._step}: samples for one caption spread "
