@@ -98,6 +98,7 @@ def test_sampling_filters_and_inverse_cdf():
     assert set(picks(logits, top_p=0.4)) == {0}
     assert set(picks(logits, temperature=0)) == {0}
     assert picks(logits, temperature=0.5, top_k=3).count(2) < free.count(2)     # colder: fewer unlikely tokens
+    assert picks(logits, top_k=2 ** 70) == free                     # above the vocabulary (and int64): no filter
     with pytest.raises(AigcError, match="top_p"):
         TextStream([0], 1, top_p=1.5)
 

@@ -82,7 +82,7 @@ def sample_rows(logits: torch.Tensor, streams: list[TextStream]) -> torch.Tensor
     filtered = [s.top_k is not None or s.top_p is not None for s in streams]
     if any(filtered):                                     # rows with them: over the tokens sorted by probability
         zs, order = torch.sort(z, dim=-1, descending=True)
-        top_k = torch.tensor([s.top_k or V for s in streams], device=dev)
+        top_k = torch.tensor([min(s.top_k or V, V) for s in streams], device=dev)
         zs = zs.masked_fill(torch.arange(V, device=dev)[None] >= top_k[:, None], float("-inf"))
         top_p = torch.tensor([s.top_p or 1.0 for s in streams], device=dev)
         probs = zs.softmax(-1)
