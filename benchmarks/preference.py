@@ -11,11 +11,15 @@ Steps, all with the commands a user runs (the run folders go to bench_runs/pref/
   dpo      `--data preferences --set objective=dpo` from base at three betas (the preset gpt-preferences.toml for the
            rest: ptx_weight 3), and two rows with a weaker ptx term, --minutes each
   reward   `--set objective=reward` from base for 5 minutes: Bradley-Terry accuracy on the held-out pairs
+  online   `--set online_judge=lexicon` (or the reward model's run): online DPO, pairs from the policy's own
+           completions of the training prompts judged every step; betas 1.0 and 0.5 with the lexicon, 1.0 with the
+           reward model; ptx_weight 1, --minutes each
   best-of  64 base completions per held-out prompt; best-of-N keeps the first N's best by the lexicon (an oracle judge)
            and by the reward model, N = 1, 2, 4, 16, 64
 Measured on every held-out prompt (one completion each, temperature 1, 32 characters): the lexicon's mean `reward`,
-the share of positive completions, `win_rate` against the base model's completions (ties half), `kl_to_reference`
-(nats per completion: sum of log pi - log pi_base over the policy's own samples; best-of-N: the bound
+the share of positive completions, `distinct_2` (distinct word bigrams over all completions / all: near 0 when a
+policy says "good good good" everywhere), `win_rate` against the base model's completions (ties half),
+`kl_to_reference` (nats per completion: sum of log pi - log pi_base over the policy's own samples; best-of-N: the bound
 log N - (N-1)/N) and the change of the whole-validation loss (nats per character, tiny-shakespeare's last 10%).
 Goals: DPO lifts the positive share to >= 90% in --minutes (10) of training with the validation loss up <= 0.05
 nats; the reward model >= 90% accurate on held-out pairs; which N best-of-N needs to match DPO.
@@ -41,6 +45,7 @@ PLOT = ROOT / "docs" / "img" / "preference-frontier.png"
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 BETAS = (0.1, 0.2, 0.5)
 PTX_ROWS = ((0.1, 1.5), (0.2, 1.0))        # (beta, ptx_weight): the preset's ptx_weight is 3
+ONLINE_ROWS = ((1.0, "lexicon"), (0.5, "lexicon"), (1.0, "reward model"))   # (beta, judge), ptx_weight 1
 NS = (1, 2, 4, 16, 64)
 GOAL_POSITIVE, GOAL_LOSS, GOAL_RM = 0.90, 0.05, 0.90
 
@@ -102,13 +107,15 @@ class Measure:
             j = judge_policy(r.model, self.base.model, r.tokenizer, self.block, self.prompts, self.ids, LexiconJudge(),
                              32, seed)
         loss = self.val_loss(r)
-        return {"reward": j["reward"], "positive_rate": j["positive_rate"], "win_rate": j["win_rate"],
+        return {"reward": j["reward"], "positive_rate": j["positive_rate"], "distinct_2": j["distinct_2"],
+                "win_rate": j["win_rate"],
                 "kl_to_reference": j["kl_to_reference"], "val_loss": loss,
                 "val_loss_change": round(loss - self.base_val, 4)}
 
     def best_of(self, rm_dir: Path | None, seed: int = 0) -> dict:
         """Best-of-N for N in NS from the same 64 base completions per prompt, by the lexicon and the reward model."""
         from aigc.metrics.sentiment import LexiconJudge, judge_report
+        from aigc.metrics.text import distinct_n
         from aigc.recipes.preference import RewardJudge, best_of_n_kl, sample_completions, win_rate
 
         n_max = max(NS)
@@ -127,15 +134,19 @@ class Measure:
         out = {}
         for name, scores in judges.items():
             for n in NS:
-                picked = []
-                for i in range(len(self.prompts)):
-                    rows = range(i * n_max, i * n_max + n)
-                    picked.append(truth[max(rows, key=lambda k: scores[k])])
-                out[f"best-of-{n} ({name})"] = {**judge_report(picked), "win_rate": win_rate(picked, other),
+                picked = [max(range(i * n_max, i * n_max + n), key=lambda k: scores[k])
+                          for i in range(len(self.prompts))]
+                out[f"best-of-{n} ({name})"] = {**judge_report([truth[k] for k in picked]),
+                                                "distinct_2": distinct_n([texts[k] for k in picked], 2),
+                                                "win_rate": win_rate([truth[k] for k in picked], other),
                                                 "kl_to_reference": round(best_of_n_kl(n), 4),
                                                 "val_loss_change": 0.0, "samples_per_completion": n}
         out["_base_sample_s"] = round(sample_s, 1)
         return out
+
+
+def online_key(beta: float, judge: str) -> str:
+    return f"online dpo beta={beta} ({judge})"
 
 
 def plot(rows: dict) -> None:
@@ -145,8 +156,8 @@ def plot(rows: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for prefix, marker, label in (("best-of", "o", None), ("dpo", "s", "DPO"), ("sft", "^", "SFT on chosen"),
-                                  ("base", "D", "base")):
+    for prefix, marker, label in (("best-of", "o", None), ("dpo", "s", "DPO (offline pairs)"),
+                                  ("online", "P", "online DPO"), ("sft", "^", "SFT on chosen"), ("base", "D", "base")):
         for judge in (("lexicon", "reward model") if prefix == "best-of" else (None,)):
             pts = sorted((r["kl_to_reference"], r["positive_rate"], k) for k, r in rows.items()
                          if k.startswith(prefix) and (judge is None or judge in k))
@@ -156,8 +167,9 @@ def plot(rows: dict) -> None:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=name,
                     linestyle="-" if prefix == "best-of" else "none")
             for x, y, k in pts:
-                tag = k.split(" ")[0].replace("best-of-", "N=") if prefix == "best-of" else k[len("dpo "):]
-                if prefix == "dpo" or judge == "lexicon":
+                tag = k.split(" ")[0].replace("best-of-", "N=") if prefix == "best-of" else \
+                    k.replace("online dpo ", "").replace("dpo ", "").replace("reward model", "RM")
+                if prefix in ("dpo", "online") or judge == "lexicon":
                     ax.annotate(tag, (x, y), textcoords="offset points", xytext=(4, 4 if "ptx" in tag else -10),
                                 fontsize=7)
     ax.axhline(GOAL_POSITIVE, color="grey", linestyle=":", linewidth=1)
@@ -221,6 +233,12 @@ def main() -> None:
             args.reuse, f"dpo beta={beta} ptx={ptx}")
     trained["reward model"] = train(runs / "reward", [*pref, "--set", "objective=reward", "--minutes", 5], args.reuse,
                                     "reward")
+    for beta, judge in ONLINE_ROWS:
+        spec = "lexicon" if judge == "lexicon" else runs / "reward"
+        trained[online_key(beta, judge)] = train(
+            runs / f"online-{beta}-{judge.replace(' ', '-')}",
+            [*pref, "--set", "objective=dpo", "--set", f"beta={beta}", "--set", "ptx_weight=1", "--set",
+             f"online_judge={spec}", "--minutes", args.minutes], args.reuse, online_key(beta, judge))
     rm_eval = aigc("eval", runs / "reward", "--quiet", name="reward eval")
     print("[measure] held-out prompts ...", file=sys.stderr, flush=True)
     m = Measure(base, data)
@@ -232,10 +250,14 @@ def main() -> None:
     for beta, ptx in PTX_ROWS:
         key = f"dpo beta={beta} ptx={ptx}"
         rows[key] = {**m.policy(runs / f"dpo-{beta}-ptx{ptx}"), "samples_per_completion": 1, **trained[key]}
+    for beta, judge in ONLINE_ROWS:
+        key = online_key(beta, judge)
+        rows[key] = {**m.policy(runs / f"online-{beta}-{judge.replace(' ', '-')}"), "samples_per_completion": 1,
+                     **trained[key]}
     bon = m.best_of(runs / "reward")
     info["best_of_base_sampling_s"] = bon.pop("_base_sample_s")
     rows.update(bon)
-    dpos = {k: r for k, r in rows.items() if k.startswith("dpo")}
+    dpos = {k: r for k, r in rows.items() if k.startswith(("dpo", "online"))}
     meets = {k: r["positive_rate"] >= GOAL_POSITIVE and r["val_loss_change"] <= GOAL_LOSS for k, r in dpos.items()}
     best = max(dpos, key=lambda k: (meets[k], dpos[k]["positive_rate"]))
     target = dpos[best]["positive_rate"]
@@ -255,11 +277,12 @@ def main() -> None:
 
 def markdown(r: dict) -> str:
     g = r["goals"]
-    lines = ["| policy | samples / completion | positive share | mean reward | win rate vs base | KL to base (nats) | "
-             "whole-val loss change (nats/char) | train steps |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| policy | samples / completion | positive share | mean reward | distinct-2 | win rate vs base | "
+             "KL to base (nats) | whole-val loss change (nats/char) | train steps |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for k, x in r["rows"].items():
         lines.append(f"| {k} | {x['samples_per_completion']} | {x['positive_rate']:.3f} | {x['reward']:.3f} | "
+                     f"{x.get('distinct_2', float('nan')):.3f} | "
                      f"{x['win_rate']:.3f} | {x['kl_to_reference']:.2f} | {x['val_loss_change']:+.4f} | "
                      f"{x.get('step', '-')} |")
     rm = r["reward_model"]

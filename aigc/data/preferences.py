@@ -108,12 +108,15 @@ def pair_batch(pairs: list[Pair], block_size: int) -> dict:
 
 
 class PairBatcher:
-    """Random pairs of the training split; state = its generator."""
+    """Random pairs of the training split; state = its generator. `online`: only the pairs' prompts, each with a
+    seed for sampling its completions ({"prompt_ids": B int64 arrays, "prompts": their texts, "seeds": int64
+    (B,)}): online DPO
+    judges the policy's own completions instead of the file's responses (recipes/gpt.py)."""
 
-    def __init__(self, data: PreferenceData, batch_size: int, seed: int):
+    def __init__(self, data: PreferenceData, batch_size: int, seed: int, online: bool = False):
         from aigc.data.text import TokenBatcher
 
-        self.data, self.batch_size = data, batch_size
+        self.data, self.batch_size, self.online = data, batch_size, online
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.lm = TokenBatcher(data.lm, batch_size, seed + 2) if data.lm is not None else None
 
@@ -122,7 +125,12 @@ class PairBatcher:
 
     def __next__(self) -> dict:
         ix = torch.randint(len(self.data.train), (self.batch_size,), generator=self.generator)
-        batch = pair_batch([self.data.train[i] for i in ix.tolist()], self.data.block_size)
+        if self.online:
+            batch = {"prompt_ids": [self.data.train[i].prompt for i in ix.tolist()],
+                     "prompts": [self.data.train[i].text for i in ix.tolist()],
+                     "seeds": torch.randint(2 ** 62, (self.batch_size,), generator=self.generator)}
+        else:
+            batch = pair_batch([self.data.train[i] for i in ix.tolist()], self.data.block_size)
         if self.lm is not None:                            # as many text windows as pairs (one row each)
             batch["lm_tokens"] = next(self.lm)["tokens"]
         return batch

@@ -3,7 +3,11 @@
 precision_n = share of the n-grams (character n-grams, n = 2..4 by default) of the samples that occur
 anywhere in the reference text. Real held-out text scores close to 1 for small n; random characters
 score near 0 for n >= 3. It rewards plausible local spelling, not meaning or diversity (a model that
-repeats one common word scores 1), so report it next to a likelihood-based figure."""
+repeats one common word scores 1), so report it next to a likelihood-based figure.
+
+distinct_n (Li et al. 2016, "A Diversity-Promoting Objective Function for Neural Conversation Models"): the
+number of distinct word n-grams over all samples divided by their total; a policy that says "good good good"
+to every prompt scores near 0, varied text near 1."""
 
 from __future__ import annotations
 
@@ -20,3 +24,9 @@ def ngram_precision(samples: list[str], reference: str | dict[int, set], ns=(2, 
         grams = [s[i:i + n] for s in samples for i in range(len(s) - n + 1)]
         out[f"ngram_precision_{n}"] = round(sum(g in sets[n] for g in grams) / max(len(grams), 1), 4)
     return out
+
+
+def distinct_n(samples: list[str], n: int = 2) -> float:
+    """Distinct word n-grams over all samples / all their word n-grams (0 when there are none)."""
+    grams = [tuple(w[i:i + n]) for w in (s.lower().split() for s in samples) for i in range(len(w) - n + 1)]
+    return round(len(set(grams)) / len(grams), 4) if grams else 0.0

@@ -36,6 +36,10 @@ class GPTSettings(GPTConfig):
     dpo_loss: str = "sigmoid"      # dpo: sigmoid (DPO) | ipo (IPO: the margin regressed to 1 / (2 beta))
     sft_weight: float = 0.0        # dpo: weight of an added NLL term on the chosen responses
     ptx_weight: float = 0.0        # dpo: weight of an added next-token loss on data.lm_text (InstructGPT's ptx)
+    online_judge: str = ""         # dpo: "" = the file's pairs | lexicon | a reward-model run: online DPO, pairs
+                                   # from the policy's own completions of the file's prompts, judged every step
+    online_samples: int = 4        # online: completions per prompt (the judge's best and worst make the pair)
+    online_tokens: int = 32        # online: new tokens per completion
 
 
 class GPTRecipe(TextRecipe):
@@ -49,7 +53,7 @@ class GPTRecipe(TextRecipe):
         self.modules = {"gpt": self.model}
         self.device = torch.device("cpu")
         self.objective = cfg.model.objective
-        self.reference = self.head = None
+        self.reference = self.head = self._judge = None
         self._reference_from = None
         if self.objective == "dpo":                  # frozen, outside `modules`: never trained, never in checkpoints
             self.reference = GPT(cfg.model).eval().requires_grad_(False)
@@ -75,6 +79,9 @@ class GPTRecipe(TextRecipe):
             raise AigcError(f"model.dpo_loss must be one of {', '.join(pref.DPO_LOSSES)}, got '{m.dpo_loss}'")
         if not m.beta > 0 or m.sft_weight < 0 or m.ptx_weight < 0:
             raise AigcError("model.beta must be > 0, model.sft_weight and model.ptx_weight >= 0")
+        if m.online_judge and (m.objective != "dpo" or m.online_samples < 2 or m.online_tokens < 1):
+            raise AigcError("model.online_judge is for objective=dpo, with model.online_samples >= 2 and "
+                            "model.online_tokens >= 1")
         if min(m.block_size, m.n_layer, m.n_head, m.n_embd) < 1 or m.n_embd % m.n_head:
             raise AigcError("model.block_size, n_layer, n_head, n_embd must be positive and n_embd divisible by "
                             "n_head")
@@ -148,7 +155,7 @@ class GPTRecipe(TextRecipe):
         if cfg.data.name == "preferences":
             from aigc.data.preferences import PairBatcher
 
-            return PairBatcher(data, cfg.data.batch_size, cfg.train.seed)
+            return PairBatcher(data, cfg.data.batch_size, cfg.train.seed, online=bool(cfg.model.online_judge))
         return TextRecipe.make_batcher(data, cfg)
 
     # ---------------------------------------------------------------- trainer hooks
@@ -163,12 +170,13 @@ class GPTRecipe(TextRecipe):
             out = self.model.loss(batch["tokens"], batch.get("loss_mask"))
             opt.update("model", out["loss"])
             return {"loss": out["loss"].detach()}
-        loss, logs = self.pair_loss(batch)
+        loss, logs = self.online_loss(batch) if "prompt_ids" in batch else self.pair_loss(batch)
         opt.update("model", loss)
         return {"loss": loss.detach(), **logs}
 
     def pair_loss(self, batch) -> tuple[torch.Tensor, dict]:
-        """DPO or Bradley-Terry loss of a batch of pairs (chosen rows first, then rejected: data/preferences.py)."""
+        """DPO or Bradley-Terry loss of a batch of pairs (chosen rows first, then rejected: data/preferences.py),
+        with DPO's added terms (sft_weight on the chosen responses, ptx_weight on the batch's `lm_tokens`)."""
         B = len(batch["tokens"])                       # (B, 2, ...) -> (2B, ...): the chosen rows, then the rejected
         tokens, mask = (batch[k].transpose(0, 1).reshape(2 * B, -1) for k in ("tokens", "loss_mask"))
         if self.objective == "reward":
@@ -184,11 +192,33 @@ class GPTRecipe(TextRecipe):
             nll = -logps[:B].sum() / mask[:B].sum().clamp(min=1)
             loss = loss + self.cfg.model.sft_weight * nll
             logs["sft_nll"] = nll.detach()
+        return self.ptx_term(batch, loss, logs)
+
+    def ptx_term(self, batch, loss, logs) -> tuple[torch.Tensor, dict]:
         if self.cfg.model.ptx_weight > 0 and "lm_tokens" in batch:
             ptx = self.model.loss(batch["lm_tokens"])["loss"]
             loss = loss + self.cfg.model.ptx_weight * ptx
             logs["ptx_loss"] = ptx.detach()
         return loss, logs
+
+    def online_loss(self, batch) -> tuple[torch.Tensor, dict]:
+        """Online DPO (Guo et al. 2024, "Direct Language Model Alignment from Online AI Feedback"): the batch's
+        prompts, `online_samples` completions each from the policy as it is now (temperature 1, the seeds the
+        batcher drew), the judge's best and worst as the pair, then the DPO loss against the frozen reference.
+        Prompts whose completions all tie give no pair; a batch without pairs trains only the ptx term."""
+        from aigc.data.preferences import pair_batch
+
+        m = self.cfg.model
+        if self._judge is None:
+            self._judge = pref.load_judge(m.online_judge, self.model.wte.weight.device)
+        pairs, logs = pref.online_pairs(self.model, self.tokenizer, self._judge, batch["prompt_ids"],
+                                        batch["prompts"], batch["seeds"].tolist(), m.online_samples, m.online_tokens)
+        if not pairs:
+            return self.ptx_term(batch, self.model.wte.weight.sum() * 0, logs)
+        dev = self.model.wte.weight.device
+        rows = {k: v.to(dev) for k, v in pair_batch(pairs, m.block_size).items()}
+        loss, more = self.pair_loss({**rows, **{k: v for k, v in batch.items() if k == "lm_tokens"}})
+        return loss, {**logs, **more}
 
     def ready_reference(self) -> GPT:
         """The DPO reference, on the policy's device (the trainer and open_run move only `modules`), checked frozen."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -123,12 +124,43 @@ def sample_completions(model, tokenizer, prompt_ids: list[list[int]], n: int, ma
     """n completions of every prompt (prompt i, sample j from row_seed(seed, i * n + j)), decoded in batches."""
     streams = [TextStream(list(ids), max_new_tokens, temperature, None, None, row_seed(seed, i * n + j))
                for i, ids in enumerate(prompt_ids) for j in range(n)]
+    return run_streams(model, tokenizer, streams)
+
+
+def run_streams(model, tokenizer, streams: list[TextStream]) -> list[TextStream]:
+    """Decode the streams in batches of up to 4 x SLOTS; the model's train/eval mode is left as it was."""
     was = model.training
     try:
         TextEngine(model, tokenizer, min(SLOTS * 4, len(streams))).run(streams)
     finally:
         model.train(was)
     return streams
+
+
+@torch.no_grad()
+def online_pairs(model, tokenizer, judge, prompt_ids: list, prompts: list[str], seeds: list[int], k: int,
+                 max_new_tokens: int) -> tuple[list, dict]:
+    """Online DPO's pairs: k completions of each prompt from `model` (temperature 1, sample j of prompt i from
+    row_seed(seeds[i], j)), judged; the best and the worst make a Pair unless all k tie. Logs the judge's mean
+    reward and positive share of the completions (the policy's own, as it trains) and the share of prompts that
+    gave a pair."""
+    from aigc.data.preferences import Pair
+    from aigc.metrics.sentiment import judge_report
+
+    streams = [TextStream([int(t) for t in ids], max_new_tokens, 1.0, None, None, row_seed(seed, j))
+               for ids, seed in zip(prompt_ids, seeds) for j in range(k)]
+    run_streams(model, tokenizer, streams)
+    rewards = judge([p for p in prompts for _ in range(k)], [s.text for s in streams])
+    pairs = []
+    for i, ids in enumerate(prompt_ids):
+        rs = rewards[i * k:(i + 1) * k]
+        best, worst = max(range(k), key=rs.__getitem__), min(range(k), key=rs.__getitem__)
+        if rs[best] > rs[worst]:
+            pairs.append(Pair(ids, *(np.asarray(streams[i * k + j].tokens, dtype=np.int64) for j in (best, worst))))
+    report = judge_report(rewards)
+    return pairs, {"online/reward": torch.tensor(report["reward"]),
+                   "online/positive_rate": torch.tensor(report["positive_rate"]),
+                   "online/pair_rate": torch.tensor(len(pairs) / max(len(prompt_ids), 1))}
 
 
 @torch.no_grad()
@@ -163,10 +195,12 @@ def judge_policy(policy, reference, tokenizer, block_size: int, prompts: list[st
     share of positive completions, `win_rate` against the reference's completions (ties count half) and
     `kl_to_reference` (nats per completion)."""
     from aigc.metrics.sentiment import judge_report
+    from aigc.metrics.text import distinct_n
 
     mine = sample_completions(policy, tokenizer, prompt_ids, 1, max_new_tokens, seed)
     rewards = judge(prompts, [s.text for s in mine])
-    out = {**judge_report(rewards), "num_prompts": len(prompts), "max_new_tokens": max_new_tokens}
+    out = {**judge_report(rewards), "distinct_2": distinct_n([s.text for s in mine], 2), "num_prompts": len(prompts),
+           "max_new_tokens": max_new_tokens}
     if reference is not None:
         theirs = sample_completions(reference, tokenizer, prompt_ids, 1, max_new_tokens, seed + 1)
         ref_rewards = judge(prompts, [s.text for s in theirs])
