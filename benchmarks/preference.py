@@ -12,8 +12,9 @@ Steps, all with the commands a user runs (the run folders go to bench_runs/pref/
            rest: ptx_weight 3), and two rows with a weaker ptx term, --minutes each
   reward   `--set objective=reward` from base for 5 minutes: Bradley-Terry accuracy on the held-out pairs
   online   `--set online_judge=lexicon` (or the reward model's run): online DPO, pairs from the policy's own
-           completions of the training prompts judged every step; betas 1.0 and 0.5 with the lexicon, 1.0 with the
-           reward model; ptx_weight 1, --minutes each
+           completions of the training prompts judged every step; betas 1.0 and 0.5 with the lexicon's count and
+           with its verdict (lexicon-positive: 1 for a positive completion, else 0), 1.0 with the reward model;
+           ptx_weight 1, --minutes each
   best-of  64 base completions per held-out prompt; best-of-N keeps the first N's best by the lexicon (an oracle judge)
            and by the reward model, N = 1, 2, 4, 16, 64
 Measured on every held-out prompt (one completion each, temperature 1, 32 characters): the lexicon's mean `reward`,
@@ -45,7 +46,8 @@ PLOT = ROOT / "docs" / "img" / "preference-frontier.png"
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 BETAS = (0.1, 0.2, 0.5)
 PTX_ROWS = ((0.1, 1.5), (0.2, 1.0))        # (beta, ptx_weight): the preset's ptx_weight is 3
-ONLINE_ROWS = ((1.0, "lexicon"), (0.5, "lexicon"), (1.0, "reward model"))   # (beta, judge), ptx_weight 1
+ONLINE_ROWS = ((1.0, "lexicon"), (0.5, "lexicon"), (1.0, "reward model"), (1.0, "lexicon-positive"),
+               (0.5, "lexicon-positive"))                 # (beta, judge), ptx_weight 1
 NS = (1, 2, 4, 16, 64)
 GOAL_POSITIVE, GOAL_LOSS, GOAL_RM = 0.90, 0.05, 0.90
 
@@ -108,6 +110,7 @@ class Measure:
                              32, seed)
         loss = self.val_loss(r)
         return {"reward": j["reward"], "positive_rate": j["positive_rate"], "distinct_2": j["distinct_2"],
+                "top_opening": j["top_opening"], "top_opening_share": j["top_opening_share"],
                 "win_rate": j["win_rate"],
                 "kl_to_reference": j["kl_to_reference"], "val_loss": loss,
                 "val_loss_change": round(loss - self.base_val, 4)}
@@ -115,7 +118,7 @@ class Measure:
     def best_of(self, rm_dir: Path | None, seed: int = 0) -> dict:
         """Best-of-N for N in NS from the same 64 base completions per prompt, by the lexicon and the reward model."""
         from aigc.metrics.sentiment import LexiconJudge, judge_report
-        from aigc.metrics.text import distinct_n
+        from aigc.metrics.text import distinct_n, top_opening
         from aigc.recipes.preference import RewardJudge, best_of_n_kl, sample_completions, win_rate
 
         n_max = max(NS)
@@ -138,6 +141,8 @@ class Measure:
                           for i in range(len(self.prompts))]
                 out[f"best-of-{n} ({name})"] = {**judge_report([truth[k] for k in picked]),
                                                 "distinct_2": distinct_n([texts[k] for k in picked], 2),
+                                                **dict(zip(("top_opening", "top_opening_share"),
+                                                           top_opening([texts[k] for k in picked]))),
                                                 "win_rate": win_rate([truth[k] for k in picked], other),
                                                 "kl_to_reference": round(best_of_n_kl(n), 4),
                                                 "val_loss_change": 0.0, "samples_per_completion": n}
@@ -234,7 +239,7 @@ def main() -> None:
     trained["reward model"] = train(runs / "reward", [*pref, "--set", "objective=reward", "--minutes", 5], args.reuse,
                                     "reward")
     for beta, judge in ONLINE_ROWS:
-        spec = "lexicon" if judge == "lexicon" else runs / "reward"
+        spec = runs / "reward" if judge == "reward model" else judge
         trained[online_key(beta, judge)] = train(
             runs / f"online-{beta}-{judge.replace(' ', '-')}",
             [*pref, "--set", "objective=dpo", "--set", f"beta={beta}", "--set", "ptx_weight=1", "--set",
@@ -259,7 +264,8 @@ def main() -> None:
     rows.update(bon)
     dpos = {k: r for k, r in rows.items() if k.startswith(("dpo", "online"))}
     meets = {k: r["positive_rate"] >= GOAL_POSITIVE and r["val_loss_change"] <= GOAL_LOSS for k, r in dpos.items()}
-    best = max(dpos, key=lambda k: (meets[k], dpos[k]["positive_rate"]))
+    # the goal's row: of those that meet it, the one closest to the base (least KL); else the highest share
+    best = max(dpos, key=lambda k: (meets[k], -dpos[k]["kl_to_reference"] if meets[k] else dpos[k]["positive_rate"]))
     target = dpos[best]["positive_rate"]
     match = {j: next((n for n in NS if rows[f"best-of-{n} ({j})"]["positive_rate"] >= target), None)
              for j in ("lexicon", "reward model")}
@@ -277,12 +283,12 @@ def main() -> None:
 
 def markdown(r: dict) -> str:
     g = r["goals"]
-    lines = ["| policy | samples / completion | positive share | mean reward | distinct-2 | win rate vs base | "
-             "KL to base (nats) | whole-val loss change (nats/char) | train steps |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| policy | samples / completion | positive share | mean reward | distinct-2 | top first word | "
+             "win rate vs base | KL to base (nats) | whole-val loss change (nats/char) | train steps |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for k, x in r["rows"].items():
         lines.append(f"| {k} | {x['samples_per_completion']} | {x['positive_rate']:.3f} | {x['reward']:.3f} | "
-                     f"{x.get('distinct_2', float('nan')):.3f} | "
+                     f"{x['distinct_2']:.3f} | \"{x['top_opening']}\" {x['top_opening_share']:.2f} | "
                      f"{x['win_rate']:.3f} | {x['kl_to_reference']:.2f} | {x['val_loss_change']:+.4f} | "
                      f"{x.get('step', '-')} |")
     rm = r["reward_model"]

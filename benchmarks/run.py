@@ -352,7 +352,7 @@ REPORT = [
     ("Video (moving-shapes)", "video.json", "benchmarks.video",
      "python benchmarks/video.py [--only ROW] (20-minute runs)"),
     ("Preference tuning", "preference.json", "benchmarks.preference",
-     "python benchmarks/preference.py (about 75 minutes)"),
+     "python benchmarks/preference.py (about 2 hours)"),
     ("Image-to-text (captioner)", "captioner.json", "benchmarks.captioner",
      "python benchmarks/captioner.py [--only ROW] (about 80 minutes)"),
     ("Speech (spoken digits, text-to-speech)", "speech.json", "benchmarks.speech",

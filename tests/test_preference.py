@@ -141,6 +141,7 @@ def test_lexicon_judge():
     assert lexicon_reward("Death! Foul murder; lovely") == -2
     assert lexicon_reward("gloves, cloves; lovelier") == 0     # whole words only
     assert LexiconJudge()(["x", "y"], ["joy", "hate"]) == [1.0, -1.0]
+    assert pref.load_judge("lexicon-positive")(["x"] * 3, ["joy joy", "hate", "the"]) == [1.0, 0.0, 0.0]
 
 
 def test_best_of_n_kl_bound():

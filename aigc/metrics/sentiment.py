@@ -36,9 +36,15 @@ def lexicon_reward(text: str) -> int:
 
 
 class LexiconJudge:
-    """judge(prompts, completions) -> rewards; the prompt is not read (the completion alone is judged)."""
+    """judge(prompts, completions) -> rewards; the prompt is not read (the completion alone is judged).
+    `positive`: 1 for a positive completion, else 0 (the judge's verdict rather than its count)."""
+
+    def __init__(self, positive: bool = False):
+        self.positive = positive
 
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
+        if self.positive:
+            return [float(lexicon_reward(c) > 0) for c in completions]
         return [float(lexicon_reward(c)) for c in completions]
 
 

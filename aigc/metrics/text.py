@@ -7,7 +7,8 @@ repeats one common word scores 1), so report it next to a likelihood-based figur
 
 distinct_n (Li et al. 2016, "A Diversity-Promoting Objective Function for Neural Conversation Models"): the
 number of distinct word n-grams over all samples divided by their total; a policy that says "good good good"
-to every prompt scores near 0, varied text near 1."""
+to every prompt scores near 0, varied text near 1. top_opening: the share of samples that begin with the most
+common first word (a policy that learnt to open every answer the same way scores near 1)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,12 @@ def distinct_n(samples: list[str], n: int = 2) -> float:
     """Distinct word n-grams over all samples / all their word n-grams (0 when there are none)."""
     grams = [tuple(w[i:i + n]) for w in (s.lower().split() for s in samples) for i in range(len(w) - n + 1)]
     return round(len(set(grams)) / len(grams), 4) if grams else 0.0
+
+
+def top_opening(samples: list[str]) -> tuple[str, float]:
+    """The most common first word of the samples (case-blind, punctuation stripped) and its share of them."""
+    from collections import Counter
+
+    firsts = Counter((s.split() or [""])[0].strip(".,;:!?'\"-").lower() for s in samples)
+    word, count = firsts.most_common(1)[0] if firsts else ("", 0)
+    return word, round(count / max(len(samples), 1), 4)

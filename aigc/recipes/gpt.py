@@ -316,7 +316,7 @@ class GPTRecipe(TextRecipe):
     def full_eval_pairs(self, data, num=None) -> dict:
         """Held-out pairs (loss, pair accuracy; DPO: trl's reward metrics). DPO also: kl_to_reference on `num`
         held-out prompts (default all); with data.lm_text, the whole-val loss of that text and its change from the
-        reference; with data.judge, the judge on those prompts: reward, positive_rate, win_rate."""
+        reference; with data.judge, the judge on those prompts: reward, positive_rate, distinct_2, win_rate."""
         out = {**self.evaluate_pairs(data), "num_pairs": len(data.val), "objective": self.objective,
                "reference_split": "data.eval_file" if self.cfg.data.eval_file else "last 10% of the pairs"}
         if self.objective != "dpo":

@@ -100,14 +100,15 @@ class RewardJudge:
 
 
 def load_judge(spec: str | None, device=None):
-    """'lexicon' (the built-in task's sentiment judge) or the folder of a gpt run trained with objective=reward."""
+    """'lexicon' (the built-in task's sentiment judge: positive minus negative words), 'lexicon-positive' (its
+    verdict: 1 for a positive completion, else 0) or the folder of a gpt run trained with objective=reward."""
     if not spec:
         raise AigcError("best-of-N needs a judge: --judge lexicon (the built-in sentiment judge) or --judge RUN "
                         "(a gpt run trained with objective=reward)")
-    if spec == "lexicon":
+    if spec in ("lexicon", "lexicon-positive"):
         from aigc.metrics.sentiment import LexiconJudge
 
-        return LexiconJudge()
+        return LexiconJudge(positive=spec == "lexicon-positive")
     from aigc.io import rundir
     from aigc.recipes import open_run
 
@@ -195,12 +196,14 @@ def judge_policy(policy, reference, tokenizer, block_size: int, prompts: list[st
     share of positive completions, `win_rate` against the reference's completions (ties count half) and
     `kl_to_reference` (nats per completion)."""
     from aigc.metrics.sentiment import judge_report
-    from aigc.metrics.text import distinct_n
+    from aigc.metrics.text import distinct_n, top_opening
 
     mine = sample_completions(policy, tokenizer, prompt_ids, 1, max_new_tokens, seed)
     rewards = judge(prompts, [s.text for s in mine])
-    out = {**judge_report(rewards), "distinct_2": distinct_n([s.text for s in mine], 2), "num_prompts": len(prompts),
-           "max_new_tokens": max_new_tokens}
+    texts = [s.text for s in mine]
+    word, share = top_opening(texts)
+    out = {**judge_report(rewards), "distinct_2": distinct_n(texts, 2), "top_opening": word,
+           "top_opening_share": share, "num_prompts": len(prompts), "max_new_tokens": max_new_tokens}
     if reference is not None:
         theirs = sample_completions(reference, tokenizer, prompt_ids, 1, max_new_tokens, seed + 1)
         ref_rewards = judge(prompts, [s.text for s in theirs])
