@@ -110,8 +110,7 @@ def pair_batch(pairs: list[Pair], block_size: int) -> dict:
 class PairBatcher:
     """Random pairs of the training split; state = its generator. `online`: only the pairs' prompts, each with a
     seed for sampling its completions ({"prompt_ids": B int64 arrays, "prompts": their texts, "seeds": int64
-    (B,)}): online DPO
-    judges the policy's own completions instead of the file's responses (recipes/gpt.py)."""
+    (B,)}): online DPO judges the policy's own completions instead of the file's responses (recipes/gpt.py)."""
 
     def __init__(self, data: PreferenceData, batch_size: int, seed: int, online: bool = False):
         from aigc.data.text import TokenBatcher
@@ -125,12 +124,12 @@ class PairBatcher:
 
     def __next__(self) -> dict:
         ix = torch.randint(len(self.data.train), (self.batch_size,), generator=self.generator)
+        pairs = [self.data.train[i] for i in ix.tolist()]
         if self.online:
-            batch = {"prompt_ids": [self.data.train[i].prompt for i in ix.tolist()],
-                     "prompts": [self.data.train[i].text for i in ix.tolist()],
+            batch = {"prompt_ids": [p.prompt for p in pairs], "prompts": [p.text for p in pairs],
                      "seeds": torch.randint(2 ** 62, (self.batch_size,), generator=self.generator)}
         else:
-            batch = pair_batch([self.data.train[i] for i in ix.tolist()], self.data.block_size)
+            batch = pair_batch(pairs, self.data.block_size)
         if self.lm is not None:                            # as many text windows as pairs (one row each)
             batch["lm_tokens"] = next(self.lm)["tokens"]
         return batch
@@ -216,12 +215,18 @@ def task_prompts(text: str, chars: int = PROMPT_CHARS) -> tuple[list[str], list[
     return train, held
 
 
+def best_and_worst(rewards: list[float]) -> tuple[int, int] | None:
+    """Indices of the first best- and the first worst-judged of one prompt's completions; None when all tie."""
+    best, worst = int(np.argmax(rewards)), int(np.argmin(rewards))
+    return (best, worst) if rewards[best] > rewards[worst] else None
+
+
 def pairs_from_samples(prompts: list[str], completions: list[list[str]], rewards: list[list[float]]) -> list[dict]:
     """For each prompt: the best-judged completion as chosen, the worst as rejected (none when all tie)."""
     out = []
     for p, cs, rs in zip(prompts, completions, rewards):
-        best, worst = int(np.argmax(rs)), int(np.argmin(rs))
-        if rs[best] > rs[worst]:
+        if picked := best_and_worst(rs):
+            best, worst = picked
             out.append({"prompt": p, "chosen": cs[best], "rejected": cs[worst],
                         "chosen_reward": rs[best], "rejected_reward": rs[worst]})
     return out

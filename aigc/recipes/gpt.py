@@ -213,12 +213,12 @@ class GPTRecipe(TextRecipe):
             self._judge = pref.load_judge(m.online_judge, self.model.wte.weight.device)
         pairs, logs = pref.online_pairs(self.model, self.tokenizer, self._judge, batch["prompt_ids"],
                                         batch["prompts"], batch["seeds"].tolist(), m.online_samples, m.online_tokens)
-        if not pairs:
-            return self.ptx_term(batch, self.model.wte.weight.sum() * 0, logs)
-        dev = self.model.wte.weight.device
-        rows = {k: v.to(dev) for k, v in pair_batch(pairs, m.block_size).items()}
-        loss, more = self.pair_loss({**rows, **{k: v for k, v in batch.items() if k == "lm_tokens"}})
-        return loss, {**logs, **more}
+        loss = self.model.wte.weight.sum() * 0               # no pairs: only the ptx term trains
+        if pairs:
+            dev = self.model.wte.weight.device
+            loss, more = self.pair_loss({k: v.to(dev) for k, v in pair_batch(pairs, m.block_size).items()})
+            logs.update(more)
+        return self.ptx_term(batch, loss, logs)
 
     def ready_reference(self) -> GPT:
         """The DPO reference, on the policy's device (the trainer and open_run move only `modules`), checked frozen."""
@@ -316,7 +316,8 @@ class GPTRecipe(TextRecipe):
     def full_eval_pairs(self, data, num=None) -> dict:
         """Held-out pairs (loss, pair accuracy; DPO: trl's reward metrics). DPO also: kl_to_reference on `num`
         held-out prompts (default all); with data.lm_text, the whole-val loss of that text and its change from the
-        reference; with data.judge, the judge on those prompts: reward, positive_rate, distinct_2, win_rate."""
+        reference; with data.judge, the judge on those prompts: reward, positive_rate, distinct_2, top_opening(_share),
+        win_rate."""
         out = {**self.evaluate_pairs(data), "num_pairs": len(data.val), "objective": self.objective,
                "reference_split": "data.eval_file" if self.cfg.data.eval_file else "last 10% of the pairs"}
         if self.objective != "dpo":

@@ -145,7 +145,7 @@ def online_pairs(model, tokenizer, judge, prompt_ids: list, prompts: list[str], 
     row_seed(seeds[i], j)), judged; the best and the worst make a Pair unless all k tie. Logs the judge's mean
     reward and positive share of the completions (the policy's own, as it trains) and the share of prompts that
     gave a pair."""
-    from aigc.data.preferences import Pair
+    from aigc.data.preferences import Pair, best_and_worst
     from aigc.metrics.sentiment import judge_report
 
     streams = [TextStream([int(t) for t in ids], max_new_tokens, 1.0, None, None, row_seed(seed, j))
@@ -154,10 +154,8 @@ def online_pairs(model, tokenizer, judge, prompt_ids: list, prompts: list[str], 
     rewards = judge([p for p in prompts for _ in range(k)], [s.text for s in streams])
     pairs = []
     for i, ids in enumerate(prompt_ids):
-        rs = rewards[i * k:(i + 1) * k]
-        best, worst = max(range(k), key=rs.__getitem__), min(range(k), key=rs.__getitem__)
-        if rs[best] > rs[worst]:
-            pairs.append(Pair(ids, *(np.asarray(streams[i * k + j].tokens, dtype=np.int64) for j in (best, worst))))
+        if picked := best_and_worst(rewards[i * k:(i + 1) * k]):
+            pairs.append(Pair(ids, *(np.asarray(streams[i * k + j].tokens, dtype=np.int64) for j in picked)))
     report = judge_report(rewards)
     return pairs, {"online/reward": torch.tensor(report["reward"]),
                    "online/positive_rate": torch.tensor(report["positive_rate"]),
@@ -199,8 +197,8 @@ def judge_policy(policy, reference, tokenizer, block_size: int, prompts: list[st
     from aigc.metrics.text import distinct_n, top_opening
 
     mine = sample_completions(policy, tokenizer, prompt_ids, 1, max_new_tokens, seed)
-    rewards = judge(prompts, [s.text for s in mine])
     texts = [s.text for s in mine]
+    rewards = judge(prompts, texts)
     word, share = top_opening(texts)
     out = {**judge_report(rewards), "distinct_2": distinct_n(texts, 2), "top_opening": word,
            "top_opening_share": share, "num_prompts": len(prompts), "max_new_tokens": max_new_tokens}
