@@ -58,6 +58,58 @@ def test_wav_round_trip_and_bad_files(tmp_path):
         read_wav(tmp_path / "bad.wav")
 
 
+def test_padding_is_trimmed_from_wav_files(tmp_path):
+    from aigc.io.audio import trim_padding
+    from aigc.io.samples import write_wavs
+
+    short, long = tone(300.0, 0.01).numpy(), tone(300.0, 0.03).numpy()
+    short[-1] = 0.0                                                     # one zero inside speech is not padding
+    batch = np.stack([np.pad(short, (0, len(long) - len(short))), long])
+    write_wavs(tmp_path / "u.wav", batch, 16000)
+    assert len(read_wav(tmp_path / "u-000.wav")[0]) == len(short) - 1
+    assert len(read_wav(tmp_path / "u-001.wav")[0]) == len(long)
+    assert len(trim_padding(np.zeros(50, np.float32))) == 1
+
+
+def test_the_recogniser_hears_each_utterance_without_its_padding(monkeypatch):
+    """The word error rate reads every utterance as long as it was made, not padded to the batch's longest (a
+    recogniser hears padded silence as words)."""
+    import aigc.data.speech as speech
+    import aigc.metrics.speech as metrics
+    from aigc.generation import audio_result
+
+    heard_lengths = []
+    monkeypatch.setattr(speech.SpeechData, "recogniser", lambda self: (None, dict.fromkeys(
+        ("wer_real_eval", "wer_real_griffin_lim", "wer_real_eval_holdout_pairs", "floor_utterances", "utterances"),
+        0)))
+    monkeypatch.setattr(metrics, "transcribe", lambda net, mels, words: heard_lengths.extend(map(len, mels)) or
+                        ["one"] * len(mels))
+    audio = torch.zeros(2, 16000)
+    audio[0, :4000], audio[1] = tone(300.0, 0.25), tone(300.0, 1.0)
+    data = speech.SpeechData("speech", None, None)
+    data.score_result(audio_result(audio, 16000, prompts=["one", "one"]))
+    frames = [len(speech.SPEECH_MEL.encode(a[None])[0].T) for a in (audio[0, :4000], audio[1])]
+    assert heard_lengths == frames and frames[0] < frames[1] / 2
+
+
+def test_tts_durations_do_not_depend_on_the_rest_of_the_batch():
+    from aigc.models.tts import TTS, TTSConfig
+
+    torch.manual_seed(0)
+    model = TTS(TTSConfig(vocab_size=12, n_voices=2, n_mels=8, max_words=6, d_model=16, heads=2)).eval()
+    for p in model.durations.parameters():                             # durations of a few frames, not ~0
+        torch.nn.init.normal_(p, 0.5, 0.3)
+    texts = [[0, 3, 0], [0, 4, 0, 5, 0, 6, 0, 7, 0]]
+    batch = torch.full((2, 9), -1)
+    for i, t in enumerate(texts):
+        batch[i, :len(t)] = torch.tensor(t)
+    voice, params = torch.tensor([0, 1]), torch.rand(2, 3)
+    mel, frames = model.synthesize(batch, voice, params)
+    alone, n = model.synthesize(batch[:1, :3], voice[:1], params[:1])
+    assert int(frames[0]) == int(n[0]) > 0
+    assert torch.allclose(mel[0, :int(n[0])], alone[0, :int(n[0])], atol=1e-5)
+
+
 def test_log_mel_images_round_trip():
     spec = torch.rand(3, 32, 32)
     img = to_image(spec)

@@ -36,6 +36,7 @@ from aigc.data.audio import MelSpec, from_image, resample, to_image
 from aigc.data.shapes import COLOR_NAMES, SHAPES, SIZE_NAMES
 from aigc.data.shapes import random_prompts as shape_captions
 from aigc.errors import AigcError
+from aigc.io.audio import trim_padding
 
 VERSION = 1                          # bump when the making of the data changes (the cache key has it)
 SAMPLE_RATE = 16000
@@ -442,8 +443,8 @@ class SpeechData:
         if result.sample_rate != SAMPLE_RATE:
             raise AigcError(f"speech samples must be {SAMPLE_RATE} Hz, got {result.sample_rate}")
         net, info = self.recogniser()
-        audio = torch.from_numpy(np.asarray(result.audio, np.float32))
-        mels = [SPEECH_MEL.encode(audio[i:i + 1])[0].T for i in range(len(audio))]
+        audio = np.asarray(result.audio, np.float32)
+        mels = [SPEECH_MEL.encode(torch.from_numpy(trim_padding(a))[None])[0].T for a in audio]
         heard = transcribe(net, mels, TOKENS)
         refs = [" ".join(p.lower().split()) for p in result.prompts]
         return {"word_error_rate": word_error_rate(heard, refs), "num_samples": len(refs),

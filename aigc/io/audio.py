@@ -12,6 +12,17 @@ import numpy as np
 from aigc.errors import AigcError
 
 
+def trim_padding(audio: np.ndarray) -> np.ndarray:
+    """float (S,) -> the audio without its trailing run of exact zeros (at least one sample kept).
+
+    Several utterances of different lengths travel as one (N, S) array padded with exact zeros (`audio_result`);
+    synthesised or recorded speech is never exactly 0 for a run of samples, so the run marks the padding. WAV files
+    and the word recogniser take each utterance as long as it was made: a recogniser hears a second of padded
+    silence after "circle" as "circles" (docs/speech.md)."""
+    nz = np.flatnonzero(np.asarray(audio) != 0)
+    return audio[:max(1, int(nz[-1]) + 1 if len(nz) else 1)]
+
+
 def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     """float (S,) in [-1, 1] -> the bytes of a 16-bit PCM mono WAV file."""
     pcm = (np.clip(np.asarray(audio, np.float32), -1, 1) * 32767).round().astype("<i2")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from aigc.errors import AigcError
-from aigc.io.audio import write_wav
+from aigc.io.audio import trim_padding, write_wav
 from aigc.io.images import save_gif, save_grid, save_npz
 from aigc.io.rundir import check_writable
 
@@ -72,8 +72,9 @@ def wav_paths(out: Path, n: int) -> list[Path]:
 
 
 def write_wavs(out: Path, audio: np.ndarray, sample_rate: int) -> Path:
-    """Write each sample as a 16-bit PCM WAV; returns the first file."""
+    """Write each sample as a 16-bit PCM WAV, without the zeros that padded it to the longest; returns the first
+    file."""
     paths = wav_paths(out, len(audio))
     for path, a in zip(paths, audio):
-        write_wav(check_writable(path), a, sample_rate)
+        write_wav(check_writable(path), trim_padding(a), sample_rate)
     return paths[0]

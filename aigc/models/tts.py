@@ -81,9 +81,11 @@ class DurationPredictor(nn.Module):
         self.out = nn.Linear(d, 1)
         self.drop = nn.Dropout(m.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:                            # -> log(1 + frames) (B, L)
-        x = self.drop(self.norm1(F.relu(self.conv1(x.transpose(1, 2))).transpose(1, 2)))
-        x = self.drop(self.norm2(F.relu(self.conv2(x.transpose(1, 2))).transpose(1, 2)))
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:         # -> log(1 + frames) (B, L)
+        """Padded positions are zeroed after each layer, so a text's durations do not depend on how long the other
+        texts of its batch are (the convolutions see zeros past the end, as they do for a text alone)."""
+        for conv, norm in ((self.conv1, self.norm1), (self.conv2, self.norm2)):
+            x = self.drop(norm(F.relu(conv(x.transpose(1, 2))).transpose(1, 2))).masked_fill(pad[..., None], 0)
         return self.out(x).squeeze(-1)
 
 
@@ -152,7 +154,7 @@ class TTS(nn.Module):
             voice = torch.where(torch.rand(voice.shape, device=voice.device) < voice_dropout, -1, voice)
         cond = self.condition(voice, batch["voice_params"])
         h, tpad = self.encode(tokens, cond)
-        log_dur = self.durations(h)
+        log_dur = self.durations(h, tpad)
         x, fpad = self.regulate(h, frames)
         pred = self.decode(x, fpad, cond)
         keep = (~fpad)[..., None].float()
@@ -170,7 +172,7 @@ class TTS(nn.Module):
         predicted durations (words last at least one frame)."""
         cond = self.condition(voice, params)
         h, tpad = self.encode(tokens, cond)
-        frames = (torch.expm1(self.durations(h)) / speed).round().clamp(0, self.m.max_token_frames).long()
+        frames = (torch.expm1(self.durations(h, tpad)) / speed).round().clamp(0, self.m.max_token_frames).long()
         frames = torch.where(tokens > 0, frames.clamp_min(1), frames).masked_fill(tpad, 0)
         over = frames.sum(1) > self.m.max_frames
         if over.any():                              # scale down what would not fit (never for texts of the data)
