@@ -5,10 +5,11 @@
 
 `speed`: the GAN's sampling time beside video diffusion's, measured in one process (speed_row).
 
-Rows: `real` (the evaluation clips through the same detector: the ceiling), `gan-v2-seed0/1/2` (the
-video-gan preset of issue 37 from three seeds), its frame-difference ablation at the same budget, seed 0
-(`gan-v2-nodiff`: no such term, `gan-v2-diffd`: the material's reading, a discriminator on frame differences,
-where the preset reads it as G matching the size of real frame differences), `diffusion-preset-quiet-seed0/1/2`
+Rows: `real` (the evaluation clips through the same detector: the ceiling), `gan-v3-seed0/1/2` (the
+video-gan preset of issue 37 from three seeds), `gan-v2-seed0/1/2` (the same with mode seeking 1.0, the preset
+before 0.3) and its frame-difference ablation at the same budget, seed 0 (`gan-v2-nodiff`: no such term,
+`gan-v2-diffd`: the material's reading, a discriminator on frame differences, where the preset reads it as G
+matching the size of real frame differences), `diffusion-preset-quiet-seed0/1/2`
 (the video-diffusion preset from three seeds). All without progress evaluations within the budget; the
 material's recipe as it was (TGAN generator, clip and frame-difference discriminators) keeps its 2026-11-23 rows
 `gan`, `gan-nodiff`, `gan-diff0.3` (retired rows). Collapse: 16 clips for one prompt, the spread of where the
@@ -38,17 +39,23 @@ def sets(*values: str) -> list[str]:
     return [a for v in values for a in ("--set", v)]
 
 
+V2 = sets("model.mode_seeking=1.0")      # the video-gan preset before it took mode_seeking 0.3 (2026-12-04)
 TRAIN = {  # row -> (run folder, family, settings on top of the family's preset)
-    **{f"gan-v2-seed{s}": (f"video-gan-v2-seed{s}-20min", "video-gan", [*QUIET, "--seed", str(s)]) for s in (0, 1, 2)},
-    "gan-v2-nodiff": ("video-gan-v2-nodiff-20min", "video-gan", [*QUIET, *sets("model.frame_diff=0")]),
-    "gan-v2-diffd": ("video-gan-v2-diffd-20min", "video-gan", [*QUIET, *sets("model.frame_diff_mode=d")]),
+    **{f"gan-v3-seed{s}": (f"video-gan-v3-seed{s}-20min", "video-gan", [*QUIET, "--seed", str(s)]) for s in (0, 1, 2)},
+    **{f"gan-v2-seed{s}": (f"video-gan-v2-seed{s}-20min", "video-gan", [*QUIET, *V2, "--seed", str(s)])
+       for s in (0, 1, 2)},
+    "gan-v2-nodiff": ("video-gan-v2-nodiff-20min", "video-gan", [*QUIET, *V2, *sets("model.frame_diff=0")]),
+    "gan-v2-diffd": ("video-gan-v2-diffd-20min", "video-gan", [*QUIET, *V2, *sets("model.frame_diff_mode=d")]),
     **{f"diffusion-preset-quiet-seed{s}": (f"video-diffusion-preset-quiet-seed{s}-20min", "video-diffusion",
                                            [*QUIET, "--seed", str(s)]) for s in (0, 1, 2)},
 }
 NAMES = {"real": "real clips (detector ceiling)",
-         **{f"gan-v2-seed{s}": f"video GAN preset (issue 37), seed {s}" for s in (0, 1, 2)},
-         "gan-v2-nodiff": "video GAN preset without the frame-difference term",
-         "gan-v2-diffd": "video GAN preset, frame-difference term read as a discriminator on frame differences",
+         **{f"gan-v3-seed{s}": f"video GAN preset (issue 37, mode seeking 0.3), seed {s}" for s in (0, 1, 2)},
+         **{f"gan-v2-seed{s}": f"video GAN with mode seeking 1.0 (the preset before 0.3), seed {s}"
+            for s in (0, 1, 2)},
+         "gan-v2-nodiff": "video GAN with mode seeking 1.0, without the frame-difference term",
+         "gan-v2-diffd": "video GAN with mode seeking 1.0, frame-difference term read as a discriminator on frame "
+                         "differences",
          "speed": "sampling time of the GAN and of video diffusion, one process",
          **{f"diffusion-preset-quiet-seed{s}": f"video diffusion preset, seed {s}" for s in (0, 1, 2)}}
 KEYS = ("frame_accuracy", "shape_frame_accuracy", "color_frame_accuracy", "direction_accuracy",
