@@ -107,12 +107,29 @@ def test_dcgan_shapes(size, channels, convs):
         assert sum(isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) for m in net.modules()) == convs * n_res
 
 
-@pytest.mark.parametrize("lam", [0.0, 1.0])
-def test_mode_seeking_term_alone_spreads_the_generator(lam):
+def test_pooled_mode_seeking_ignores_texture():
+    # samples that differ only in a checkerboard (the same 2 x 2 averages) are far apart for the pixel term and
+    # identical for the pooled one, whose penalty is then at its ceiling lam / 1e-5
+    terms = {}
+    for pool in (1, 2):
+        r = GANRecipe(_cfg(arch="mlp", hidden=8, cond="none", mode_seeking=1.0, mode_seeking_pool=pool))
+        board = (torch.arange(28)[:, None] + torch.arange(28)[None]) % 2 * 2 - 1.0
+        r.G = lambda z, y: z[:, :1, None, None] * board                 # noqa: E731
+        r.g_update = lambda logits, opt, extra=None, y=None: terms.__setitem__(pool, float(extra))  # noqa: E731
+        r.g_step_on(torch.randn(8, r.cfg.model.z_dim), None, None)
+    assert terms[1] < 100 and terms[2] > 0.9e5
+
+
+@pytest.mark.parametrize("lam,pool", [(0.0, 1), (1.0, 1), (1.0, 7)])
+def test_mode_seeking_term_alone_spreads_the_generator(lam, pool):
     # D's weights are zero, so the hinge loss gives G no gradient: only the mode-seeking term can move G,
-    # and it must make samples from different z (same label) further apart
+    # and it must make samples from different z (same label) further apart, in pixels or (pool 7) in the
+    # 4 x 4 averages of the 28 x 28 images
+    from aigc.recipes.gan import pooled
+
     torch.manual_seed(0)
-    r = GANRecipe(_cfg(arch="mlp", hidden=32, loss="hinge", cond="class", num_classes=10, mode_seeking=lam))
+    r = GANRecipe(_cfg(arch="mlp", hidden=32, loss="hinge", cond="class", num_classes=10, mode_seeking=lam,
+                       mode_seeking_pool=pool))
     with torch.no_grad():
         for p in r.D.parameters():
             p.zero_()
@@ -121,7 +138,7 @@ def test_mode_seeking_term_alone_spreads_the_generator(lam):
 
     def spread():
         with torch.no_grad():
-            x = r.G(z, y)
+            x = pooled(r.G(z, y), pool)
         return ((x[:32] - x[32:]).abs().mean() / (z[:32] - z[32:]).abs().mean()).item()
 
     g0, before = [p.detach().clone() for p in r.G.parameters()], spread()

@@ -56,6 +56,7 @@ class GANConfig:
     lr_d: float = 0.0            # TTUR: D's learning rate (0 = train.lr)
     d_steps: int = 1             # D updates per G update
     mode_seeking: float = 0.0    # weight of the mode-seeking term (Mao et al. 2019) in G's loss (0 = off)
+    mode_seeking_pool: int = 1   # the term's distance on samples average-pooled by this factor (1 = pixels)
     cond: str = "none"           # none | class | text
     cond_dim: int = 64           # size of the class / text embedding
     text_layers: int = 1         # Transformer layers of the text encoder

@@ -68,6 +68,7 @@ class VideoGANConfig:
     image_d: float = 0.0         # weight of the per-frame image discriminator (0 = no such network)
     image_frames: int = 4        # frames of each clip the image discriminator sees
     mode_seeking: float = 0.0    # weight of the mode-seeking term in G's loss (Mao et al. 2019; 0 = off)
+    mode_seeking_pool: int = 1   # the term's distance on frames average-pooled by this factor (1 = pixels)
     aux_words: float = 0.0       # weight of the clip discriminator's caption-word classifier (AC-GAN; 0 = off)
     collapse_every: int = 250    # steps between the collapse detector's checks of sample diversity (0 = off)
     cond: str = "text"           # none | text

@@ -58,6 +58,16 @@ def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Te
     return grad.pow(2).flatten(1).sum(1).mean()
 
 
+def pooled(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Images (..., H, W) average-pooled k x k (k = 1: as they are), for the mode-seeking distance."""
+    return x if k <= 1 else F.avg_pool2d(x.reshape(-1, 1, *x.shape[-2:]), k)
+
+
+def check_pool(k: int) -> None:
+    if k < 1:
+        raise AigcError(f"model.mode_seeking_pool must be at least 1 (1 = the distance between pixels), got {k}")
+
+
 class Adversarial:
     """What every GAN recipe shares: a generator G and a discriminator D with one optimiser each (base
     learning rates `lr_g` / `lr_d`, TTUR), an EMA of G only, and the generator update through a frozen D.
@@ -122,7 +132,9 @@ class Adversarial:
     def g_step_on(self, z: torch.Tensor, y, opt, extra=None) -> torch.Tensor:
         """One generator update on G(z, y). With model.mode_seeking = lam > 0 (Mao et al. 2019) the two halves
         of the batch share their conditions, so their distance in output space per unit of distance in z is how
-        much G uses z; lam over it is added to G's loss. `extra(fake)`: another regulariser of the samples."""
+        much G uses z; lam over it is added to G's loss. With model.mode_seeking_pool = p > 1 the distance is
+        taken between the samples average-pooled p x p (their layout: where things are, not the texture inside
+        them, which is the cheapest way to differ). `extra(fake)`: another regulariser of the samples."""
         lam, n = self.cfg.model.mode_seeking, len(z)
         seek = lam > 0 and n >= 2
         k = n // 2
@@ -131,7 +143,8 @@ class Adversarial:
         fake = self.G(z, y)
         reg = extra(fake) if extra is not None else None
         if seek:
-            ratio = (fake[:k] - fake[k:2 * k]).abs().mean() / (z[:k] - z[k:2 * k]).abs().mean()
+            a, b = (pooled(x, self.cfg.model.mode_seeking_pool) for x in (fake[:k], fake[k:2 * k]))
+            ratio = (a - b).abs().mean() / (z[:k] - z[k:2 * k]).abs().mean()
             reg = lam / (ratio + 1e-5) + (0 if reg is None else reg)
         return self.g_update(lambda: self.D(fake, y), opt, extra=reg, y=y)
 
@@ -170,6 +183,7 @@ class GANRecipe(Adversarial, ImageRecipe):
             raise AigcError("model.r1 and lr_g/lr_d must be >= 0, r1_every and d_steps >= 1")
         if m.g_convs < 0 or m.d_convs < 0 or m.mode_seeking < 0:
             raise AigcError("model.g_convs, d_convs and mode_seeking must be >= 0")
+        check_pool(m.mode_seeking_pool)
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):

@@ -35,7 +35,7 @@ from aigc.recipes.diffusion import (
     check_diffusion_config,
     check_unet_size,
 )
-from aigc.recipes.gan import LOSSES, Adversarial, d_loss, g_loss
+from aigc.recipes.gan import LOSSES, Adversarial, check_pool, d_loss, g_loss
 from aigc.train.dist import draw_rows
 
 SAMPLE_CLIPS = 16                        # clips in the training-time sample GIF
@@ -93,6 +93,7 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
         if min(m.z_dim, m.g_width, m.d_width, m.cond_dim, m.r1_every, m.d_steps, m.motion_dim, m.image_frames) < 1:
             raise AigcError("model.z_dim, g_width, d_width, cond_dim, r1_every, d_steps, motion_dim and "
                             "image_frames must be positive")
+        check_pool(m.mode_seeking_pool)
         if min(m.r1, m.frame_diff, m.lr_g, m.lr_d, m.image_d, m.mode_seeking, m.collapse_every, m.aux_words) < 0:
             raise AigcError("model.r1, frame_diff, lr_g, lr_d, image_d, mode_seeking, collapse_every and "
                             "aux_words must be >= 0")
