@@ -69,6 +69,7 @@ def test_padding_is_trimmed_from_wav_files(tmp_path):
     assert len(read_wav(tmp_path / "u-000.wav")[0]) == len(short) - 1
     assert len(read_wav(tmp_path / "u-001.wav")[0]) == len(long)
     assert len(trim_padding(np.zeros(50, np.float32))) == 1
+    assert MelSpec().encode(torch.from_numpy(trim_padding(np.zeros(50, np.float32)))[None]).shape[-1] >= 1
 
 
 def test_the_recogniser_hears_each_utterance_without_its_padding(monkeypatch):

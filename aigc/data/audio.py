@@ -67,6 +67,11 @@ class MelSpec:
         return samples // self.hop + 1
 
     def magnitude(self, audio: torch.Tensor) -> torch.Tensor:
+        """|STFT| of the audio; a clip of at most half a window (the centred STFT's reflection needs more) is
+        first padded with silence to half a window and one sample."""
+        short = self.n_fft // 2 + 1 - audio.shape[-1]
+        if short > 0:
+            audio = torch.nn.functional.pad(audio, (0, short))
         spec = torch.stft(audio.float(), self.n_fft, self.hop, window=self.window, center=True, return_complex=True)
         return spec.abs() * (2.0 / self.window.sum())
 
