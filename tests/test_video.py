@@ -284,6 +284,27 @@ def test_motion_generator_image_discriminator_and_word_classifier(coords):
     assert all(8 <= f < 16 for f in frames[3:])                                                 # clip 1's
 
 
+def test_image_discriminator_width_and_convs():
+    """image_d_width / image_d_convs size the image discriminator alone (the clip discriminator keeps d_width)."""
+    import torch.nn as nn
+
+    from aigc.errors import AigcError
+
+    def convs(net):
+        return [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+
+    shape = (3, 8, 32, 32)
+    base = VideoDiscriminator(VideoGANConfig(d_width=8, image_d=1.0, cond="none"), shape)
+    wide = VideoDiscriminator(VideoGANConfig(d_width=8, image_d=1.0, cond="none", image_d_width=16, image_d_convs=1),
+                              shape)
+    assert convs(base.image)[0].out_channels == 8 and convs(wide.image)[0].out_channels == 16
+    assert len(convs(wide.image)) == len(convs(base.image)) + 3              # one more per resolution: 32, 16, 8
+    assert [c.weight.shape for c in convs(wide.clip)] == [c.weight.shape for c in convs(base.clip)]
+    assert wide(torch.rand(2, *shape) * 2 - 1)["image"].shape == (8,)
+    with pytest.raises(AigcError, match="image_d_width and image_d_convs must be >= 0"):
+        _tiny_video_gan("image_d_convs=-1")
+
+
 def _tiny_video_gan(*sets):
     from aigc.recipes import build_config, recipe_class
 

@@ -67,6 +67,8 @@ class VideoGANConfig:
     g_cbn: bool = False          # G's BatchNorm gains and biases made from z and the caption (conditional BN)
     image_d: float = 0.0         # weight of the per-frame image discriminator (0 = no such network)
     image_frames: int = 4        # frames of each clip the image discriminator sees
+    image_d_width: int = 0       # channels of the image discriminator's first layer (0 = d_width)
+    image_d_convs: int = 0       # extra 3x3 convolutions per resolution in the image discriminator (the image GAN's)
     mode_seeking: float = 0.0    # weight of the mode-seeking term in G's loss (Mao et al. 2019; 0 = off)
     mode_seeking_pool: int = 1   # the term's distance on frames average-pooled by this factor (1 = pixels)
     aux_words: float = 0.0       # weight of the clip discriminator's caption-word classifier (AC-GAN; 0 = off)
@@ -216,8 +218,10 @@ def frame_differences(x: torch.Tensor) -> torch.Tensor:
 
 
 def image_discriminator(cfg: VideoGANConfig, shape: tuple[int, int, int]) -> Discriminator:
-    """The image GAN's DCGAN projection discriminator with the video GAN's width, norm and caption encoder."""
-    return Discriminator(GANConfig(arch="dcgan", d_width=cfg.d_width, spectral_norm=cfg.spectral_norm,
+    """The image GAN's DCGAN projection discriminator with the video GAN's norm and caption encoder, `image_d_width`
+    wide (d_width by default) with `image_d_convs` extra convolutions per resolution."""
+    return Discriminator(GANConfig(arch="dcgan", d_width=cfg.image_d_width or cfg.d_width, d_convs=cfg.image_d_convs,
+                                   spectral_norm=cfg.spectral_norm,
                                    cond="text" if cfg.cond == "text" else "none", cond_dim=cfg.cond_dim,
                                    text_layers=cfg.text_layers, text_vocab=cfg.text_vocab,
                                    text_tokens=cfg.text_tokens), shape)

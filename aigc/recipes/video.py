@@ -94,6 +94,8 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
             raise AigcError("model.z_dim, g_width, d_width, cond_dim, r1_every, d_steps, motion_dim and "
                             "image_frames must be positive")
         check_pool(m.mode_seeking_pool)
+        if min(m.image_d_width, m.image_d_convs) < 0:
+            raise AigcError("model.image_d_width and image_d_convs must be >= 0 (image_d_width 0 = d_width)")
         if min(m.r1, m.frame_diff, m.lr_g, m.lr_d, m.image_d, m.mode_seeking, m.collapse_every, m.aux_words) < 0:
             raise AigcError("model.r1, frame_diff, lr_g, lr_d, image_d, mode_seeking, collapse_every and "
                             "aux_words must be >= 0")
