@@ -301,7 +301,7 @@ def test_image_discriminator_width_and_convs():
     assert len(convs(wide.image)) == len(convs(base.image)) + 3              # one more per resolution: 32, 16, 8
     assert [c.weight.shape for c in convs(wide.clip)] == [c.weight.shape for c in convs(base.clip)]
     assert wide(torch.rand(2, *shape) * 2 - 1)["image"].shape == (8,)
-    with pytest.raises(AigcError, match="image_d_width and image_d_convs must be >= 0"):
+    with pytest.raises(AigcError, match=r"image_d_width \(0 = d_width\), image_d_convs, .* must be >= 0"):
         _tiny_video_gan("image_d_convs=-1")
 
 

@@ -20,7 +20,7 @@ def trim_padding(audio: np.ndarray) -> np.ndarray:
     and the word recogniser take each utterance as long as it was made: a recogniser hears a second of padded
     silence after "circle" as "circles" (docs/speech.md)."""
     nz = np.flatnonzero(np.asarray(audio) != 0)
-    return audio[:max(1, int(nz[-1]) + 1 if len(nz) else 1)]
+    return audio[:int(nz[-1]) + 1 if len(nz) else 1]
 
 
 def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:

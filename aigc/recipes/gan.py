@@ -63,11 +63,6 @@ def pooled(x: torch.Tensor, k: int) -> torch.Tensor:
     return x if k <= 1 else F.avg_pool2d(x.reshape(-1, 1, *x.shape[-2:]), k)
 
 
-def check_pool(k: int) -> None:
-    if k < 1:
-        raise AigcError(f"model.mode_seeking_pool must be at least 1 (1 = the distance between pixels), got {k}")
-
-
 class Adversarial:
     """What every GAN recipe shares: a generator G and a discriminator D with one optimiser each (base
     learning rates `lr_g` / `lr_d`, TTUR), an EMA of G only, and the generator update through a frozen D.
@@ -177,13 +172,13 @@ class GANRecipe(Adversarial, ImageRecipe):
         check_choice("model.arch", m.arch, ("mlp", "dcgan"), " for the GAN")
         check_choice("model.loss", m.loss, LOSSES)
         check_choice("model.cond", m.cond, ("none", "class", "text"))
-        if m.z_dim < 1 or m.hidden < 1 or m.layers < 1 or m.g_width < 1 or m.d_width < 1 or m.cond_dim < 1:
-            raise AigcError("model.z_dim, hidden, layers, g_width, d_width and cond_dim must be positive")
+        if min(m.z_dim, m.hidden, m.layers, m.g_width, m.d_width, m.cond_dim, m.mode_seeking_pool) < 1:
+            raise AigcError("model.z_dim, hidden, layers, g_width, d_width, cond_dim and mode_seeking_pool must be "
+                            "positive")
         if m.r1 < 0 or m.r1_every < 1 or m.d_steps < 1 or m.lr_g < 0 or m.lr_d < 0:
             raise AigcError("model.r1 and lr_g/lr_d must be >= 0, r1_every and d_steps >= 1")
         if m.g_convs < 0 or m.d_convs < 0 or m.mode_seeking < 0:
             raise AigcError("model.g_convs, d_convs and mode_seeking must be >= 0")
-        check_pool(m.mode_seeking_pool)
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):

@@ -35,7 +35,7 @@ from aigc.recipes.diffusion import (
     check_diffusion_config,
     check_unet_size,
 )
-from aigc.recipes.gan import LOSSES, Adversarial, check_pool, d_loss, g_loss
+from aigc.recipes.gan import LOSSES, Adversarial, d_loss, g_loss
 from aigc.train.dist import draw_rows
 
 SAMPLE_CLIPS = 16                        # clips in the training-time sample GIF
@@ -90,15 +90,14 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
         check_choice("model.g_arch", m.g_arch, ("tgan", "motion"))
         check_choice("model.frame_diff_mode", m.frame_diff_mode, ("d", "moments"))
         _check_cond(m.cond)
-        if min(m.z_dim, m.g_width, m.d_width, m.cond_dim, m.r1_every, m.d_steps, m.motion_dim, m.image_frames) < 1:
-            raise AigcError("model.z_dim, g_width, d_width, cond_dim, r1_every, d_steps, motion_dim and "
-                            "image_frames must be positive")
-        check_pool(m.mode_seeking_pool)
-        if min(m.image_d_width, m.image_d_convs) < 0:
-            raise AigcError("model.image_d_width and image_d_convs must be >= 0 (image_d_width 0 = d_width)")
-        if min(m.r1, m.frame_diff, m.lr_g, m.lr_d, m.image_d, m.mode_seeking, m.collapse_every, m.aux_words) < 0:
-            raise AigcError("model.r1, frame_diff, lr_g, lr_d, image_d, mode_seeking, collapse_every and "
-                            "aux_words must be >= 0")
+        if min(m.z_dim, m.g_width, m.d_width, m.cond_dim, m.r1_every, m.d_steps, m.motion_dim, m.image_frames,
+               m.mode_seeking_pool) < 1:
+            raise AigcError("model.z_dim, g_width, d_width, cond_dim, r1_every, d_steps, motion_dim, image_frames "
+                            "and mode_seeking_pool must be positive")
+        if min(m.r1, m.frame_diff, m.lr_g, m.lr_d, m.image_d, m.image_d_width, m.image_d_convs, m.mode_seeking,
+               m.collapse_every, m.aux_words) < 0:
+            raise AigcError("model.r1, frame_diff, lr_g, lr_d, image_d, image_d_width (0 = d_width), image_d_convs, "
+                            "mode_seeking, collapse_every and aux_words must be >= 0")
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
