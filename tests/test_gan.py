@@ -184,6 +184,42 @@ def test_text_conditional_prompts_and_null_caption():
         gen(r, num=2, prompt="a purple dog")
 
 
+def test_word_classifier_learns_from_real_images_and_teaches_g():
+    """aux_words: D names the caption's words (a logit per vocabulary id); its loss enters D's loss on the real
+    images only (a fake's word logits get no gradient) and G's loss on the samples, weighted by aux_words; with
+    words_fake D also learns that samples show no word."""
+    from aigc.data import shapes
+
+    torch.manual_seed(0)
+    cfg = RunConfig("gan", data_config("shapes", channels=3, image_size=32),
+                    GANConfig(arch="dcgan", g_width=8, d_width=8, cond="text", text_vocab=list(shapes.VOCAB),
+                              loss="hinge", aux_words=2.0), TrainConfig())
+    r = GANRecipe(cfg)
+    y = r.vocab.encode(["a small red circle in the top left", "a large blue square"])
+    logits, words = r.D(torch.zeros(2, 3, 32, 32), y)
+    assert logits.shape == (2,) and words.shape == (2, len(r.vocab))
+    target = torch.zeros(2, len(r.vocab)).scatter_(1, y, 1.0)
+    right = (torch.zeros(2), (20 * (2 * target - 1)).requires_grad_())
+    wrong = (torch.zeros(2), (-20 * (2 * target - 1)).requires_grad_())
+    hinge = 2.0                                                    # relu(1 - 0) + relu(1 + 0)
+    loss = r.discriminator_loss(right, wrong, y)
+    assert float(loss.detach()) == pytest.approx(hinge, abs=1e-4)
+    assert float(r.discriminator_loss(wrong, right, y).detach()) > hinge + 2 * 10   # 2 x (BCE >= 10 per word)
+    loss.backward()
+    assert wrong[1].grad is None or wrong[1].grad.abs().sum() == 0         # fakes do not train the classifier
+    assert float(r.generator_loss(right, y).detach()) == pytest.approx(0.0, abs=1e-4)
+    assert float(r.generator_loss(wrong, y).detach()) > 2 * 10
+    r.cfg.model.words_fake = True                                 # fakes now teach the classifier: no word
+    fake_words = wrong[1].detach().clone().requires_grad_()
+    r.discriminator_loss(right, (torch.zeros(2), fake_words), y).backward()
+    assert (fake_words.grad[:, 1:] > 0).all()                      # every word logit of a sample pushed down
+    r.cfg.model.words_fake = False
+    batch = {"image": torch.rand(4, 3, 32, 32), "caption": ["a red circle", "a blue square", "a green triangle",
+                                                            "a small yellow circle"]}
+    out = r.train_step(batch, Optimizers(r.param_groups(), r.cfg.train, torch.device("cpu")))
+    assert all(math.isfinite(float(v)) for v in out.values())
+
+
 @pytest.mark.slow
 def test_training_separates_real_from_fake_on_tiny_data():
     torch.manual_seed(0)

@@ -32,7 +32,10 @@ The stabilised recipe (issue 37; measured in docs/video.md) adds, as the anchors
   norm, de Vries et al. 2017; BigGAN, Brock et al. 2019), so the caption reaches every layer, not only the input.
 - `image_d`: an image discriminator on `image_frames` random frames of each clip (MoCoGAN's D_I, DVD-GAN's
   spatial discriminator, Clark et al. 2019): the image GAN's projection discriminator (models/gan.py), which
-  keeps each frame a sharp shape of the caption's color and kind while the clip discriminators judge motion."""
+  keeps each frame a sharp shape of the caption's color and kind while the clip discriminators judge motion.
+- `image_words`: the image discriminator's own caption-word classifier (the image GAN's `aux_words`), which reads
+  the words off whole frames at full resolution, where the shape is (docs/video.md).
+The word classifiers need captions (cond = "text"); without them they are off."""
 
 from __future__ import annotations
 
@@ -72,6 +75,8 @@ class VideoGANConfig:
     mode_seeking: float = 0.0    # weight of the mode-seeking term in G's loss (Mao et al. 2019; 0 = off)
     mode_seeking_pool: int = 1   # the term's distance on frames average-pooled by this factor (1 = pixels)
     aux_words: float = 0.0       # weight of the clip discriminator's caption-word classifier (AC-GAN; 0 = off)
+    image_words: float = 0.0     # weight of the image discriminator's caption-word classifier (0 = off)
+    words_fake: bool = False     # the word classifiers also learn that generated clips and frames show no word
     collapse_every: int = 250    # steps between the collapse detector's checks of sample diversity (0 = off)
     cond: str = "text"           # none | text
     cond_dim: int = 64
@@ -221,7 +226,8 @@ def image_discriminator(cfg: VideoGANConfig, shape: tuple[int, int, int]) -> Dis
     """The image GAN's DCGAN projection discriminator with the video GAN's norm and caption encoder, `image_d_width`
     wide (d_width by default) with `image_d_convs` extra convolutions per resolution."""
     return Discriminator(GANConfig(arch="dcgan", d_width=cfg.image_d_width or cfg.d_width, d_convs=cfg.image_d_convs,
-                                   spectral_norm=cfg.spectral_norm,
+                                   spectral_norm=cfg.spectral_norm, aux_words=cfg.image_words,
+                                   words_fake=cfg.words_fake,
                                    cond="text" if cfg.cond == "text" else "none", cond_dim=cfg.cond_dim,
                                    text_layers=cfg.text_layers, text_vocab=cfg.text_vocab,
                                    text_tokens=cfg.text_tokens), shape)
@@ -237,7 +243,8 @@ def some_frames(x: torch.Tensor, k: int, generator=None) -> torch.Tensor:
 class VideoDiscriminator(nn.Module):
     """The clip discriminator and, by the config, the frame-difference discriminator and the per-frame
     image discriminator. forward -> {"clip": logits (B,), "diff": (B,)?, "image": (B * image_frames,)?,
-    "words": the clip discriminator's word logits (B, vocabulary)?}."""
+    "words": the clip discriminator's word logits (B, vocabulary)?, "image_words": the image discriminator's
+    (B * image_frames, vocabulary)?}."""
 
     def __init__(self, cfg: VideoGANConfig, shape: tuple[int, int, int, int]):
         super().__init__()
@@ -258,4 +265,6 @@ class VideoDiscriminator(nn.Module):
         if self.image is not None:
             k = min(self.cfg.image_frames, x.shape[2])
             out["image"] = self.image(some_frames(x, k), None if y is None else y.repeat_interleave(k, 0))
+            if isinstance(out["image"], tuple):
+                out["image"], out["image_words"] = out["image"]
         return out

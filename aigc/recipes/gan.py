@@ -58,6 +58,22 @@ def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Te
     return grad.pow(2).flatten(1).sum(1).mean()
 
 
+def word_loss(logits: torch.Tensor, y: torch.Tensor, named: bool = True) -> torch.Tensor:
+    """A caption-word classifier's loss (AC-GAN, Odena et al. 2017, with the caption's words for classes):
+    binary cross-entropy per vocabulary entry of `logits` (B, vocabulary) against the words of the captions
+    y (B, L) of token ids, the padding id 0 left out. named = False: against no word at all (what the
+    classifier learns of generated samples with `words_fake`)."""
+    target = torch.zeros_like(logits)
+    if named:
+        target.scatter_(1, y.to(logits.device), 1.0)
+    return F.binary_cross_entropy_with_logits(logits[:, 1:], target[:, 1:])
+
+
+def split_words(out):
+    """D's output -> (logits, word logits or None): a D with a word classifier returns both."""
+    return out if isinstance(out, tuple) else (out, None)
+
+
 def pooled(x: torch.Tensor, k: int) -> torch.Tensor:
     """Images (..., H, W) average-pooled k x k (k = 1: as they are), for the mode-seeking distance."""
     return x if k <= 1 else F.avg_pool2d(x.reshape(-1, 1, *x.shape[-2:]), k)
@@ -87,17 +103,27 @@ class Adversarial:
         return {"d_loss": loss.detach(), "d_real": torch.sigmoid(real.detach()).mean(),
                 "d_fake": torch.sigmoid(fake.detach()).mean()}
 
-    def generator_loss(self, fake: torch.Tensor, y=None) -> torch.Tensor:
-        """G's loss on D's outputs for its samples made with conditions y."""
-        return g_loss(self.cfg.model.loss, fake)
+    def generator_loss(self, fake, y=None) -> torch.Tensor:
+        """G's loss on D's outputs for its samples made with conditions y; with D's word classifier
+        (`aux_words`), plus aux_words x its loss on the samples against their captions."""
+        f, words = split_words(fake)
+        loss = g_loss(self.cfg.model.loss, f)
+        return loss if words is None else loss + self.cfg.model.aux_words * word_loss(words, y)
 
-    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor, y=None) -> torch.Tensor:
-        """D's loss on its outputs for real inputs with conditions y and for samples made with them."""
-        return d_loss(self.cfg.model.loss, real, fake)
+    def discriminator_loss(self, real, fake, y=None) -> torch.Tensor:
+        """D's loss on its outputs for real inputs with conditions y and for samples made with them; D's word
+        classifier learns the real inputs' words, and with `words_fake` that the samples show none."""
+        m = self.cfg.model
+        (r, words), (f, fake_words) = split_words(real), split_words(fake)
+        loss = d_loss(m.loss, r, f)
+        if words is None:
+            return loss
+        loss = loss + m.aux_words * word_loss(words, y)
+        return loss + m.aux_words * word_loss(fake_words, y, named=False) if m.words_fake else loss
 
-    def r1_logits(self, real: torch.Tensor) -> torch.Tensor:
+    def r1_logits(self, real) -> torch.Tensor:
         """What the R1 penalty differentiates with respect to the real inputs."""
-        return real
+        return split_words(real)[0]
 
     def d_update(self, x: torch.Tensor, fake: torch.Tensor, y, opt):
         """One discriminator update on real inputs x against generated ones (no grad to G), with the lazy
@@ -177,8 +203,8 @@ class GANRecipe(Adversarial, ImageRecipe):
                             "positive")
         if m.r1 < 0 or m.r1_every < 1 or m.d_steps < 1 or m.lr_g < 0 or m.lr_d < 0:
             raise AigcError("model.r1 and lr_g/lr_d must be >= 0, r1_every and d_steps >= 1")
-        if m.g_convs < 0 or m.d_convs < 0 or m.mode_seeking < 0:
-            raise AigcError("model.g_convs, d_convs and mode_seeking must be >= 0")
+        if min(m.g_convs, m.d_convs, m.mode_seeking, m.aux_words) < 0:
+            raise AigcError("model.g_convs, d_convs, mode_seeking and aux_words must be >= 0")
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
@@ -221,7 +247,7 @@ class GANRecipe(Adversarial, ImageRecipe):
         with torch.no_grad():
             fake = self.G(self._z(len(x)), y)
         loss, pen, r, f = self.d_update(x, fake, y, opt)
-        out = self.d_stats(loss, r, f)
+        out = self.d_stats(loss, split_words(r)[0], split_words(f)[0])
         if pen is not None:
             out["r1"] = pen.detach()
         return out
@@ -239,8 +265,8 @@ class GANRecipe(Adversarial, ImageRecipe):
         for batch in data.eval_batches(250, limit):
             x = batch["image"].to(dev) * 2 - 1
             y = self._condition(batch)
-            sums["eval_d_real"] += torch.sigmoid(self.D(x, y)).sum().item()
-            sums["eval_d_fake"] += torch.sigmoid(self.D(self.G(self._z(len(x)), y), y)).sum().item()
+            sums["eval_d_real"] += torch.sigmoid(split_words(self.D(x, y))[0]).sum().item()
+            sums["eval_d_fake"] += torch.sigmoid(split_words(self.D(self.G(self._z(len(x)), y), y))[0]).sum().item()
             n += len(x)
         return {k: round(v / max(n, 1), 4) for k, v in sums.items()}
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from aigc.config import RunConfig
 from aigc.diffusion.samplers import frame_noise
@@ -35,7 +34,7 @@ from aigc.recipes.diffusion import (
     check_diffusion_config,
     check_unet_size,
 )
-from aigc.recipes.gan import LOSSES, Adversarial, d_loss, g_loss
+from aigc.recipes.gan import LOSSES, Adversarial, d_loss, g_loss, word_loss
 from aigc.train.dist import draw_rows
 
 SAMPLE_CLIPS = 16                        # clips in the training-time sample GIF
@@ -95,9 +94,9 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
             raise AigcError("model.z_dim, g_width, d_width, cond_dim, r1_every, d_steps, motion_dim, image_frames "
                             "and mode_seeking_pool must be positive")
         if min(m.r1, m.frame_diff, m.lr_g, m.lr_d, m.image_d, m.image_d_width, m.image_d_convs, m.mode_seeking,
-               m.collapse_every, m.aux_words) < 0:
+               m.collapse_every, m.aux_words, m.image_words) < 0:
             raise AigcError("model.r1, frame_diff, lr_g, lr_d, image_d, image_d_width (0 = d_width), image_d_convs, "
-                            "mode_seeking, collapse_every and aux_words must be >= 0")
+                            "mode_seeking, collapse_every, aux_words and image_words must be >= 0")
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
@@ -117,20 +116,26 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
         """sum over the discriminators h of weight_h * fn(logits_h ...)."""
         return sum(self.heads[h] * fn(*(d[h] for d in logits)) for h in logits[0] if h in self.heads)
 
-    def _words(self, logits: dict, y) -> torch.Tensor:
-        """aux_words x the caption-word classifier's loss: binary cross-entropy per vocabulary entry against
-        the words of the caption (the padding id left out)."""
-        if "words" not in logits or y is None:
-            return torch.zeros(())
-        out = logits["words"]
-        target = torch.zeros_like(out).scatter_(1, y.to(out.device), 1.0)[:, 1:]
-        return self.cfg.model.aux_words * F.binary_cross_entropy_with_logits(out[:, 1:], target)
+    def _words(self, logits: dict, y, named: bool = True) -> torch.Tensor:
+        """The caption-word classifiers' losses: aux_words x the clip discriminator's, image_words x the image
+        discriminator's (each frame against its clip's caption); named = False: against no word (generated
+        clips with `words_fake`). See recipes/gan.word_loss."""
+        m, loss = self.cfg.model, torch.zeros(())
+        if y is None:
+            return loss
+        if "words" in logits:
+            loss = loss + m.aux_words * word_loss(logits["words"], y, named)
+        if "image_words" in logits:
+            k = len(logits["image_words"]) // len(y)
+            loss = loss + m.image_words * word_loss(logits["image_words"], y.repeat_interleave(k, 0), named)
+        return loss
 
     def generator_loss(self, fake: dict, y=None) -> torch.Tensor:
         return self._total(lambda f: g_loss(self.cfg.model.loss, f), fake) + self._words(fake, y)
 
     def discriminator_loss(self, real: dict, fake: dict, y=None) -> torch.Tensor:
-        return self._total(lambda a, b: d_loss(self.cfg.model.loss, a, b), real, fake) + self._words(real, y)
+        loss = self._total(lambda a, b: d_loss(self.cfg.model.loss, a, b), real, fake) + self._words(real, y)
+        return loss + self._words(fake, y, named=False) if self.cfg.model.words_fake else loss
 
     def r1_logits(self, real: dict) -> torch.Tensor:
         return self._total(lambda a: a, real)
