@@ -84,7 +84,7 @@ BENCHES = [
           sets=["cond=class"], needs_mnist=True, goal=("sample_quality.class_accuracy", ">=", 0.97)),
     Bench("gan-shapes-text-5min", "gan", "shapes", ["--minutes", "5"],
           "preset gan-shapes (DCGAN, hinge + spectral norm, cond = text via a small Transformer caption encoder "
-          "in G and D), 5 min, "
+          "in G and D, a caption-word classifier on D weighted 20 since 2026-12-04), 5 min, "
           "2000 samples on the eval split's captions", eval_args=["--num", "2000"]),
 ]
 
