@@ -284,6 +284,21 @@ def test_motion_generator_image_discriminator_and_word_classifier(coords):
     assert all(8 <= f < 16 for f in frames[3:])                                                 # clip 1's
 
 
+@pytest.mark.parametrize("kt", [1, 3])
+def test_generator_frame_kernel_sets_which_frames_mix(kt):
+    """g_frame_kernel = k: each frame of G's output depends on k latent frames (1: a 2D generator per frame)."""
+    cfg = VideoGANConfig(g_width=8, z_dim=16, cond="none", g_arch="motion", motion_dim=8, g_frame_kernel=kt)
+    G = VideoGenerator(cfg, (3, 8, 32, 32)).eval()
+    h = torch.randn(1, G.c0, 8, 4, 4)
+    h2 = h.clone()
+    h2[:, :, 4] += 1.0
+    with torch.no_grad():
+        changed = (G.net(h2) - G.net(h)).abs().flatten(3).amax((0, 1, 3)) > 1e-6        # per output frame
+    layers = 3                                                             # 4 -> 32 px: each mixes kt frames
+    reach = layers * (kt // 2)
+    assert changed.tolist() == [abs(t - 4) <= reach for t in range(8)]
+
+
 def test_image_discriminator_width_and_convs():
     """image_d_width / image_d_convs size the image discriminator alone (the clip discriminator keeps d_width)."""
     import torch.nn as nn

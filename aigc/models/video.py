@@ -21,8 +21,9 @@ The stabilised recipe (issue 37; measured in docs/video.md) adds, as the anchors
 - `g_arch = "motion"`: a content code (z and the caption) fixed over the clip and a motion code per frame from
   a GRU started from it (MoCoGAN, Tulyakov et al. 2018); each frame's codes -> a 4x4 map, so the latent has the
   clip's full frame rate and the 3D transposed convolutions upsample space only, their 3-frame kernels mixing
-  neighbouring frames. `g_coords` adds the (x, y) coordinates as two input channels of every upsampling layer
-  (CoordConv, Liu et al. 2018), so that where a shape is drawn is a function G can compute.
+  neighbouring frames (`g_frame_kernel`; 1 makes each frame alone, MoCoGAN's 2D image generator). `g_coords`
+  adds the (x, y) coordinates as two input channels of every upsampling layer (CoordConv, Liu et al. 2018), so
+  that where a shape is drawn is a function G can compute.
 - `aux_words`: the clip discriminator also names the caption's words from the clip (a multi-label classifier
   on its features, trained on real clips; G is trained to make its clips read as their captions): the
   auxiliary classifier of AC-GAN (Odena et al. 2017) with words for classes, as TAC-GAN (Dash et al. 2017)
@@ -66,6 +67,7 @@ class VideoGANConfig:
     frame_diff_mode: str = "d"   # d (a discriminator on frame differences) | moments (G matches their size)
     g_arch: str = "tgan"         # tgan (latent at T/8 frames, upsampled in time) | motion (content + per-frame motion)
     motion_dim: int = 32         # motion: size of the per-frame motion code
+    g_frame_kernel: int = 3      # motion: frames each upsampling layer mixes (odd; 1 = a 2D image generator per frame)
     g_coords: bool = False       # coordinate channels at G's upsampling layers
     g_cbn: bool = False          # G's BatchNorm gains and biases made from z and the caption (conditional BN)
     image_d: float = 0.0         # weight of the per-frame image discriminator (0 = no such network)
@@ -151,9 +153,10 @@ class VideoGenerator(nn.Module):
         self.fc_norm = nn.Sequential(norm(self.c0), nn.ReLU(True))
         mods = []
         for i, (a, o) in enumerate(zip(chans, chans[1:] + [c])):      # double H, W (and T while i < n_t)
-            k, s = ((4, 4, 4), (2, 2, 2)) if i < n_t else ((3, 4, 4), (1, 2, 2))
+            kt = cfg.g_frame_kernel
+            k, s, p = ((4, 4, 4), (2, 2, 2), 1) if i < n_t else ((kt, 4, 4), (1, 2, 2), (kt // 2, 1, 1))
             last = i == len(chans) - 1
-            mods += [*([Coords()] if cfg.g_coords else []), nn.ConvTranspose3d(a + 2 * cfg.g_coords, o, k, s, 1,
+            mods += [*([Coords()] if cfg.g_coords else []), nn.ConvTranspose3d(a + 2 * cfg.g_coords, o, k, s, p,
                                                                                bias=last)]
             if not last:
                 mods += [norm(o), nn.ReLU(True)]

@@ -93,6 +93,9 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
                m.mode_seeking_pool) < 1:
             raise AigcError("model.z_dim, g_width, d_width, cond_dim, r1_every, d_steps, motion_dim, image_frames "
                             "and mode_seeking_pool must be positive")
+        if m.g_frame_kernel < 1 or m.g_frame_kernel % 2 == 0:
+            raise AigcError(f"model.g_frame_kernel is the frames each upsampling layer of G mixes: an odd number >= 1 "
+                            f"(3 as in the material, 1 for one frame at a time), not {m.g_frame_kernel}")
         if min(m.r1, m.frame_diff, m.lr_g, m.lr_d, m.image_d, m.image_d_width, m.image_d_convs, m.mode_seeking,
                m.collapse_every, m.aux_words, m.image_words) < 0:
             raise AigcError("model.r1, frame_diff, lr_g, lr_d, image_d, image_d_width (0 = d_width), image_d_convs, "
