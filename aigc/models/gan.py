@@ -72,6 +72,12 @@ class GANConfig:
     text_tokens: str = "words"    # how text_vocab reads: words | bpe (BPE merges)
 
 
+def word_classes(cfg, weight: float) -> int:
+    """Outputs of a caption-word classifier of this weight: one per token id of the caption vocabulary, or 0
+    (no classifier) when the weight is 0 or the model has no captions."""
+    return len(caption_vocab(cfg)) if weight > 0 and cfg.cond == "text" else 0
+
+
 def base_size(size: int) -> int:
     """The smallest feature map of the DCGAN nets: 28 -> 7, 32 and 64 -> 4."""
     if size == 28:
@@ -172,7 +178,7 @@ class Discriminator(nn.Module):
         if cfg.cond != "none":                       # projection: <e(y), phi(x)>
             self.cond = Condition(cfg, cfg.cond_dim)
             self.proj = sn(nn.Linear(cfg.cond_dim, feat, bias=False))
-        words = len(caption_vocab(cfg)) if cfg.aux_words > 0 and cfg.cond == "text" else 0     # token ids
+        words = word_classes(cfg, cfg.aux_words)
         self.classify = nn.Linear(feat, words) if words else None
 
     def forward(self, x: torch.Tensor, y=None):

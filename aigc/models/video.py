@@ -47,8 +47,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from aigc.models.gan import Discriminator, GANConfig
-from aigc.models.text_encoder import caption_encoder, caption_vocab
+from aigc.models.gan import Discriminator, GANConfig, word_classes
+from aigc.models.text_encoder import caption_encoder
 
 
 @dataclass
@@ -230,7 +230,6 @@ def image_discriminator(cfg: VideoGANConfig, shape: tuple[int, int, int]) -> Dis
     wide (d_width by default) with `image_d_convs` extra convolutions per resolution."""
     return Discriminator(GANConfig(arch="dcgan", d_width=cfg.image_d_width or cfg.d_width, d_convs=cfg.image_d_convs,
                                    spectral_norm=cfg.spectral_norm, aux_words=cfg.image_words,
-                                   words_fake=cfg.words_fake,
                                    cond="text" if cfg.cond == "text" else "none", cond_dim=cfg.cond_dim,
                                    text_layers=cfg.text_layers, text_vocab=cfg.text_vocab,
                                    text_tokens=cfg.text_tokens), shape)
@@ -253,7 +252,7 @@ class VideoDiscriminator(nn.Module):
         super().__init__()
         c, t, h, w = shape
         self.cfg = cfg
-        words = len(caption_vocab(cfg)) if cfg.aux_words > 0 and cfg.cond == "text" else 0     # token ids
+        words = word_classes(cfg, cfg.aux_words)
         self.clip = ClipDiscriminator(cfg, shape, words)
         self.diff = ClipDiscriminator(cfg, (c, t - 1, h, w)) if cfg.frame_diff > 0 and cfg.frame_diff_mode == "d" \
             else None
