@@ -142,11 +142,13 @@ def test_a_stream_does_not_depend_on_its_batch():
 
     def streams():
         return [TextStream([1, 2, 3], 40, 1.0, 5, None, seed=7), TextStream([4] * 9, 3, 0.7, None, 0.9, seed=1),
-                TextStream([5, 6], 25, 0.0, seed=2), TextStream([7], 12, 1.3, seed=3)]
+                TextStream([5, 6], 25, 0.0, seed=2), TextStream([7], 12, 1.3, seed=3),
+                TextStream([8, 9, 10], 20, 1.0, seed=4)]
     alone = [TextEngine(m, tok, slots=1).run([s])[0] for s in streams()]
-    together = TextEngine(m, tok, slots=2).run(streams())
-    for a, b in zip(alone, together):
-        assert a.tokens == b.tokens and a.finish == b.finish == "length" and len(a.tokens) == a.max_new_tokens
+    for slots in (2, 5):                  # 5: all added at once, the two 3-token prompts in one forward pass
+        together = TextEngine(m, tok, slots=slots).run(streams())
+        for a, b in zip(alone, together):
+            assert a.tokens == b.tokens and a.finish == b.finish == "length" and len(a.tokens) == a.max_new_tokens
     assert sample_tokens(m, [[1, 2, 3]] * 2, 40, top_k=5, seed=7) == sample_tokens(m, [[1, 2, 3]] * 2, 40, top_k=5,
                                                                                     seed=7)
 

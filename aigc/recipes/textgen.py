@@ -120,12 +120,18 @@ class TextEngine:
         return self.cache.slots - len(self.active)
 
     @torch.inference_mode()
-    def add(self, stream: TextStream) -> None:
-        """Encode the stream's prompt (its last block_size tokens) into a free slot."""
-        if not self.free:
+    def add(self, *streams: TextStream) -> None:
+        """Encode the streams' prompts (their last block_size tokens) into free slots; prompts of one length in
+        one forward pass (a request's n samples, or a benchmark's streams, start together)."""
+        if len(streams) > self.free:
             raise RuntimeError("no free slot")
-        self._encode_rows([len(self.active)], [stream.prompt[-self.block:]])
-        self.active.append(stream)
+        by_length: dict[int, list[int]] = {}
+        for i, s in enumerate(streams):
+            by_length.setdefault(len(s.prompt[-self.block:]), []).append(i)
+        first = len(self.active)
+        for rows in by_length.values():
+            self._encode_rows([first + i for i in rows], [streams[i].prompt[-self.block:] for i in rows])
+        self.active += streams
         self.cache.n = len(self.active)
 
     def _encode_rows(self, rows: list[int], ids: list[list[int]]) -> None:
@@ -192,10 +198,10 @@ class TextEngine:
         s.tokens.append(tok)
         piece = self.tokenizer.decode(s.tokens[s._decoded:])
         if not piece.endswith("\ufffd"):                 # wait for the rest of a multi-byte character
-            start = max(0, len(s.text) - max((len(x) for x in s.stop), default=0))
             s.text += piece
             s._decoded = len(s.tokens)
-            hits = [i for i in (s.text.find(x, start) for x in s.stop) if i >= 0]
+            hits = s.stop and [i for i in (s.text.find(x, max(0, len(s.text) - len(piece) - len(x) + 1))
+                                           for x in s.stop) if i >= 0]
             if hits:
                 s.text = s.text[:min(hits)]
                 s.finish = "stop"
@@ -211,8 +217,9 @@ class TextEngine:
         every step."""
         waiting = list(streams)
         while waiting or self.active:
-            while waiting and self.free:
-                self.add(waiting.pop(0))
+            if waiting and self.free:
+                batch, waiting = waiting[:self.free], waiting[self.free:]
+                self.add(*batch)
             changed = self.step()
             if on_step is not None:
                 on_step(changed)

@@ -217,8 +217,8 @@ class TextWorker(Worker):
             if self.engine.free < len(job.streams):
                 return
             self.waiting.pop(0)
+            self.engine.add(*job.streams)
             for s in job.streams:
-                self.engine.add(s)
                 self.jobs[id(s)] = job
             block = False
 
