@@ -107,6 +107,23 @@ def test_dcgan_shapes(size, channels, convs):
         assert sum(isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) for m in net.modules()) == convs * n_res
 
 
+def test_pooled_discriminator_reads_summed_features():
+    """d_pool: the logit, projection and word classifier read the last feature map summed over space; the
+    convolutions are the flattened D's (same seed, same weights)."""
+    kw = dict(arch="dcgan", d_width=8, spectral_norm=True, cond="text", text_vocab=["a", "red", "circle"],
+              aux_words=1.0)
+    torch.manual_seed(0)
+    flat = Discriminator(GANConfig(**kw), (3, 32, 32)).eval()
+    torch.manual_seed(0)
+    pooled = Discriminator(GANConfig(**kw, d_pool=True), (3, 32, 32)).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    h = pooled.features(x)
+    assert h.shape == (2, 32) and pooled.classify.in_features == 32 and flat.classify.in_features == 32 * 16
+    assert torch.allclose(h, flat.features(x).view(2, 32, 16).sum(2), atol=1e-5)
+    logits, words = pooled(x, torch.tensor([[1, 2, 3], [1, 2, 0]]))
+    assert logits.shape == (2,) and words.shape == (2, 4)
+
+
 def test_pooled_mode_seeking_ignores_texture():
     # samples that differ only in a checkerboard (the same 2 x 2 averages) are far apart for the pixel term and
     # identical for the pooled one, whose penalty is then at its ceiling lam / 1e-5
@@ -300,6 +317,9 @@ def test_cli_text_gan_on_shapes_and_bad_input(tmp_path, mnist_dir):
                        "text-conditional")
     assert_clean_error(run_cli("train", "gan", "--data", "mnist", "--data-dir", mnist_dir, "--steps", 2,
                                "--out", tmp_path / "v", "--set", "image_size=40", *TINY), "28, 32 or 64")
+    assert_clean_error(run_cli("train", "gan", "--data", "mnist", "--data-dir", mnist_dir, "--steps", 2,
+                               "--out", tmp_path / "w", "--set", "arch=\"mlp\"", "--set", "d_pool=true", *TINY),
+                       "d_pool", "mlp")
 
 
 # ---------------------------------------------------------------- text GAN

@@ -205,6 +205,8 @@ class GANRecipe(Adversarial, ImageRecipe):
             raise AigcError("model.r1 and lr_g/lr_d must be >= 0, r1_every and d_steps >= 1")
         if min(m.g_convs, m.d_convs, m.mode_seeking, m.aux_words) < 0:
             raise AigcError("model.g_convs, d_convs, mode_seeking and aux_words must be >= 0")
+        if m.d_pool and m.arch != "dcgan":
+            raise AigcError("model.d_pool sums the dcgan discriminator's feature map; the mlp one has none")
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
