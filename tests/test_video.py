@@ -320,6 +320,87 @@ def test_image_discriminator_width_and_convs():
         _tiny_video_gan("image_d_convs=-1")
 
 
+def test_pooled_discriminators_sum_over_space():
+    """d_pool / image_d_pool: the clip discriminators' heads read (channels x frames left), the image
+    discriminator's its channels; the convolutions are the flattened ones' (same seed, same weights)."""
+    shape, kw = (3, 8, 32, 32), dict(d_width=8, image_d=1.0, frame_diff=1.0, cond="text", text_vocab=["a", "red"],
+                                     aux_words=1.0, image_words=1.0)
+    torch.manual_seed(0)
+    flat = VideoDiscriminator(VideoGANConfig(**kw), shape).eval()
+    torch.manual_seed(0)
+    pooled = VideoDiscriminator(VideoGANConfig(**kw, d_pool=True, image_d_pool=True), shape).eval()
+    x = torch.rand(2, *shape) * 2 - 1
+    h = pooled.clip.features(x)                     # 32 channels, 8 frames halved twice (to 2), 4 x 4 summed
+    assert h.shape == (2, 32 * 2) and torch.allclose(h, flat.clip.features(x).view(2, 32, 2, 16).sum(3).flatten(1),
+                                                      atol=1e-5)
+    assert pooled.clip.classify.in_features == 64 and pooled.image.classify.in_features == 32
+    assert pooled.diff.out.in_features < flat.diff.out.in_features
+    out = pooled(x, torch.tensor([[1, 2], [1, 0]]))
+    assert out["clip"].shape == (2,) and out["image"].shape == (8,) and out["image_words"].shape == (8, 3)
+
+
+def test_place_is_a_convolution_of_each_frame_with_its_clips_sprite():
+    import torch.nn.functional as F
+
+    from aigc.models.video import place
+
+    for k in (8, 16):
+        maps, sprite = torch.rand(3, 5, 32, 32), torch.rand(3, 2, k, k)
+        full = F.conv_transpose2d(maps.transpose(0, 1), sprite, padding=k // 2 - 1, groups=3)  # (T, B * C, ...)
+        ref = full[:, :, :32, :32].reshape(5, 3, 2, 32, 32).permute(1, 2, 0, 3, 4)
+        assert torch.allclose(place(maps, sprite), ref, atol=1e-4)
+
+
+def test_sprite_generator_moves_one_sprite():
+    """g_arch = sprite: a where-map peaked at one pixel per frame, moving 1 px right a frame, gives frames that are
+    one sprite shifted 1 px right a frame; the sprite depends on the caption."""
+    import torch.nn as nn
+
+    from aigc.models.video import SpriteVideoGenerator, video_generator
+
+    cfg = VideoGANConfig(g_arch="sprite", g_width=8, z_dim=8, motion_dim=8, cond="text", cond_dim=8,
+                         text_vocab=["a", "red", "blue", "circle"])
+    G = video_generator(cfg, (3, 4, 32, 32)).eval()
+    assert isinstance(G, SpriteVideoGenerator)
+    peak = torch.full((2, 1, 4, 32, 32), -1.0)
+    for t in range(4):
+        peak[:, 0, t, 12, 10 + t] = 1.0
+
+    class Where(nn.Module):
+        def forward(self, z, y):
+            return peak
+
+    G.where = Where()
+    y = torch.tensor([[1, 2, 4], [1, 3, 4]])
+    with torch.no_grad():
+        x = G(torch.randn(2, 8), y)
+    assert x.shape == (2, 3, 4, 32, 32) and x.min() > -1 - 1e-4 and x.max() < 1 + 1e-4     # FFT round-off
+    for t in range(1, 4):
+        assert torch.allclose(x[:, :, t, :, t:], x[:, :, 0, :, :32 - t], atol=1e-4)
+    assert not torch.allclose(x[0], x[1], atol=1e-3)                    # red and blue: different sprites
+
+
+def test_splat_draws_points_bilinearly():
+    from aigc.models.video import splat
+
+    maps = splat(torch.tensor([[[3.0, 10.0], [3.5, 10.0], [31.0, 0.0]]], requires_grad=True), 32, 32)
+    assert maps.shape == (1, 3, 32, 32) and torch.allclose(maps.sum((2, 3)), torch.ones(1, 3))
+    assert maps[0, 0, 10, 3] == 1 and maps[0, 1, 10, 3] == maps[0, 1, 10, 4] == 0.5 and maps[0, 2, 0, 31] == 1
+
+
+@pytest.mark.parametrize("where", ["map", "point"])
+def test_sprite_generator_trains_in_the_recipe(where):
+    from aigc.errors import AigcError
+    from aigc.train.trainer import Optimizers
+
+    recipe, data = _tiny_video_gan("g_arch=sprite", "sprite_px=8", "image_d=1.0", f"sprite_where={where}")
+    batch = next(iter(recipe.make_batcher(data, recipe.cfg)))
+    out = recipe.train_step(batch, Optimizers(recipe.param_groups(), recipe.cfg.train, torch.device("cpu")))
+    assert all(torch.isfinite(torch.as_tensor(v)) for v in out.values())
+    with pytest.raises(AigcError, match="sprite_px"):
+        _tiny_video_gan("g_arch=sprite", "sprite_px=12")
+
+
 def _tiny_video_gan(*sets):
     from aigc.recipes import build_config, recipe_class
 

@@ -24,6 +24,10 @@ The stabilised recipe (issue 37; measured in docs/video.md) adds, as the anchors
   neighbouring frames (`g_frame_kernel`; 1 makes each frame alone, MoCoGAN's 2D image generator). `g_coords`
   adds the (x, y) coordinates as two input channels of every upsampling layer (CoordConv, Liu et al. 2018), so
   that where a shape is drawn is a function G can compute.
+- `g_arch = "sprite"`: what and where drawn apart (SpriteVideoGenerator): one sprite per clip from z and the caption
+  by 2D transposed convolutions, and per-frame where-maps from the motion generator's 3D transposed convolutions;
+  each frame is the sprite convolved with its map (VGAN's two streams, with the foreground's look fixed over the
+  clip and its motion a translation).
 - `aux_words`: the clip discriminator also names the caption's words from the clip (a multi-label classifier
   on its features, trained on real clips; G is trained to make its clips read as their captions): the
   auxiliary classifier of AC-GAN (Odena et al. 2017) with words for classes, as TAC-GAN (Dash et al. 2017)
@@ -34,6 +38,10 @@ The stabilised recipe (issue 37; measured in docs/video.md) adds, as the anchors
 - `image_d`: an image discriminator on `image_frames` random frames of each clip (MoCoGAN's D_I, DVD-GAN's
   spatial discriminator, Clark et al. 2019): the image GAN's projection discriminator (models/gan.py), which
   keeps each frame a sharp shape of the caption's color and kind while the clip discriminators judge motion.
+- `image_d_pool`, `d_pool`: the image and the clip discriminators read their last feature map summed over space
+  (SNGAN's and BigGAN's global pooling) instead of flattened: a flattened map gives each 8 x 8 px cell its own
+  weights, so a shape that may be anywhere has to be learned in every cell (docs/gan.md: off the built-in shapes'
+  grid, the image GAN's D read the shape word 0.42 flattened and 0.64 pooled).
 - `image_words`: the image discriminator's own caption-word classifier (the image GAN's `aux_words`), which reads
   the words off whole frames at full resolution, where the shape is (docs/video.md).
 The word classifiers need captions (cond = "text"); without them they are off."""
@@ -41,10 +49,11 @@ The word classifiers need captions (cond = "text"); without them they are off.""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from aigc.models.gan import Discriminator, GANConfig, word_classes
@@ -56,6 +65,7 @@ class VideoGANConfig:
     z_dim: int = 128
     g_width: int = 32            # channels of G's last hidden layer (doubled towards the input)
     d_width: int = 32            # channels of D's first layer (doubled at each downsampling)
+    d_pool: bool = False         # the clip discriminators read their last map summed over space (per frame left)
     loss: str = "hinge"          # ns | minimax | hinge (recipes/gan.py)
     spectral_norm: bool = True   # spectral normalisation of both discriminators
     r1: float = 0.0              # R1 penalty on real clips (0 = off)
@@ -65,15 +75,18 @@ class VideoGANConfig:
     d_steps: int = 1
     frame_diff: float = 1.0      # weight of the frame-difference term (0 = none)
     frame_diff_mode: str = "d"   # d (a discriminator on frame differences) | moments (G matches their size)
-    g_arch: str = "tgan"         # tgan (latent at T/8 frames, upsampled in time) | motion (content + per-frame motion)
+    g_arch: str = "tgan"         # tgan (T/8 latent frames) | motion (content + per-frame motion) | sprite
     motion_dim: int = 32         # motion: size of the per-frame motion code
     g_frame_kernel: int = 3      # motion: frames each upsampling layer mixes (odd; 1 = a 2D image generator per frame)
+    sprite_px: int = 16          # sprite: side of the sprite's canvas (8, 16, 32 ...)
+    sprite_where: str = "map"     # sprite: map (3D-conv where-maps, a softmax per frame) | point (an (x, y) per frame)
     g_coords: bool = False       # coordinate channels at G's upsampling layers
     g_cbn: bool = False          # G's BatchNorm gains and biases made from z and the caption (conditional BN)
     image_d: float = 0.0         # weight of the per-frame image discriminator (0 = no such network)
     image_frames: int = 4        # frames of each clip the image discriminator sees
     image_d_width: int = 0       # channels of the image discriminator's first layer (0 = d_width)
     image_d_convs: int = 0       # extra 3x3 convolutions per resolution in the image discriminator (the image GAN's)
+    image_d_pool: bool = False   # the image discriminator reads its features summed over space (the GAN's d_pool)
     mode_seeking: float = 0.0    # weight of the mode-seeking term in G's loss (Mao et al. 2019; 0 = off)
     mode_seeking_pool: int = 1   # the term's distance on frames average-pooled by this factor (1 = pixels)
     aux_words: float = 0.0       # weight of the clip discriminator's caption-word classifier (AC-GAN; 0 = off)
@@ -128,6 +141,16 @@ class CondBatchNorm3d(nn.Module):
         return self.bn(h) * (1 + self.gain(c).view(shape)) + self.bias(c).view(shape)
 
 
+def motion_codes(h0: nn.Linear, gru: nn.GRUCell, z: torch.Tensor, frames: int) -> torch.Tensor:
+    """MoCoGAN's codes: z (B, Z) -> (B, frames, Z + motion_dim), the content z beside each frame's motion code, a
+    GRU's state started from h0(z), each frame's from the one before."""
+    m, steps = torch.tanh(h0(z)), []
+    for _ in range(frames):
+        steps.append(m)
+        m = gru(torch.zeros_like(m), m)
+    return torch.cat([z[:, None].expand(-1, frames, -1), torch.stack(steps, 1)], 2)
+
+
 class VideoGenerator(nn.Module):
     """z (and the caption) -> clip. g_arch "tgan": one code -> a (c0, T0, 4, 4) map, T doubled by the first
     layers; "motion": a content code and a GRU's motion code per frame -> a (c0, T, 4, 4) map (MoCoGAN)."""
@@ -167,12 +190,7 @@ class VideoGenerator(nn.Module):
         if self.text is not None:
             z = torch.cat([z, self.text(y)], 1)
         if self.cfg.g_arch == "motion":
-            m, steps = torch.tanh(self.h0(z)), []
-            for _ in range(self.t0):                   # the motion code of each frame, from the one before
-                steps.append(m)
-                m = self.gru(torch.zeros_like(m), m)
-            codes = torch.stack(steps, 1)                                        # (B, T, motion_dim)
-            per_frame = torch.cat([z[:, None].expand(-1, self.t0, -1), codes], 2)
+            per_frame = motion_codes(self.h0, self.gru, z, self.t0)
             h = self.fc(per_frame).view(len(z), self.t0, self.c0, 4, 4).transpose(1, 2)
         else:
             h = self.fc(z).view(-1, self.c0, self.t0, 4, 4)
@@ -183,9 +201,93 @@ class VideoGenerator(nn.Module):
         return h
 
 
+class SpacePool(nn.Module):
+    """(B, C, T, H, W) -> (B, C, T): summed over space, frames kept (the image GAN's `d_pool` for clips)."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.sum((3, 4))
+
+
+class SpriteVideoGenerator(nn.Module):
+    """g_arch "sprite": what and where drawn apart. The sprite (what: the caption's shape in its color) is one
+    small image per clip, made from z and the caption by 2D transposed convolutions at a fixed place in its own
+    `sprite_px` canvas, so its edges never have to fall between G's coarse cells; the where-maps come from the
+    motion generator above (3D transposed convolutions, content and per-frame motion codes, MoCoGAN), one
+    channel per frame made into a distribution over the frame's pixels by a softmax. Each frame is the sprite
+    convolved with its map: a peaked map puts the same crisp sprite at one pixel in every frame. This is the
+    two streams of VGAN (Vondrick et al. 2016: a moving foreground with a mask over a static background) with
+    the foreground's appearance fixed over the clip and its motion made a translation. `sprite_where = "point"`
+    replaces the where-maps by one (x, y) per frame from the content and motion codes (no convolutions), drawn
+    bilinearly (`splat`): a map that is one point by construction."""
+
+    SHARPNESS = 12.0          # the where-logits are SHARPNESS * tanh(.): a peak up to e^24 over any other pixel
+
+    def __init__(self, cfg: VideoGANConfig, shape: tuple[int, int, int, int]):
+        super().__init__()
+        c, t, h, w = shape
+        self.cfg, self.shape, self.px = cfg, shape, cfg.sprite_px
+        n = spatial_doublings(self.px)
+        self.text = caption_encoder(cfg, cfg.cond_dim) if cfg.cond == "text" else None
+        zin = cfg.z_dim + (cfg.cond_dim if self.text is not None else 0)
+        if cfg.sprite_where == "point":
+            self.h0, self.gru = nn.Linear(zin, cfg.motion_dim), nn.GRUCell(cfg.motion_dim, cfg.motion_dim)
+            self.point = nn.Linear(zin + cfg.motion_dim, 2)
+        else:
+            self.where = VideoGenerator(replace(cfg, g_arch="motion"), (1, t, h, w))
+        chans = [cfg.g_width * 2 ** (n - 1 - i) for i in range(n)]
+        mods = [nn.Linear(zin, chans[0] * 16, bias=False), nn.Unflatten(1, (chans[0], 4, 4)),
+                nn.BatchNorm2d(chans[0]), nn.ReLU(True)]
+        for i, (a, o) in enumerate(zip(chans, chans[1:] + [c])):
+            last = i == n - 1
+            mods += [nn.ConvTranspose2d(a, o, 4, 2, 1, bias=last)]
+            mods += [nn.Sigmoid()] if last else [nn.BatchNorm2d(o), nn.ReLU(True)]
+        self.sprite = nn.Sequential(*mods)
+
+    def forward(self, z: torch.Tensor, y=None) -> torch.Tensor:
+        """z (B, z_dim), y word ids (B, L) -> clips (B, C, T, H, W) in [-1, 1]."""
+        b, (_, t, h, w) = len(z), self.shape
+        zc = torch.cat([z, self.text(y)], 1) if self.text is not None else z
+        if self.cfg.sprite_where == "point":               # (x, y) in pixels per frame, drawn bilinearly
+            xy = torch.sigmoid(self.point(motion_codes(self.h0, self.gru, zc, t))) * z.new_tensor([w - 1, h - 1])
+            maps = splat(xy, h, w)
+        else:
+            logits = self.where(z, y)[:, 0] * self.SHARPNESS                 # (B, T, H, W)
+            maps = logits.flatten(2).softmax(-1).view(b, t, h, w)
+        return place(maps, self.sprite(zc)) * 2 - 1
+
+
+def splat(xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Points (B, T, 2) as (x, y) in pixels -> maps (B, T, H, W) holding each point's bilinear weights on the four
+    pixels around it (1 on one pixel at whole coordinates)."""
+    axes = []
+    for p, n in ((xy[..., 1], h), (xy[..., 0], w)):
+        p = p.clamp(0, n - 1)
+        i = p.detach().floor().long().clamp(max=n - 2)
+        f = (p - i)[..., None]
+        axes.append(F.one_hot(i, n) * (1 - f) + F.one_hot(i + 1, n) * f)
+    return axes[0][..., :, None] * axes[1][..., None, :]
+
+
+def place(maps: torch.Tensor, sprite: torch.Tensor) -> torch.Tensor:
+    """maps (B, T, H, W), sprites (B, C, k, k) -> (B, C, T, H, W): every frame's map convolved with its clip's
+    sprite (sprite pixel (k/2 - 1, k/2 - 1) lands on a map's pixel), by FFT: for 32 clips of 16 frames and 16 px
+    sprites, forward and backward took 0.07 s on 2 cores, a grouped transposed convolution 12.7 s. An FFT side
+    n >= H + k/2 keeps the circular convolution's wrap-around out of the frame."""
+    h, w = maps.shape[-2:]
+    k = sprite.shape[-1]
+    o, n = k // 2 - 1, (max(h, w) + k // 2 + 1)
+    spec = torch.fft.rfft2(maps, s=(n, n))[:, None] * torch.fft.rfft2(sprite, s=(n, n))[:, :, None]
+    return torch.fft.irfft2(spec, s=(n, n))[..., o:o + h, o:o + w]
+
+
+def video_generator(cfg: VideoGANConfig, shape: tuple[int, int, int, int]) -> nn.Module:
+    """G for `g_arch`: the sprite generator, or VideoGenerator (tgan, motion)."""
+    return SpriteVideoGenerator(cfg, shape) if cfg.g_arch == "sprite" else VideoGenerator(cfg, shape)
+
+
 class ClipDiscriminator(nn.Module):
     """Stride-2 Conv3d layers down to 4x4 pixels -> logit (+ caption projection); with `words` > 0 also logits
-    over the caption vocabulary (`classify`)."""
+    over the caption vocabulary (`classify`). With `d_pool` the heads read the last map summed over space."""
 
     def __init__(self, cfg: VideoGANConfig, shape: tuple[int, int, int, int], words: int = 0):
         super().__init__()
@@ -201,7 +303,7 @@ class ClipDiscriminator(nn.Module):
             mods += [sn(nn.Conv3d(cur, o, k, s, 1)), nn.LeakyReLU(0.2, True)]
             frames = frames // 2 if down_t else frames
             cur = o
-        self.features = nn.Sequential(*mods, nn.Flatten())
+        self.features = nn.Sequential(*mods, *([SpacePool()] if cfg.d_pool else []), nn.Flatten())
         with torch.no_grad():
             feat = self.features(torch.zeros(1, *shape)).shape[1]
         self.out = sn(nn.Linear(feat, 1))
@@ -227,9 +329,9 @@ def frame_differences(x: torch.Tensor) -> torch.Tensor:
 
 def image_discriminator(cfg: VideoGANConfig, shape: tuple[int, int, int]) -> Discriminator:
     """The image GAN's DCGAN projection discriminator with the video GAN's norm and caption encoder, `image_d_width`
-    wide (d_width by default) with `image_d_convs` extra convolutions per resolution."""
+    wide (d_width by default) with `image_d_convs` extra convolutions per resolution, pooled with `image_d_pool`."""
     return Discriminator(GANConfig(arch="dcgan", d_width=cfg.image_d_width or cfg.d_width, d_convs=cfg.image_d_convs,
-                                   spectral_norm=cfg.spectral_norm, aux_words=cfg.image_words,
+                                   d_pool=cfg.image_d_pool, spectral_norm=cfg.spectral_norm, aux_words=cfg.image_words,
                                    cond="text" if cfg.cond == "text" else "none", cond_dim=cfg.cond_dim,
                                    text_layers=cfg.text_layers, text_vocab=cfg.text_vocab,
                                    text_tokens=cfg.text_tokens), shape)

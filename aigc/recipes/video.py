@@ -22,9 +22,9 @@ from aigc.models.unet import UNet, VideoUNetConfig
 from aigc.models.video import (
     VideoDiscriminator,
     VideoGANConfig,
-    VideoGenerator,
     frame_differences,
     spatial_doublings,
+    video_generator,
 )
 from aigc.recipes.base import VideoRecipe
 from aigc.recipes.diffusion import (
@@ -77,7 +77,7 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
     def __init__(self, cfg: RunConfig):
         m = cfg.model
         self.shape = self.video_shape(cfg)
-        self._pair(cfg, VideoGenerator(m, self.shape), VideoDiscriminator(m, self.shape))
+        self._pair(cfg, video_generator(m, self.shape), VideoDiscriminator(m, self.shape))
         self.vocab = caption_vocab(m) if m.cond == "text" else None
         self.heads = {"clip": 1.0, "diff": m.frame_diff, "image": m.image_d}
         self._diversity, self._low = None, 0
@@ -86,13 +86,16 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
     def check_config(cfg: RunConfig) -> None:
         m = cfg.model
         check_choice("model.loss", m.loss, LOSSES)
-        check_choice("model.g_arch", m.g_arch, ("tgan", "motion"))
+        check_choice("model.g_arch", m.g_arch, ("tgan", "motion", "sprite"))
+        check_choice("model.sprite_where", m.sprite_where, ("map", "point"))
         check_choice("model.frame_diff_mode", m.frame_diff_mode, ("d", "moments"))
         _check_cond(m.cond)
         if min(m.z_dim, m.g_width, m.d_width, m.cond_dim, m.r1_every, m.d_steps, m.motion_dim, m.image_frames,
                m.mode_seeking_pool) < 1:
             raise AigcError("model.z_dim, g_width, d_width, cond_dim, r1_every, d_steps, motion_dim, image_frames "
                             "and mode_seeking_pool must be positive")
+        if m.g_arch == "sprite" and (m.sprite_px < 8 or m.sprite_px & (m.sprite_px - 1)):
+            raise AigcError(f"model.sprite_px is the side of the sprite's canvas: 8, 16, 32 ..., not {m.sprite_px}")
         if m.g_frame_kernel < 1 or m.g_frame_kernel % 2 == 0:
             raise AigcError(f"model.g_frame_kernel is the frames each upsampling layer of G mixes: an odd number >= 1 "
                             f"(3 as in the material, 1 for one frame at a time), not {m.g_frame_kernel}")
