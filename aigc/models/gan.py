@@ -152,11 +152,11 @@ class Generator(nn.Module):
 
 
 class SumPool(nn.Module):
-    """(B, C, H, W) -> (B, C): each channel summed over the feature map (the global sum pooling of SNGAN's ResNet
-    discriminator)."""
+    """(..., H, W) -> (...): each channel summed over the feature map (the global sum pooling of SNGAN's ResNet
+    discriminator); a clip's (B, C, T, H, W) keeps its frames."""
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h.sum((2, 3))
+        return h.sum((-2, -1))
 
 
 class Discriminator(nn.Module):

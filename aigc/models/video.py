@@ -56,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from aigc.models.gan import Discriminator, GANConfig, word_classes
+from aigc.models.gan import Discriminator, GANConfig, SumPool, word_classes
 from aigc.models.text_encoder import caption_encoder
 
 
@@ -201,13 +201,6 @@ class VideoGenerator(nn.Module):
         return h
 
 
-class SpacePool(nn.Module):
-    """(B, C, T, H, W) -> (B, C, T): summed over space, frames kept (the image GAN's `d_pool` for clips)."""
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h.sum((3, 4))
-
-
 class SpriteVideoGenerator(nn.Module):
     """g_arch "sprite": what and where drawn apart. The sprite (what: the caption's shape in its color) is one
     small image per clip, made from z and the caption by 2D transposed convolutions at a fixed place in its own
@@ -303,7 +296,7 @@ class ClipDiscriminator(nn.Module):
             mods += [sn(nn.Conv3d(cur, o, k, s, 1)), nn.LeakyReLU(0.2, True)]
             frames = frames // 2 if down_t else frames
             cur = o
-        self.features = nn.Sequential(*mods, *([SpacePool()] if cfg.d_pool else []), nn.Flatten())
+        self.features = nn.Sequential(*mods, *([SumPool()] if cfg.d_pool else []), nn.Flatten())
         with torch.no_grad():
             feat = self.features(torch.zeros(1, *shape)).shape[1]
         self.out = sn(nn.Linear(feat, 1))

@@ -94,8 +94,12 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
                m.mode_seeking_pool) < 1:
             raise AigcError("model.z_dim, g_width, d_width, cond_dim, r1_every, d_steps, motion_dim, image_frames "
                             "and mode_seeking_pool must be positive")
-        if m.g_arch == "sprite" and (m.sprite_px < 8 or m.sprite_px & (m.sprite_px - 1)):
-            raise AigcError(f"model.sprite_px is the side of the sprite's canvas: 8, 16, 32 ..., not {m.sprite_px}")
+        if m.g_arch == "sprite":
+            try:
+                spatial_doublings(m.sprite_px)
+            except ValueError:
+                raise AigcError(f"model.sprite_px is the side of the sprite's canvas: 8, 16, 32 ..., not "
+                                f"{m.sprite_px}") from None
         if m.g_frame_kernel < 1 or m.g_frame_kernel % 2 == 0:
             raise AigcError(f"model.g_frame_kernel is the frames each upsampling layer of G mixes: an odd number >= 1 "
                             f"(3 as in the material, 1 for one frame at a time), not {m.g_frame_kernel}")
