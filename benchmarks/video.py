@@ -5,19 +5,20 @@
 
 `speed`: the GAN's sampling time beside video diffusion's, measured in one process (speed_row).
 
-Rows: `real` (the evaluation clips through the same detector: the ceiling), `gan-v3-seed0/1/2` (the
-video-gan preset of issue 37 from three seeds), `gan-v2-seed0/1/2` (the same with mode seeking 1.0, the preset
+Rows: `real` (the evaluation clips through the same detector: the ceiling), `gan-v3-seed0/1/2` (the video-gan
+preset of issue 37 from three seeds), `gan-sprite-seed0/1/2` (the preset with the sprite generator drawn at one
+point a frame and an object discriminator, SPRITE), `gan-v2-seed0/1/2` (the preset with mode seeking 1.0, as it was
 before 0.3) and its frame-difference ablation at the same budget, seed 0 (`gan-v2-nodiff`: no such term,
 `gan-v2-diffd`: the material's reading, a discriminator on frame differences, where the preset reads it as G
-matching the size of real frame differences), `diffusion-preset-quiet-seed0/1/2`
-(the video-diffusion preset from three seeds). All without progress evaluations within the budget; the
-material's recipe as it was (TGAN generator, clip and frame-difference discriminators) keeps its 2026-11-23 rows
-`gan`, `gan-nodiff`, `gan-diff0.3` (retired rows). Collapse: 16 clips for one prompt, the spread of where the
-shape starts (`aigc.metrics.video.start_spread`) beside 16 real clips of that caption. Metrics: frame accuracy
-(shape and color right in a frame), direction accuracy, temporal consistency, prompt accuracy, motion
-smoothness, read off the pixels by `aigc.data.video.detect_shape_clips` (docs/evaluation.md). Results go to
-benchmarks/results/video.json, where rows retired from this script keep their figures, command and commit;
-runs go to bench_runs/ (not in git). What was tried and measured: docs/video.md."""
+matching the size of real frame differences), `diffusion-preset-quiet-seed0/1/2` (the video-diffusion preset from
+three seeds). All without progress evaluations within the budget; the material's recipe as it was (TGAN generator,
+clip and frame-difference discriminators) keeps its 2026-11-23 rows `gan`, `gan-nodiff`, `gan-diff0.3` (retired
+rows). Collapse: 16 clips for one prompt, the spread of where the shape starts (`aigc.metrics.video.start_spread`)
+beside 16 real clips of that caption. Metrics: frame accuracy (shape and color right in a frame), direction
+accuracy, temporal consistency, prompt accuracy, motion smoothness, read off the pixels by
+`aigc.data.video.detect_shape_clips` (docs/evaluation.md). Results go to benchmarks/results/video.json, where rows
+retired from this script keep their figures, command and commit; runs go to bench_runs/ (not in git). What was
+tried and measured: docs/video.md."""
 
 from __future__ import annotations
 
@@ -40,7 +41,11 @@ def sets(*values: str) -> list[str]:
 
 
 V2 = sets("model.mode_seeking=1.0")      # the video-gan preset before it took mode_seeking 0.3 (2026-12-04)
+SPRITE = sets('model.g_arch="sprite"', 'model.sprite_where="point"', "model.sprite_px=8", "model.image_d_width=32",
+              "model.image_d_convs=1", "model.image_words=20", "model.crop_d=1.0")   # sprite generator (2026-12-04)
 TRAIN = {  # row -> (run folder, family, settings on top of the family's preset)
+    **{f"gan-sprite-seed{s}": (f"video-gan-sprite-seed{s}-20min", "video-gan", [*QUIET, *SPRITE, "--seed", str(s)])
+       for s in (0, 1, 2)},
     **{f"gan-v3-seed{s}": (f"video-gan-v3-seed{s}-20min", "video-gan", [*QUIET, "--seed", str(s)]) for s in (0, 1, 2)},
     **{f"gan-v2-seed{s}": (f"video-gan-v2-seed{s}-20min", "video-gan", [*QUIET, *V2, "--seed", str(s)])
        for s in (0, 1, 2)},
@@ -51,6 +56,8 @@ TRAIN = {  # row -> (run folder, family, settings on top of the family's preset)
 }
 NAMES = {"real": "real clips (detector ceiling)",
          **{f"gan-v3-seed{s}": f"video GAN preset (issue 37, mode seeking 0.3), seed {s}" for s in (0, 1, 2)},
+         **{f"gan-sprite-seed{s}": f"video GAN, sprite generator drawn at one point a frame, object discriminator, "
+                                   f"seed {s}" for s in (0, 1, 2)},
          **{f"gan-v2-seed{s}": f"video GAN with mode seeking 1.0 (the preset before 0.3), seed {s}"
             for s in (0, 1, 2)},
          "gan-v2-nodiff": "video GAN with mode seeking 1.0, without the frame-difference term",

@@ -388,17 +388,36 @@ def test_splat_draws_points_bilinearly():
     assert maps[0, 0, 10, 3] == 1 and maps[0, 1, 10, 3] == maps[0, 1, 10, 4] == 0.5 and maps[0, 2, 0, 31] == 1
 
 
-@pytest.mark.parametrize("where", ["map", "point"])
+def test_object_windows_centre_each_frames_shape():
+    from aigc.data.video import make_shape_clips
+    from aigc.models.video import object_windows
+
+    clips = make_shape_clips(8, torch.Generator().manual_seed(0), 4)["video"]
+    frames = (clips.float() / 127.5 - 1).transpose(1, 2).flatten(0, 1).requires_grad_()   # (32, 3, 32, 32)
+    win = object_windows(frames, 16)
+    fore = win.amax(1) > -0.2
+    for axis in (fore.any(2), fore.any(1)):                  # the 8 px shape's box is the window's pixels 4..11
+        assert axis[:, 4:12].all() and not axis[:, :4].any() and not axis[:, 12:].any()
+    assert torch.equal(object_windows(-torch.ones(1, 3, 32, 32), 16), -torch.ones(1, 3, 16, 16))
+    win.sum().backward()                                     # every shape pixel reaches its window once
+    shape_px = (frames.amax(1, keepdim=True) > -0.2).expand_as(frames)
+    assert (frames.grad[shape_px] == 1).all() and frames.grad.max() == 1
+
+
+@pytest.mark.parametrize("where", ["map", "point", "argmax"])
 def test_sprite_generator_trains_in_the_recipe(where):
     from aigc.errors import AigcError
     from aigc.train.trainer import Optimizers
 
-    recipe, data = _tiny_video_gan("g_arch=sprite", "sprite_px=8", "image_d=1.0", f"sprite_where={where}")
+    recipe, data = _tiny_video_gan("g_arch=sprite", "sprite_px=8", "image_d=1.0", f"sprite_where={where}",
+                                   "crop_d=1.0", "crop_words=1.0")
     batch = next(iter(recipe.make_batcher(data, recipe.cfg)))
     out = recipe.train_step(batch, Optimizers(recipe.param_groups(), recipe.cfg.train, torch.device("cpu")))
-    assert all(torch.isfinite(torch.as_tensor(v)) for v in out.values())
+    assert all(torch.isfinite(torch.as_tensor(v)) for v in out.values()) and "d_crop_real" in out
     with pytest.raises(AigcError, match="sprite_px"):
         _tiny_video_gan("g_arch=sprite", "sprite_px=12")
+    with pytest.raises(AigcError, match="crop_px"):
+        _tiny_video_gan("crop_d=1.0", "crop_px=8")
 
 
 def _tiny_video_gan(*sets):

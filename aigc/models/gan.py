@@ -87,12 +87,12 @@ def word_classes(cfg, weight: float) -> int:
 
 
 def base_size(size: int) -> int:
-    """The smallest feature map of the DCGAN nets: 28 -> 7, 32 and 64 -> 4."""
+    """The smallest feature map of the DCGAN nets: 28 -> 7, 16, 32 and 64 -> 4."""
     if size == 28:
         return 7
-    if size in (32, 64):
+    if size in (16, 32, 64):
         return 4
-    raise ValueError(f"the dcgan architecture makes 28, 32 or 64 px images, not {size} px; "
+    raise ValueError(f"the dcgan architecture makes 16, 28, 32 or 64 px images, not {size} px; "
                      f"resize with --set image_size=32 (or use arch = \"mlp\")")
 
 

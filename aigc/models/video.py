@@ -44,6 +44,11 @@ The stabilised recipe (issue 37; measured in docs/video.md) adds, as the anchors
   grid, the image GAN's D read the shape word 0.42 flattened and 0.64 pooled).
 - `image_words`: the image discriminator's own caption-word classifier (the image GAN's `aux_words`), which reads
   the words off whole frames at full resolution, where the shape is (docs/video.md).
+- `crop_d`: an object discriminator on a `crop_px` window of the same frames, centred on the box of the frame's
+  bright pixels (`object_windows`, the same rule for real and generated frames): the object discriminator of
+  layout-to-image GANs (Zhao et al. 2019, Layout2Im; Sun & Wu 2019, LostGAN), which judge each object on a crop of
+  its box, with the box read off the pixels here. Aligned on its box, a shape is judged as the image GAN's D
+  judges the built-in shapes on their grid; `crop_words` gives it a word classifier too.
 The word classifiers need captions (cond = "text"); without them they are off."""
 
 from __future__ import annotations
@@ -79,7 +84,8 @@ class VideoGANConfig:
     motion_dim: int = 32         # motion: size of the per-frame motion code
     g_frame_kernel: int = 3      # motion: frames each upsampling layer mixes (odd; 1 = a 2D image generator per frame)
     sprite_px: int = 16          # sprite: side of the sprite's canvas (8, 16, 32 ...)
-    sprite_where: str = "map"     # sprite: map (3D-conv where-maps, a softmax per frame) | point (an (x, y) per frame)
+    sprite_where: str = "map"    # sprite: map (3D-conv where-maps, a softmax per frame) | point (an (x, y) per frame)
+    #                              | argmax (the where-maps' expected (x, y) per frame, drawn as a point)
     g_coords: bool = False       # coordinate channels at G's upsampling layers
     g_cbn: bool = False          # G's BatchNorm gains and biases made from z and the caption (conditional BN)
     image_d: float = 0.0         # weight of the per-frame image discriminator (0 = no such network)
@@ -87,6 +93,9 @@ class VideoGANConfig:
     image_d_width: int = 0       # channels of the image discriminator's first layer (0 = d_width)
     image_d_convs: int = 0       # extra 3x3 convolutions per resolution in the image discriminator (the image GAN's)
     image_d_pool: bool = False   # the image discriminator reads its features summed over space (the GAN's d_pool)
+    crop_d: float = 0.0          # weight of the object discriminator on windows centred on frames' shapes (0 = off)
+    crop_px: int = 16            # side of those windows (16 or 32)
+    crop_words: float = 0.0      # weight of the object discriminator's caption-word classifier (0 = off)
     mode_seeking: float = 0.0    # weight of the mode-seeking term in G's loss (Mao et al. 2019; 0 = off)
     mode_seeking_pool: int = 1   # the term's distance on frames average-pooled by this factor (1 = pixels)
     aux_words: float = 0.0       # weight of the clip discriminator's caption-word classifier (AC-GAN; 0 = off)
@@ -211,7 +220,9 @@ class SpriteVideoGenerator(nn.Module):
     two streams of VGAN (Vondrick et al. 2016: a moving foreground with a mask over a static background) with
     the foreground's appearance fixed over the clip and its motion made a translation. `sprite_where = "point"`
     replaces the where-maps by one (x, y) per frame from the content and motion codes (no convolutions), drawn
-    bilinearly (`splat`): a map that is one point by construction."""
+    bilinearly (`splat`): a map that is one point by construction. `sprite_where = "argmax"` keeps the 3D-conv
+    where-maps and draws each frame's sprite at its map's expected position (the spatial soft-argmax of Finn et al.
+    2016, "Deep spatial autoencoders"), a point again, made by 3D convolutions."""
 
     SHARPNESS = 12.0          # the where-logits are SHARPNESS * tanh(.): a peak up to e^24 over any other pixel
 
@@ -246,6 +257,11 @@ class SpriteVideoGenerator(nn.Module):
         else:
             logits = self.where(z, y)[:, 0] * self.SHARPNESS                 # (B, T, H, W)
             maps = logits.flatten(2).softmax(-1).view(b, t, h, w)
+            if self.cfg.sprite_where == "argmax":                          # the maps' mean (x, y), drawn as a point
+                xs, ys = torch.arange(w, dtype=maps.dtype, device=maps.device), torch.arange(h, dtype=maps.dtype,
+                                                                                            device=maps.device)
+                xy = torch.stack([(maps.sum(2) * xs).sum(-1), (maps.sum(3) * ys).sum(-1)], -1)
+                maps = splat(xy, h, w)
         return place(maps, self.sprite(zc)) * 2 - 1
 
 
@@ -337,11 +353,33 @@ def some_frames(x: torch.Tensor, k: int, generator=None) -> torch.Tensor:
     return x.transpose(1, 2)[torch.arange(b, device=x.device)[:, None], pick].reshape(b * k, c, h, w)
 
 
+def object_windows(frames: torch.Tensor, side: int, threshold: float = -0.2) -> torch.Tensor:
+    """frames (N, C, H, W) in [-1, 1] -> (N, C, side, side): the window centred on the bounding box of the pixels
+    whose brightest channel exceeds `threshold` (-0.2: the detector's 100 of 255), padded with -1 (black) at the
+    frame's edges; on the frame's centre where no pixel does. The window's place is read without gradient; its
+    pixels carry it."""
+    n, c, h, w = frames.shape
+    with torch.no_grad():
+        fore = frames.amax(1) > threshold
+        centre = []
+        for axis, size in ((fore.any(2), h), (fore.any(1), w)):               # rows, then columns
+            idx = torch.arange(size, device=frames.device)
+            lo = torch.where(axis, idx, size).min(1).values
+            hi = torch.where(axis, idx, -1).max(1).values
+            centre.append(torch.where(axis.any(1), torch.div(lo + hi + 1, 2, rounding_mode="floor"), size // 2))
+    half = side // 2
+    padded = F.pad(frames, (half, half, half, half), value=-1.0)
+    ar = torch.arange(side, device=frames.device)
+    rows, cols = centre[0][:, None] + ar, centre[1][:, None] + ar                 # padded coordinates of the window
+    return padded[torch.arange(n, device=frames.device)[:, None, None, None], torch.arange(c, device=frames.device)
+                  [None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+
+
 class VideoDiscriminator(nn.Module):
     """The clip discriminator and, by the config, the frame-difference discriminator and the per-frame
-    image discriminator. forward -> {"clip": logits (B,), "diff": (B,)?, "image": (B * image_frames,)?,
-    "words": the clip discriminator's word logits (B, vocabulary)?, "image_words": the image discriminator's
-    (B * image_frames, vocabulary)?}."""
+    image and object discriminators. forward -> {"clip": logits (B,), "diff": (B,)?, "image": (B * image_frames,)?,
+    "crop": (B * image_frames,)?, "words": the clip discriminator's word logits (B, vocabulary)?, "image_words",
+    "crop_words": the image and object discriminators' (B * image_frames, vocabulary)?}."""
 
     def __init__(self, cfg: VideoGANConfig, shape: tuple[int, int, int, int]):
         super().__init__()
@@ -352,6 +390,8 @@ class VideoDiscriminator(nn.Module):
         self.diff = ClipDiscriminator(cfg, (c, t - 1, h, w)) if cfg.frame_diff > 0 and cfg.frame_diff_mode == "d" \
             else None
         self.image = image_discriminator(cfg, (c, h, w)) if cfg.image_d > 0 else None
+        self.crop = image_discriminator(replace(cfg, image_d_pool=False, image_words=cfg.crop_words),
+                                        (c, cfg.crop_px, cfg.crop_px)) if cfg.crop_d > 0 else None
 
     def forward(self, x: torch.Tensor, y=None) -> dict[str, torch.Tensor]:
         out = {"clip": self.clip(x, y)}
@@ -359,9 +399,12 @@ class VideoDiscriminator(nn.Module):
             out["clip"], out["words"] = out["clip"]
         if self.diff is not None:
             out["diff"] = self.diff(frame_differences(x), y)
-        if self.image is not None:
+        if self.image is not None or self.crop is not None:
             k = min(self.cfg.image_frames, x.shape[2])
-            out["image"] = self.image(some_frames(x, k), None if y is None else y.repeat_interleave(k, 0))
-            if isinstance(out["image"], tuple):
-                out["image"], out["image_words"] = out["image"]
+            frames, yk = some_frames(x, k), None if y is None else y.repeat_interleave(k, 0)
+            for name, net in (("image", self.image), ("crop", self.crop)):
+                if net is not None:
+                    out[name] = net(frames if name == "image" else object_windows(frames, self.cfg.crop_px), yk)
+                    if isinstance(out[name], tuple):
+                        out[name], out[f"{name}_words"] = out[name]
         return out

@@ -79,7 +79,7 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
         self.shape = self.video_shape(cfg)
         self._pair(cfg, video_generator(m, self.shape), VideoDiscriminator(m, self.shape))
         self.vocab = caption_vocab(m) if m.cond == "text" else None
-        self.heads = {"clip": 1.0, "diff": m.frame_diff, "image": m.image_d}
+        self.heads = {"clip": 1.0, "diff": m.frame_diff, "image": m.image_d, "crop": m.crop_d}
         self._diversity, self._low = None, 0
 
     @staticmethod
@@ -87,7 +87,7 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
         m = cfg.model
         check_choice("model.loss", m.loss, LOSSES)
         check_choice("model.g_arch", m.g_arch, ("tgan", "motion", "sprite"))
-        check_choice("model.sprite_where", m.sprite_where, ("map", "point"))
+        check_choice("model.sprite_where", m.sprite_where, ("map", "point", "argmax"))
         check_choice("model.frame_diff_mode", m.frame_diff_mode, ("d", "moments"))
         _check_cond(m.cond)
         if min(m.z_dim, m.g_width, m.d_width, m.cond_dim, m.r1_every, m.d_steps, m.motion_dim, m.image_frames,
@@ -100,13 +100,17 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
             except ValueError:
                 raise AigcError(f"model.sprite_px is the side of the sprite's canvas: 8, 16, 32 ..., not "
                                 f"{m.sprite_px}") from None
+        if m.crop_px not in (16, 32):
+            raise AigcError(f"model.crop_px is the side of the object discriminator's window: 16 or 32, not "
+                            f"{m.crop_px}")
         if m.g_frame_kernel < 1 or m.g_frame_kernel % 2 == 0:
             raise AigcError(f"model.g_frame_kernel is the frames each upsampling layer of G mixes: an odd number >= 1 "
                             f"(3 as in the material, 1 for one frame at a time), not {m.g_frame_kernel}")
-        if min(m.r1, m.frame_diff, m.lr_g, m.lr_d, m.image_d, m.image_d_width, m.image_d_convs, m.mode_seeking,
-               m.collapse_every, m.aux_words, m.image_words) < 0:
-            raise AigcError("model.r1, frame_diff, lr_g, lr_d, image_d, image_d_width (0 = d_width), image_d_convs, "
-                            "mode_seeking, collapse_every, aux_words and image_words must be >= 0")
+        if min(m.r1, m.frame_diff, m.lr_g, m.lr_d, m.image_d, m.crop_d, m.image_d_width, m.image_d_convs,
+               m.mode_seeking, m.collapse_every, m.aux_words, m.image_words, m.crop_words) < 0:
+            raise AigcError("model.r1, frame_diff, lr_g, lr_d, image_d, crop_d, image_d_width (0 = d_width), "
+                            "image_d_convs, mode_seeking, collapse_every, aux_words, image_words and crop_words "
+                            "must be >= 0")
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
@@ -128,16 +132,17 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
 
     def _words(self, logits: dict, y, named: bool = True) -> torch.Tensor:
         """The caption-word classifiers' losses: aux_words x the clip discriminator's, image_words x the image
-        discriminator's (each frame against its clip's caption); named = False: against no word (generated
-        clips with `words_fake`). See recipes/gan.word_loss."""
+        discriminator's and crop_words x the object discriminator's (each frame against its clip's caption);
+        named = False: against no word (generated clips with `words_fake`). See recipes/gan.word_loss."""
         m, loss = self.cfg.model, torch.zeros(())
         if y is None:
             return loss
         if "words" in logits:
             loss = loss + m.aux_words * word_loss(logits["words"], y, named)
-        if "image_words" in logits:
-            k = len(logits["image_words"]) // len(y)
-            loss = loss + m.image_words * word_loss(logits["image_words"], y.repeat_interleave(k, 0), named)
+        for key, weight in (("image_words", m.image_words), ("crop_words", m.crop_words)):
+            if key in logits:
+                k = len(logits[key]) // len(y)
+                loss = loss + weight * word_loss(logits[key], y.repeat_interleave(k, 0), named)
         return loss
 
     def generator_loss(self, fake: dict, y=None) -> torch.Tensor:
@@ -170,7 +175,7 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
             out = self.d_stats(loss, r["clip"], f["clip"])
             if pen is not None:
                 out["r1"] = pen.detach()
-            for h in ("diff", "image"):
+            for h in ("diff", "image", "crop"):
                 if h in r:
                     out[f"d_{h}_real"] = torch.sigmoid(r[h].detach()).mean()
                     out[f"d_{h}_fake"] = torch.sigmoid(f[h].detach()).mean()
