@@ -404,6 +404,19 @@ def test_object_windows_centre_each_frames_shape():
     assert (frames.grad[shape_px] == 1).all() and frames.grad.max() == 1
 
 
+def test_point_sprite_stays_inside_the_frame():
+    from aigc.models.video import SpriteVideoGenerator, VideoGANConfig
+
+    cfg = VideoGANConfig(g_arch="sprite", sprite_where="point", sprite_px=8, cond="none", g_width=8, z_dim=8)
+    g = SpriteVideoGenerator(cfg, (3, 4, 32, 32)).eval()
+    with torch.no_grad():
+        g.point.weight.zero_()
+        for corner in ([-50.0, -50.0], [50.0, 50.0], [-50.0, 50.0]):     # points pushed to the frame's corners
+            g.point.bias.copy_(torch.tensor(corner))
+            lit = (g(torch.randn(2, 8)) > -1 + 1e-4).sum((1, 3, 4))        # sprite pixels in each frame
+            assert (lit == 3 * 8 * 8).all()                               # the whole 8 x 8 sprite, never cut
+
+
 @pytest.mark.parametrize("where", ["map", "point", "argmax"])
 def test_sprite_generator_trains_in_the_recipe(where):
     from aigc.errors import AigcError

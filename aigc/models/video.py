@@ -214,15 +214,16 @@ class SpriteVideoGenerator(nn.Module):
     """g_arch "sprite": what and where drawn apart. The sprite (what: the caption's shape in its color) is one
     small image per clip, made from z and the caption by 2D transposed convolutions at a fixed place in its own
     `sprite_px` canvas, so its edges never have to fall between G's coarse cells; the where-maps come from the
-    motion generator above (3D transposed convolutions, content and per-frame motion codes, MoCoGAN), one
-    channel per frame made into a distribution over the frame's pixels by a softmax. Each frame is the sprite
-    convolved with its map: a peaked map puts the same crisp sprite at one pixel in every frame. This is the
-    two streams of VGAN (Vondrick et al. 2016: a moving foreground with a mask over a static background) with
-    the foreground's appearance fixed over the clip and its motion made a translation. `sprite_where = "point"`
-    replaces the where-maps by one (x, y) per frame from the content and motion codes (no convolutions), drawn
-    bilinearly (`splat`): a map that is one point by construction. `sprite_where = "argmax"` keeps the 3D-conv
-    where-maps and draws each frame's sprite at its map's expected position (the spatial soft-argmax of Finn et al.
-    2016, "Deep spatial autoencoders"), a point again, made by 3D convolutions."""
+    motion generator above (3D transposed convolutions, content and per-frame motion codes, MoCoGAN), one channel
+    per frame made into a distribution over the frame's pixels by a softmax. Each frame is the sprite convolved
+    with its map: a peaked map puts the same crisp sprite at one pixel in every frame. This is the two streams of
+    VGAN (Vondrick et al. 2016: a moving foreground with a mask over a static background) with the foreground's
+    appearance fixed over the clip and its motion made a translation. `sprite_where = "point"` replaces the where-
+    maps by one (x, y) per frame from the content and motion codes (no convolutions), drawn bilinearly (`splat`): a
+    map that is one point by construction, and kept where the whole canvas is inside the frame (a shape half out of
+    the frame is what G drew to escape the object discriminator, docs/video.md). `sprite_where = "argmax"` keeps
+    the 3D-conv where-maps and draws each frame's sprite at its map's expected position (the spatial soft-argmax of
+    Finn et al. 2016, "Deep spatial autoencoders"), a point again, made by 3D convolutions."""
 
     SHARPNESS = 12.0          # the where-logits are SHARPNESS * tanh(.): a peak up to e^24 over any other pixel
 
@@ -251,8 +252,10 @@ class SpriteVideoGenerator(nn.Module):
         """z (B, z_dim), y word ids (B, L) -> clips (B, C, T, H, W) in [-1, 1]."""
         b, (_, t, h, w) = len(z), self.shape
         zc = torch.cat([z, self.text(y)], 1) if self.text is not None else z
-        if self.cfg.sprite_where == "point":               # (x, y) in pixels per frame, drawn bilinearly
-            xy = torch.sigmoid(self.point(motion_codes(self.h0, self.gru, zc, t))) * z.new_tensor([w - 1, h - 1])
+        if self.cfg.sprite_where == "point":     # (x, y) per frame, the sprite's canvas inside the frame, bilinearly
+            o = self.px // 2 - 1                 # the canvas pixel `place` puts on the point
+            xy = torch.sigmoid(self.point(motion_codes(self.h0, self.gru, zc, t))) * z.new_tensor(
+                [w - self.px, h - self.px]) + o
             maps = splat(xy, h, w)
         else:
             logits = self.where(z, y)[:, 0] * self.SHARPNESS                 # (B, T, H, W)
