@@ -253,17 +253,15 @@ class SpriteVideoGenerator(nn.Module):
         b, (_, t, h, w) = len(z), self.shape
         zc = torch.cat([z, self.text(y)], 1) if self.text is not None else z
         if self.cfg.sprite_where == "point":     # (x, y) per frame, the sprite's canvas inside the frame, bilinearly
-            o = self.px // 2 - 1                 # the canvas pixel `place` puts on the point
             xy = torch.sigmoid(self.point(motion_codes(self.h0, self.gru, zc, t))) * z.new_tensor(
-                [w - self.px, h - self.px]) + o
+                [w - self.px, h - self.px]) + sprite_anchor(self.px)
             maps = splat(xy, h, w)
         else:
             logits = self.where(z, y)[:, 0] * self.SHARPNESS                 # (B, T, H, W)
             maps = logits.flatten(2).softmax(-1).view(b, t, h, w)
             if self.cfg.sprite_where == "argmax":                          # the maps' mean (x, y), drawn as a point
-                xs, ys = torch.arange(w, dtype=maps.dtype, device=maps.device), torch.arange(h, dtype=maps.dtype,
-                                                                                            device=maps.device)
-                xy = torch.stack([(maps.sum(2) * xs).sum(-1), (maps.sum(3) * ys).sum(-1)], -1)
+                at = lambda n: torch.arange(n, dtype=maps.dtype, device=maps.device)     # noqa: E731
+                xy = torch.stack([(maps.sum(2) * at(w)).sum(-1), (maps.sum(3) * at(h)).sum(-1)], -1)
                 maps = splat(xy, h, w)
         return place(maps, self.sprite(zc)) * 2 - 1
 
@@ -280,6 +278,11 @@ def splat(xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return axes[0][..., :, None] * axes[1][..., None, :]
 
 
+def sprite_anchor(k: int) -> int:
+    """The pixel of a k x k sprite that `place` puts on a map's point (k/2 - 1, along each axis)."""
+    return k // 2 - 1
+
+
 def place(maps: torch.Tensor, sprite: torch.Tensor) -> torch.Tensor:
     """maps (B, T, H, W), sprites (B, C, k, k) -> (B, C, T, H, W): every frame's map convolved with its clip's
     sprite (sprite pixel (k/2 - 1, k/2 - 1) lands on a map's pixel), by FFT: for 32 clips of 16 frames and 16 px
@@ -287,7 +290,7 @@ def place(maps: torch.Tensor, sprite: torch.Tensor) -> torch.Tensor:
     n >= H + k/2 keeps the circular convolution's wrap-around out of the frame."""
     h, w = maps.shape[-2:]
     k = sprite.shape[-1]
-    o, n = k // 2 - 1, (max(h, w) + k // 2 + 1)
+    o, n = sprite_anchor(k), (max(h, w) + k // 2 + 1)
     spec = torch.fft.rfft2(maps, s=(n, n))[:, None] * torch.fft.rfft2(sprite, s=(n, n))[:, :, None]
     return torch.fft.irfft2(spec, s=(n, n))[..., o:o + h, o:o + w]
 
