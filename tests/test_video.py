@@ -417,7 +417,54 @@ def test_point_sprite_stays_inside_the_frame():
             assert (lit == 3 * 8 * 8).all()                               # the whole 8 x 8 sprite, never cut
 
 
-@pytest.mark.parametrize("where", ["map", "point", "argmax"])
+def test_reflect_folds_a_line_into_the_frame_as_a_bounce():
+    from aigc.data.video import bounce
+    from aigc.models.video import reflect
+
+    u = torch.linspace(-30, 60, 181, requires_grad=True)
+    out = reflect(u, torch.tensor(24.0))
+    assert out.min() >= 0 and out.max() <= 24
+    assert torch.allclose(out, bounce(torch.zeros(1), torch.ones(1), u.detach(), 0, 24)[0])   # the data's bounce
+    out.sum().backward()
+    assert (u.grad.abs() == 1).all()                                      # never saturates
+
+
+def test_line_sprite_moves_at_its_velocity_and_bounces():
+    from aigc.models.video import SpriteVideoGenerator, VideoGANConfig
+
+    cfg = VideoGANConfig(g_arch="sprite", sprite_where="line", sprite_px=8, cond="none", g_width=8, z_dim=8)
+    g = SpriteVideoGenerator(cfg, (3, 16, 32, 32)).eval()
+    last = g.line[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.0, 0.0, 1.0, 0.0]))                # start at the middle, 1 px right a frame
+        lit = (g(torch.randn(1, 8))[0].amax(0) > -1 + 1e-4).float()        # (T, H, W)
+    cols = [torch.nonzero(f.amax(0)).flatten() for f in lit]
+    left = torch.tensor([int(c.min()) for c in cols])
+    assert all(len(c) == 8 for c in cols)                                 # a whole 8 px sprite in every frame
+    assert left.tolist() == [12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 23, 22, 21]   # bounces at 24
+
+
+def test_subpixel_shift_moves_each_clip_under_a_pixel_in_training_only():
+    from aigc.models.video import VideoDiscriminator, VideoGANConfig, subpixel_shift
+
+    x = -torch.ones(8, 3, 4, 16, 16)
+    x[..., 5:9, 6:10] = 1
+    out = subpixel_shift(x)
+    assert torch.allclose((out + 1).sum((1, 2, 3, 4)), (x + 1).sum((1, 2, 3, 4)))   # no light lost or made
+    assert torch.equal(out[:, :, :1].expand_as(out), out)                           # one shift for all frames
+    assert not torch.equal(out[0], out[1]) and out[..., :5, :].max() == -1          # per clip, right and down
+    cfg = VideoGANConfig(d_subpixel=True, cond="none", d_width=4, spectral_norm=False)
+    d = VideoDiscriminator(cfg, (3, 4, 16, 16))
+    torch.manual_seed(0)
+    a = d(x)["clip"]
+    torch.manual_seed(1)
+    assert not torch.equal(a, d(x)["clip"])
+    d.eval()
+    assert torch.equal(d(x)["clip"], d(x)["clip"])
+
+
+@pytest.mark.parametrize("where", ["map", "point", "line", "argmax"])
 def test_sprite_generator_trains_in_the_recipe(where):
     from aigc.errors import AigcError
     from aigc.train.trainer import Optimizers
@@ -431,6 +478,23 @@ def test_sprite_generator_trains_in_the_recipe(where):
         _tiny_video_gan("g_arch=sprite", "sprite_px=12")
     with pytest.raises(AigcError, match="crop_px"):
         _tiny_video_gan("crop_d=1.0", "crop_px=8")
+
+
+def test_mismatch_shows_d_real_clips_with_another_clips_caption_as_fake():
+    """mismatch > 0: the matching-aware discriminator (Reed et al. 2016) also sees the real clips with the batch's
+    captions rolled by one, and learns to read them as fake."""
+    from aigc.train.trainer import Optimizers
+
+    recipe, data = _tiny_video_gan("mismatch=1.0")
+    batch = next(iter(recipe.make_batcher(data, recipe.cfg)))
+    seen, forward = [], recipe.D.forward
+    recipe.D.forward = lambda x, y=None: seen.append((x, y)) or forward(x, y)
+    recipe.train_step(batch, Optimizers(recipe.param_groups(), recipe.cfg.train, torch.device("cpu")))
+    x, y = batch["video"] * 2 - 1, recipe._y(batch["caption"])
+    wrong = [c for c in seen if torch.equal(c[0], x) and torch.equal(c[1], y.roll(1, 0))]
+    assert len(seen) == 4 and len(wrong) == 1                    # real, fake, real with wrong captions; G's step
+    wrong_logits = recipe.D(x, y.roll(1, 0))
+    assert recipe.mismatch_loss(wrong_logits) > 0
 
 
 def _tiny_video_gan(*sets):

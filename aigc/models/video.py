@@ -49,6 +49,13 @@ The stabilised recipe (issue 37; measured in docs/video.md) adds, as the anchors
   layout-to-image GANs (Zhao et al. 2019, Layout2Im; Sun & Wu 2019, LostGAN), which judge each object on a crop of
   its box, with the box read off the pixels here. Aligned on its box, a shape is judged as the image GAN's D
   judges the built-in shapes on their grid; `crop_words` gives it a word classifier too.
+- `d_subpixel`: every clip, real or generated, is moved by a random fraction of a pixel before the
+  discriminators (`subpixel_shift`, DiffAugment's translation, Zhao et al. 2020, kept under a pixel). The real
+  shapes sit on whole pixels and a sprite drawn between pixels is blurred, so without it sharpness tells real from
+  generated and the discriminators hold the sprite on whole pixels, which a speed under 1 px a frame cannot keep.
+- `mismatch`: the matching-aware discriminator (GAN-CLS, Reed et al. 2016): D also sees real clips with another
+  clip's caption (the batch's captions rolled by one) and learns to read them as fake, so a clip that moves the
+  wrong way for its caption is fake to D even when it looks real (recipes/gan.py; the image GAN has it too).
 The word classifiers need captions (cond = "text"); without them they are off."""
 
 from __future__ import annotations
@@ -85,7 +92,7 @@ class VideoGANConfig:
     g_frame_kernel: int = 3      # motion: frames each upsampling layer mixes (odd; 1 = a 2D image generator per frame)
     sprite_px: int = 16          # sprite: side of the sprite's canvas (8, 16, 32 ...)
     sprite_where: str = "map"    # sprite: map (3D-conv where-maps, a softmax per frame) | point (an (x, y) per frame)
-    #                              | argmax (the where-maps' expected (x, y) per frame, drawn as a point)
+    #                              | line (a start and a velocity per clip) | argmax (the where-maps' mean (x, y))
     g_coords: bool = False       # coordinate channels at G's upsampling layers
     g_cbn: bool = False          # G's BatchNorm gains and biases made from z and the caption (conditional BN)
     image_d: float = 0.0         # weight of the per-frame image discriminator (0 = no such network)
@@ -96,8 +103,10 @@ class VideoGANConfig:
     crop_d: float = 0.0          # weight of the object discriminator on windows centred on frames' shapes (0 = off)
     crop_px: int = 16            # side of those windows (16 or 32)
     crop_words: float = 0.0      # weight of the object discriminator's caption-word classifier (0 = off)
+    d_subpixel: bool = False     # every clip moved by a random fraction of a pixel before the discriminators
     mode_seeking: float = 0.0    # weight of the mode-seeking term in G's loss (Mao et al. 2019; 0 = off)
     mode_seeking_pool: int = 1   # the term's distance on frames average-pooled by this factor (1 = pixels)
+    mismatch: float = 0.0        # weight of D's loss on real inputs shown with another's condition (0 = off)
     aux_words: float = 0.0       # weight of the clip discriminator's caption-word classifier (AC-GAN; 0 = off)
     image_words: float = 0.0     # weight of the image discriminator's caption-word classifier (0 = off)
     words_fake: bool = False     # the word classifiers also learn that generated clips and frames show no word
@@ -223,7 +232,10 @@ class SpriteVideoGenerator(nn.Module):
     map that is one point by construction, and kept where the whole canvas is inside the frame (a shape half out of
     the frame is what G drew to escape the object discriminator, docs/video.md). `sprite_where = "argmax"` keeps
     the 3D-conv where-maps and draws each frame's sprite at its map's expected position (the spatial soft-argmax of
-    Finn et al. 2016, "Deep spatial autoencoders"), a point again, made by 3D convolutions."""
+    Finn et al. 2016, "Deep spatial autoencoders"), a point again, made by 3D convolutions. `sprite_where =
+    "line"` makes a start and a velocity per clip from the content code: the point moves in a straight line at
+    constant speed, as the moving-shapes do. `point` and `line` fold their points into the frame by reflection
+    (`reflect`: a point that runs past an edge comes back, as the data's shapes bounce)."""
 
     SHARPNESS = 12.0          # the where-logits are SHARPNESS * tanh(.): a peak up to e^24 over any other pixel
 
@@ -237,6 +249,8 @@ class SpriteVideoGenerator(nn.Module):
         if cfg.sprite_where == "point":
             self.h0, self.gru = nn.Linear(zin, cfg.motion_dim), nn.GRUCell(cfg.motion_dim, cfg.motion_dim)
             self.point = nn.Linear(zin + cfg.motion_dim, 2)
+        elif cfg.sprite_where == "line":
+            self.line = nn.Sequential(nn.Linear(zin, cfg.motion_dim), nn.ReLU(True), nn.Linear(cfg.motion_dim, 4))
         else:
             self.where = VideoGenerator(replace(cfg, g_arch="motion"), (1, t, h, w))
         chans = [cfg.g_width * 2 ** (n - 1 - i) for i in range(n)]
@@ -253,8 +267,15 @@ class SpriteVideoGenerator(nn.Module):
         b, (_, t, h, w) = len(z), self.shape
         zc = torch.cat([z, self.text(y)], 1) if self.text is not None else z
         if self.cfg.sprite_where == "point":     # (x, y) per frame, the sprite's canvas inside the frame, bilinearly
-            xy = torch.sigmoid(self.point(motion_codes(self.h0, self.gru, zc, t))) * z.new_tensor(
-                [w - self.px, h - self.px]) + sprite_anchor(self.px)
+            span = z.new_tensor([w - self.px, h - self.px])
+            xy = reflect(span * (0.5 + self.point(motion_codes(self.h0, self.gru, zc, t))), span) + sprite_anchor(
+                self.px)
+            maps = splat(xy, h, w)
+        elif self.cfg.sprite_where == "line":     # a start and a velocity per clip, reflected at the frame's edges
+            span = z.new_tensor([w - self.px, h - self.px])
+            p0, v = self.line(zc).view(b, 1, 2, 2).unbind(2)
+            steps = torch.arange(t, dtype=z.dtype, device=z.device)[None, :, None]
+            xy = reflect(span * (0.5 + p0) + v * steps, span) + sprite_anchor(self.px)
             maps = splat(xy, h, w)
         else:
             logits = self.where(z, y)[:, 0] * self.SHARPNESS                 # (B, T, H, W)
@@ -264,6 +285,13 @@ class SpriteVideoGenerator(nn.Module):
                 xy = torch.stack([(maps.sum(2) * at(w)).sum(-1), (maps.sum(3) * at(h)).sum(-1)], -1)
                 maps = splat(xy, h, w)
         return place(maps, self.sprite(zc)) * 2 - 1
+
+
+def reflect(u: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+    """u folded into [0, span] by reflection at both ends (a triangle wave of slope +-1): a point that runs past
+    an edge comes back as a bouncing ball does, and its gradient never vanishes as a sigmoid's does at the edges."""
+    q = torch.remainder(u, 2 * span)
+    return torch.where(q <= span, q, 2 * span - q)
 
 
 def splat(xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -381,6 +409,20 @@ def object_windows(frames: torch.Tensor, side: int, threshold: float = -0.2) -> 
                   [None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def subpixel_shift(x: torch.Tensor) -> torch.Tensor:
+    """Clips (B, C, T, H, W) in [-1, 1], each moved right and down by its own random (dx, dy) in [0, 1) px, the
+    same for all its frames, by bilinear interpolation over a black (-1) border: DiffAugment's translation
+    (Zhao et al. 2020) kept under a pixel. A shape on whole pixels comes out as blurred as one drawn between
+    them, so sharpness no longer tells the discriminators real from generated; the motion is kept."""
+    b = len(x)
+    f = torch.rand(2, b, 1, 1, 1, 1, device=x.device, dtype=x.dtype)
+    a = x + 1                                                             # black = 0, so zero padding is black
+    right = F.pad(a, (1, 0))[..., :-1]
+    a = (1 - f[0]) * a + f[0] * right
+    down = F.pad(a, (0, 0, 1, 0))[..., :-1, :]
+    return (1 - f[1]) * a + f[1] * down - 1
+
+
 class VideoDiscriminator(nn.Module):
     """The clip discriminator and, by the config, the frame-difference discriminator and the per-frame
     image and object discriminators. forward -> {"clip": logits (B,), "diff": (B,)?, "image": (B * image_frames,)?,
@@ -400,6 +442,8 @@ class VideoDiscriminator(nn.Module):
                                         (c, cfg.crop_px, cfg.crop_px)) if cfg.crop_d > 0 else None
 
     def forward(self, x: torch.Tensor, y=None) -> dict[str, torch.Tensor]:
+        if self.cfg.d_subpixel and self.training:
+            x = subpixel_shift(x)
         out = {"clip": self.clip(x, y)}
         if isinstance(out["clip"], tuple):
             out["clip"], out["words"] = out["clip"]

@@ -38,9 +38,12 @@ WIN_STEPS = 500                  # consecutive steps of D(x) > 0.99 and D(G(z)) 
 
 def d_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """Discriminator loss on logits (mean over the batch)."""
-    if kind == "hinge":
-        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-    return F.softplus(-real).mean() + F.softplus(fake).mean()
+    return (F.relu(1 - real).mean() if kind == "hinge" else F.softplus(-real).mean()) + d_fake_loss(kind, fake)
+
+
+def d_fake_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
+    """The part of the discriminator loss on logits it should read as fake."""
+    return F.relu(1 + fake).mean() if kind == "hinge" else F.softplus(fake).mean()
 
 
 def g_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
@@ -125,6 +128,10 @@ class Adversarial:
         """What the R1 penalty differentiates with respect to the real inputs."""
         return split_words(real)[0]
 
+    def mismatch_loss(self, wrong) -> torch.Tensor:
+        """D's loss on its outputs for real inputs shown with another input's condition: read them as fake."""
+        return d_fake_loss(self.cfg.model.loss, split_words(wrong)[0])
+
     def d_update(self, x: torch.Tensor, fake: torch.Tensor, y, opt):
         """One discriminator update on real inputs x against generated ones (no grad to G), with the lazy
         R1 penalty when due. Returns (loss, R1 penalty or None, D's logits on x, on fake)."""
@@ -133,6 +140,8 @@ class Adversarial:
         real_in = x.detach().requires_grad_(use_r1)
         r, f = self.D(real_in, y), self.D(fake, y)
         loss = self.discriminator_loss(r, f, y)
+        if m.mismatch > 0 and y is not None and len(x) > 1:     # the matching-aware D (Reed et al. 2016)
+            loss = loss + m.mismatch * self.mismatch_loss(self.D(x.detach(), y.roll(1, 0)))
         pen = None
         if use_r1:
             pen = r1_penalty(self.r1_logits(r), real_in)
@@ -203,8 +212,8 @@ class GANRecipe(Adversarial, ImageRecipe):
                             "positive")
         if m.r1 < 0 or m.r1_every < 1 or m.d_steps < 1 or m.lr_g < 0 or m.lr_d < 0:
             raise AigcError("model.r1 and lr_g/lr_d must be >= 0, r1_every and d_steps >= 1")
-        if min(m.g_convs, m.d_convs, m.mode_seeking, m.aux_words) < 0:
-            raise AigcError("model.g_convs, d_convs, mode_seeking and aux_words must be >= 0")
+        if min(m.g_convs, m.d_convs, m.mode_seeking, m.aux_words, m.mismatch) < 0:
+            raise AigcError("model.g_convs, d_convs, mode_seeking, aux_words and mismatch must be >= 0")
         if m.d_pool and m.arch != "dcgan":
             raise AigcError("model.d_pool sums the dcgan discriminator's feature map; the mlp one has none")
 

@@ -34,7 +34,7 @@ from aigc.recipes.diffusion import (
     check_diffusion_config,
     check_unet_size,
 )
-from aigc.recipes.gan import LOSSES, Adversarial, d_loss, g_loss, word_loss
+from aigc.recipes.gan import LOSSES, Adversarial, d_fake_loss, d_loss, g_loss, word_loss
 from aigc.train.dist import draw_rows
 
 SAMPLE_CLIPS = 16                        # clips in the training-time sample GIF
@@ -87,7 +87,7 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
         m = cfg.model
         check_choice("model.loss", m.loss, LOSSES)
         check_choice("model.g_arch", m.g_arch, ("tgan", "motion", "sprite"))
-        check_choice("model.sprite_where", m.sprite_where, ("map", "point", "argmax"))
+        check_choice("model.sprite_where", m.sprite_where, ("map", "point", "line", "argmax"))
         check_choice("model.frame_diff_mode", m.frame_diff_mode, ("d", "moments"))
         _check_cond(m.cond)
         if min(m.z_dim, m.g_width, m.d_width, m.cond_dim, m.r1_every, m.d_steps, m.motion_dim, m.image_frames,
@@ -107,10 +107,10 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
             raise AigcError(f"model.g_frame_kernel is the frames each upsampling layer of G mixes: an odd number >= 1 "
                             f"(3 as in the material, 1 for one frame at a time), not {m.g_frame_kernel}")
         if min(m.r1, m.frame_diff, m.lr_g, m.lr_d, m.image_d, m.crop_d, m.image_d_width, m.image_d_convs,
-               m.mode_seeking, m.collapse_every, m.aux_words, m.image_words, m.crop_words) < 0:
+               m.mode_seeking, m.collapse_every, m.aux_words, m.image_words, m.crop_words, m.mismatch) < 0:
             raise AigcError("model.r1, frame_diff, lr_g, lr_d, image_d, crop_d, image_d_width (0 = d_width), "
-                            "image_d_convs, mode_seeking, collapse_every, aux_words, image_words and crop_words "
-                            "must be >= 0")
+                            "image_d_convs, mode_seeking, collapse_every, aux_words, image_words, crop_words and "
+                            "mismatch must be >= 0")
 
     @staticmethod
     def load_data(cfg, run_dir: Path | None = None):
@@ -154,6 +154,9 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
 
     def r1_logits(self, real: dict) -> torch.Tensor:
         return self._total(lambda a: a, real)
+
+    def mismatch_loss(self, wrong: dict) -> torch.Tensor:
+        return self._total(lambda a: d_fake_loss(self.cfg.model.loss, a), wrong)
 
     # ---------------------------------------------------------------- trainer hooks
     def _y(self, captions):
