@@ -41,9 +41,10 @@ def sets(*values: str) -> list[str]:
 
 
 V2 = sets("model.mode_seeking=1.0")      # the video-gan preset before it took mode_seeking 0.3 (2026-12-04)
-SPRITE = sets('model.g_arch="sprite"', 'model.sprite_where="point"', "model.sprite_px=8", "model.image_d_width=32",
-              "model.image_d_convs=1", "model.image_words=20", "model.crop_d=1.0",
-              "model.crop_words=20")     # the sprite generator and object discriminator of screen z (2026-12-04)
+SPRITE = sets('model.g_arch="sprite"', 'model.sprite_where="line"', "model.sprite_px=8", "model.image_d_width=32",
+              "model.image_d_convs=1", "model.image_words=20", "model.crop_d=1.0", "model.crop_words=20",
+              "model.d_subpixel=true", "model.mismatch=1.0",
+              "model.aux_words=20")     # the line sprite generator and its discriminators of screen r6 (2026-12-04)
 TRAIN = {  # row -> (run folder, family, settings on top of the family's preset)
     **{f"gan-sprite-seed{s}": (f"video-gan-sprite-seed{s}-20min", "video-gan", [*QUIET, *SPRITE, "--seed", str(s)])
        for s in (0, 1, 2)},

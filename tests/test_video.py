@@ -497,6 +497,20 @@ def test_mismatch_shows_d_real_clips_with_another_clips_caption_as_fake():
     assert recipe.mismatch_loss(wrong_logits) > 0
 
 
+def test_mismatched_captions_differ_in_one_word_or_are_rolled():
+    from aigc.recipes.gan import mismatched
+
+    y = torch.tensor([[1, 2, 3, 4, 0], [1, 5, 6, 7, 8], [1, 2, 6, 4, 0]])
+    changed, rolled = mismatched(y)
+    assert changed.all() and torch.equal(rolled, y.roll(1, 0))
+    for _ in range(20):
+        changed, wrong = mismatched(y, one_word=True)
+        differ = (wrong != y).sum(1)
+        assert (differ <= 1).all() and torch.equal(changed, differ == 1)
+        assert ((wrong == y) | (wrong == y.roll(1, 0))).all() and (wrong[y == 0] == 0).all()   # padding stays
+    assert mismatched(torch.tensor([1, 1, 2]))[0].tolist() == [True, False, True]         # labels: rolled
+
+
 def _tiny_video_gan(*sets):
     from aigc.recipes import build_config, recipe_class
 

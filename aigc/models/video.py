@@ -56,6 +56,8 @@ The stabilised recipe (issue 37; measured in docs/video.md) adds, as the anchors
 - `mismatch`: the matching-aware discriminator (GAN-CLS, Reed et al. 2016): D also sees real clips with another
   clip's caption (the batch's captions rolled by one) and learns to read them as fake, so a clip that moves the
   wrong way for its caption is fake to D even when it looks real (recipes/gan.py; the image GAN has it too).
+  `mismatch_words`: those captions are near misses, each wrong in one word (a word of the rolled caption put in
+  its place), so the pairs that differ only in direction are not a sixteenth of them.
 The word classifiers need captions (cond = "text"); without them they are off."""
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ class VideoGANConfig:
     mode_seeking: float = 0.0    # weight of the mode-seeking term in G's loss (Mao et al. 2019; 0 = off)
     mode_seeking_pool: int = 1   # the term's distance on frames average-pooled by this factor (1 = pixels)
     mismatch: float = 0.0        # weight of D's loss on real inputs shown with another's condition (0 = off)
+    mismatch_words: bool = False  # those conditions differ in one word: a word of the rolled caption put in its place
     aux_words: float = 0.0       # weight of the clip discriminator's caption-word classifier (AC-GAN; 0 = off)
     image_words: float = 0.0     # weight of the image discriminator's caption-word classifier (0 = off)
     words_fake: bool = False     # the word classifiers also learn that generated clips and frames show no word

@@ -61,6 +61,19 @@ def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Te
     return grad.pow(2).flatten(1).sum(1).mean()
 
 
+def mismatched(y: torch.Tensor, one_word: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conditions that do not fit their inputs, for the matching-aware discriminator: the batch's conditions
+    rolled by one (labels (B,) or captions (B, L) of token ids), or with `one_word` each caption with one of its
+    word positions taken from the rolled caption (a near miss: the caption wrong in one attribute). -> (rows whose
+    condition changed, the conditions)."""
+    rolled = y.roll(1, 0)
+    if one_word and y.dim() == 2:
+        at = torch.multinomial((y != 0).float() + 1e-6, 1)                    # one non-padding position per caption
+        rolled = y.scatter(1, at, rolled.gather(1, at))
+    changed = (rolled != y).flatten(1).any(1) if y.dim() > 1 else rolled != y
+    return changed, rolled
+
+
 def word_loss(logits: torch.Tensor, y: torch.Tensor, named: bool = True) -> torch.Tensor:
     """A caption-word classifier's loss (AC-GAN, Odena et al. 2017, with the caption's words for classes):
     binary cross-entropy per vocabulary entry of `logits` (B, vocabulary) against the words of the captions
@@ -141,7 +154,9 @@ class Adversarial:
         r, f = self.D(real_in, y), self.D(fake, y)
         loss = self.discriminator_loss(r, f, y)
         if m.mismatch > 0 and y is not None and len(x) > 1:     # the matching-aware D (Reed et al. 2016)
-            loss = loss + m.mismatch * self.mismatch_loss(self.D(x.detach(), y.roll(1, 0)))
+            keep, wrong = mismatched(y, getattr(m, "mismatch_words", False))
+            if keep.any():
+                loss = loss + m.mismatch * self.mismatch_loss(self.D(x.detach()[keep], wrong[keep]))
         pen = None
         if use_r1:
             pen = r1_penalty(self.r1_logits(r), real_in)
