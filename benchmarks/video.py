@@ -6,8 +6,8 @@
 `speed`: the GAN's sampling time beside video diffusion's, measured in one process (speed_row).
 
 Rows: `real` (the evaluation clips through the same detector: the ceiling), `gan-v3-seed0/1/2` (the video-gan
-preset of issue 37 from three seeds), `gan-sprite-seed0/1/2` (the preset with the sprite generator drawn at one
-point a frame and an object discriminator, SPRITE), `gan-v2-seed0/1/2` (the preset with mode seeking 1.0, as it was
+preset of issue 37 from three seeds), `gan-sprite-seed0/1/2` (the preset with the line sprite generator, an object
+discriminator, sub-pixel shifts and the matching-aware discriminator of screen r6, SPRITE), `gan-v2-seed0/1/2` (the preset with mode seeking 1.0, as it was
 before 0.3) and its frame-difference ablation at the same budget, seed 0 (`gan-v2-nodiff`: no such term,
 `gan-v2-diffd`: the material's reading, a discriminator on frame differences, where the preset reads it as G
 matching the size of real frame differences), `diffusion-preset-quiet-seed0/1/2` (the video-diffusion preset from
@@ -58,8 +58,8 @@ TRAIN = {  # row -> (run folder, family, settings on top of the family's preset)
 }
 NAMES = {"real": "real clips (detector ceiling)",
          **{f"gan-v3-seed{s}": f"video GAN preset (issue 37, mode seeking 0.3), seed {s}" for s in (0, 1, 2)},
-         **{f"gan-sprite-seed{s}": f"video GAN, sprite generator drawn at one point a frame, object discriminator, "
-                                   f"seed {s}" for s in (0, 1, 2)},
+         **{f"gan-sprite-seed{s}": f"video GAN, line sprite generator, object D, sub-pixel shifts, "
+                                   f"matching-aware D, seed {s}" for s in (0, 1, 2)},
          **{f"gan-v2-seed{s}": f"video GAN with mode seeking 1.0 (the preset before 0.3), seed {s}"
             for s in (0, 1, 2)},
          "gan-v2-nodiff": "video GAN with mode seeking 1.0, without the frame-difference term",
