@@ -5,19 +5,19 @@
 
 `speed`: the GAN's sampling time beside video diffusion's, measured in one process (speed_row).
 
-Rows: `real` (the evaluation clips through the same detector: the ceiling), `gan-v3-seed0/1/2` (the video-gan
-preset of issue 37 from three seeds), `gan-sprite-seed0/1/2` (the preset with the line sprite generator, an object
-discriminator, sub-pixel shifts and the matching-aware discriminator of screen r6, SPRITE), `gan-v2-seed0/1/2` (the preset with mode seeking 1.0, as it was
-before 0.3) and its frame-difference ablation at the same budget, seed 0 (`gan-v2-nodiff`: no such term,
-`gan-v2-diffd`: the material's reading, a discriminator on frame differences, where the preset reads it as G
-matching the size of real frame differences), `diffusion-preset-quiet-seed0/1/2` (the video-diffusion preset from
-three seeds). All without progress evaluations within the budget; the material's recipe as it was (TGAN generator,
-clip and frame-difference discriminators) keeps its 2026-11-23 rows `gan`, `gan-nodiff`, `gan-diff0.3` (retired
-rows). Collapse: 16 clips for one prompt, the spread of where the shape starts (`aigc.metrics.video.start_spread`)
-beside 16 real clips of that caption. Metrics: frame accuracy (shape and color right in a frame), direction
-accuracy, temporal consistency, prompt accuracy, motion smoothness, read off the pixels by
-`aigc.data.video.detect_shape_clips` (docs/evaluation.md). Results go to benchmarks/results/video.json, where rows
-retired from this script keep their figures, command and commit; runs go to bench_runs/ (not in git). What was
+Rows: `real` (the evaluation clips through the same detector: the ceiling), `gan-v3-seed0/1/2` (the video-gan preset
+of issue 37 from three seeds), `gan-sprite-seed0/1/2` (the preset with the line sprite generator, an object
+discriminator, sub-pixel shifts and the matching-aware discriminator of screen r6, SPRITE), `gan-v2-seed0/1/2` (the
+preset with mode seeking 1.0, as it was before 0.3) and its frame-difference ablation at the same budget, seed 0
+(`gan-v2-nodiff`: no such term, `gan-v2-diffd`: the material's reading, a discriminator on frame differences, where
+the preset reads it as G matching the size of real frame differences), `diffusion-preset-quiet-seed0/1/2` (the
+video-diffusion preset from three seeds). All without progress evaluations within the budget; the material's recipe
+as it was (TGAN generator, clip and frame-difference discriminators) keeps its 2026-11-23 rows `gan`, `gan-nodiff`,
+`gan-diff0.3` (retired rows). Collapse: 16 clips for one prompt, the spread of where the shape starts
+(`aigc.metrics.video.start_spread`) beside 16 real clips of that caption. Metrics: frame accuracy (shape and color
+right in a frame), direction accuracy, temporal consistency, prompt accuracy, motion smoothness, read off the pixels
+by `aigc.data.video.detect_shape_clips` (docs/evaluation.md). Results go to benchmarks/results/video.json, where
+rows retired from this script keep their figures, command and commit; runs go to bench_runs/ (not in git). What was
 tried and measured: docs/video.md."""
 
 from __future__ import annotations
