@@ -71,6 +71,7 @@ class GANConfig:
     mode_seeking: float = 0.0    # weight of the mode-seeking term (Mao et al. 2019) in G's loss (0 = off)
     mode_seeking_pool: int = 1   # the term's distance on samples average-pooled by this factor (1 = pixels)
     mismatch: float = 0.0        # weight of D's loss on real inputs shown with another's condition (0 = off)
+    mismatch_words: bool = False  # those captions differ in one word: a word of the rolled caption put in its place
     aux_words: float = 0.0       # weight of D's caption-word classifier (AC-GAN; cond = text; 0 = off)
     words_fake: bool = False     # the word classifier also learns that generated images show no word
     cond: str = "none"           # none | class | text

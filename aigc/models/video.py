@@ -269,17 +269,14 @@ class SpriteVideoGenerator(nn.Module):
         """z (B, z_dim), y word ids (B, L) -> clips (B, C, T, H, W) in [-1, 1]."""
         b, (_, t, h, w) = len(z), self.shape
         zc = torch.cat([z, self.text(y)], 1) if self.text is not None else z
-        if self.cfg.sprite_where == "point":     # (x, y) per frame, the sprite's canvas inside the frame, bilinearly
+        if self.cfg.sprite_where in ("point", "line"):   # (x, y) per frame, folded where the canvas is in the frame
             span = z.new_tensor([w - self.px, h - self.px])
-            xy = reflect(span * (0.5 + self.point(motion_codes(self.h0, self.gru, zc, t))), span) + sprite_anchor(
-                self.px)
-            maps = splat(xy, h, w)
-        elif self.cfg.sprite_where == "line":     # a start and a velocity per clip, reflected at the frame's edges
-            span = z.new_tensor([w - self.px, h - self.px])
-            p0, v = self.line(zc).view(b, 1, 2, 2).unbind(2)
-            steps = torch.arange(t, dtype=z.dtype, device=z.device)[None, :, None]
-            xy = reflect(span * (0.5 + p0) + v * steps, span) + sprite_anchor(self.px)
-            maps = splat(xy, h, w)
+            if self.cfg.sprite_where == "point":
+                u = span * (0.5 + self.point(motion_codes(self.h0, self.gru, zc, t)))
+            else:                                           # a start and a velocity per clip
+                p0, v = self.line(zc).view(b, 1, 2, 2).unbind(2)
+                u = span * (0.5 + p0) + v * torch.arange(t, dtype=z.dtype, device=z.device)[None, :, None]
+            maps = splat(reflect(u, span) + sprite_anchor(self.px), h, w)
         else:
             logits = self.where(z, y)[:, 0] * self.SHARPNESS                 # (B, T, H, W)
             maps = logits.flatten(2).softmax(-1).view(b, t, h, w)

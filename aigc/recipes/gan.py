@@ -154,7 +154,7 @@ class Adversarial:
         r, f = self.D(real_in, y), self.D(fake, y)
         loss = self.discriminator_loss(r, f, y)
         if m.mismatch > 0 and y is not None and len(x) > 1:     # the matching-aware D (Reed et al. 2016)
-            keep, wrong = mismatched(y, getattr(m, "mismatch_words", False))
+            keep, wrong = mismatched(y, m.mismatch_words)
             if keep.any():
                 loss = loss + m.mismatch * self.mismatch_loss(self.D(x.detach()[keep], wrong[keep]))
         pen = None
