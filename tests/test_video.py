@@ -547,11 +547,11 @@ def test_word_classifier_and_frame_difference_moments_losses():
     target = torch.zeros(2, len(recipe.vocab))
     target.scatter_(1, y, 1.0)
     right, wrong = {"words": 20 * (2 * target - 1)}, {"words": -20 * (2 * target - 1)}
-    assert float(recipe._words(right, y)) < 1e-6 < 1.0 < float(recipe._words(wrong, y))
-    assert float(recipe._words(right, y, named=False)) > 1.0          # words_fake: a sample should name no word
+    assert float(recipe.words(right, y)) < 1e-6 < 1.0 < float(recipe.words(wrong, y))
+    assert float(recipe.words(right, y, named=False)) > 1.0          # words_fake: a sample should name no word
     recipe.cfg.model.image_words = 1.0                               # the image classifier: each frame, its caption
     frames = {"image_words": right["words"].repeat_interleave(3, 0)}
-    assert float(recipe._words(frames, y)) < 1e-6 < 1.0 < float(recipe._words(frames, y.flip(0)))
+    assert float(recipe.words(frames, y)) < 1e-6 < 1.0 < float(recipe.words(frames, y.flip(0)))
     batch = next(iter(recipe.make_batcher(data, recipe.cfg)))
     out = recipe.train_step(batch, Optimizers(recipe.param_groups(), recipe.cfg.train, torch.device("cpu")))
     assert {"d_image_real", "d_image_fake", "g_loss"} <= set(out) and all(torch.isfinite(torch.as_tensor(v))

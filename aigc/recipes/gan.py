@@ -119,31 +119,35 @@ class Adversarial:
         return {"d_loss": loss.detach(), "d_real": torch.sigmoid(real.detach()).mean(),
                 "d_fake": torch.sigmoid(fake.detach()).mean()}
 
+    def adversarial(self, fn, *outputs) -> torch.Tensor:
+        """fn of D's real/fake logits in `outputs` (D's outputs for one or more batches). The image GAN's D has one
+        head; a recipe with several discriminators overrides this with their weighted sum."""
+        return fn(*(split_words(o)[0] for o in outputs))
+
+    def words(self, out, y, named: bool = True):
+        """aux_words x D's word classifier's loss on D's output `out` for inputs with captions y (0 without one);
+        named = False: against no word. A recipe with several classifiers overrides this with their sum."""
+        logits = split_words(out)[1]
+        return 0.0 if logits is None else self.cfg.model.aux_words * word_loss(logits, y, named)
+
     def generator_loss(self, fake, y=None) -> torch.Tensor:
-        """G's loss on D's outputs for its samples made with conditions y; with D's word classifier
-        (`aux_words`), plus aux_words x its loss on the samples against their captions."""
-        f, words = split_words(fake)
-        loss = g_loss(self.cfg.model.loss, f)
-        return loss if words is None else loss + self.cfg.model.aux_words * word_loss(words, y)
+        """G's loss on D's outputs for its samples made with conditions y, plus the word classifiers' loss on
+        the samples against their captions."""
+        return self.adversarial(lambda f: g_loss(self.cfg.model.loss, f), fake) + self.words(fake, y)
 
     def discriminator_loss(self, real, fake, y=None) -> torch.Tensor:
-        """D's loss on its outputs for real inputs with conditions y and for samples made with them; D's word
-        classifier learns the real inputs' words, and with `words_fake` that the samples show none."""
-        m = self.cfg.model
-        (r, words), (f, fake_words) = split_words(real), split_words(fake)
-        loss = d_loss(m.loss, r, f)
-        if words is None:
-            return loss
-        loss = loss + m.aux_words * word_loss(words, y)
-        return loss + m.aux_words * word_loss(fake_words, y, named=False) if m.words_fake else loss
+        """D's loss on its outputs for real inputs with conditions y and for samples made with them; the word
+        classifiers learn the real inputs' words, and with `words_fake` that the samples show none."""
+        loss = self.adversarial(lambda a, b: d_loss(self.cfg.model.loss, a, b), real, fake) + self.words(real, y)
+        return loss + self.words(fake, y, named=False) if self.cfg.model.words_fake else loss
 
     def r1_logits(self, real) -> torch.Tensor:
         """What the R1 penalty differentiates with respect to the real inputs."""
-        return split_words(real)[0]
+        return self.adversarial(lambda a: a, real)
 
     def mismatch_loss(self, wrong) -> torch.Tensor:
         """D's loss on its outputs for real inputs shown with another input's condition: read them as fake."""
-        return d_fake_loss(self.cfg.model.loss, split_words(wrong)[0])
+        return self.adversarial(lambda a: d_fake_loss(self.cfg.model.loss, a), wrong)
 
     def d_update(self, x: torch.Tensor, fake: torch.Tensor, y, opt):
         """One discriminator update on real inputs x against generated ones (no grad to G), with the lazy

@@ -34,7 +34,7 @@ from aigc.recipes.diffusion import (
     check_diffusion_config,
     check_unet_size,
 )
-from aigc.recipes.gan import LOSSES, Adversarial, d_fake_loss, d_loss, g_loss, word_loss
+from aigc.recipes.gan import LOSSES, Adversarial, word_loss
 from aigc.train.dist import draw_rows
 
 SAMPLE_CLIPS = 16                        # clips in the training-time sample GIF
@@ -126,11 +126,11 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
         return data
 
     # ---------------------------------------------------------------- losses over the discriminators
-    def _total(self, fn, *logits: dict) -> torch.Tensor:
+    def adversarial(self, fn, *logits: dict) -> torch.Tensor:
         """sum over the discriminators h of weight_h * fn(logits_h ...)."""
         return sum(self.heads[h] * fn(*(d[h] for d in logits)) for h in logits[0] if h in self.heads)
 
-    def _words(self, logits: dict, y, named: bool = True) -> torch.Tensor:
+    def words(self, logits: dict, y, named: bool = True) -> torch.Tensor:
         """The caption-word classifiers' losses: aux_words x the clip discriminator's, image_words x the image
         discriminator's and crop_words x the object discriminator's (each frame against its clip's caption);
         named = False: against no word (generated clips with `words_fake`). See recipes/gan.word_loss."""
@@ -144,19 +144,6 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
                 k = len(logits[key]) // len(y)
                 loss = loss + weight * word_loss(logits[key], y.repeat_interleave(k, 0), named)
         return loss
-
-    def generator_loss(self, fake: dict, y=None) -> torch.Tensor:
-        return self._total(lambda f: g_loss(self.cfg.model.loss, f), fake) + self._words(fake, y)
-
-    def discriminator_loss(self, real: dict, fake: dict, y=None) -> torch.Tensor:
-        loss = self._total(lambda a, b: d_loss(self.cfg.model.loss, a, b), real, fake) + self._words(real, y)
-        return loss + self._words(fake, y, named=False) if self.cfg.model.words_fake else loss
-
-    def r1_logits(self, real: dict) -> torch.Tensor:
-        return self._total(lambda a: a, real)
-
-    def mismatch_loss(self, wrong: dict) -> torch.Tensor:
-        return self._total(lambda a: d_fake_loss(self.cfg.model.loss, a), wrong)
 
     # ---------------------------------------------------------------- trainer hooks
     def _y(self, captions):
