@@ -480,6 +480,33 @@ def test_sprite_generator_trains_in_the_recipe(where):
         _tiny_video_gan("crop_d=1.0", "crop_px=8")
 
 
+def test_argmax_draws_the_sprite_where_its_whole_canvas_is_in_the_frame():
+    """sprite_where = "argmax": a where-map peaked at a corner pixel puts the sprite's canvas flush in that corner,
+    never half outside the frame (the expected position is scaled to the canvas's span, as point and line do)."""
+    from torch import nn
+
+    class Const(nn.Module):
+        def __init__(self, v):
+            super().__init__()
+            self.v = v
+
+        def forward(self, *args):
+            return self.v
+
+    recipe, _ = _tiny_video_gan("g_arch=sprite", "sprite_px=8", "sprite_where=argmax")
+    G, (t, h, w) = recipe.G.eval(), recipe.G.shape[1:]
+    G.sprite = Const(torch.ones(1, 3, 8, 8))
+    for row, col in ((0, 0), (h - 1, w - 1), (0, w - 1)):
+        logits = torch.full((1, 1, t, h, w), -1.0)
+        logits[..., row, col] = 1.0
+        G.where = Const(logits)
+        clip = G(torch.zeros(1, recipe.cfg.model.z_dim), recipe._y(["a red circle moving up"]))
+        lit = torch.zeros(h, w, dtype=torch.bool)
+        lit[min(row, h - 8):min(row, h - 8) + 8, min(col, w - 8):min(col, w - 8) + 8] = True
+        assert torch.allclose(clip[0, :, :, lit], torch.ones(()), atol=1e-3)
+        assert torch.allclose(clip[0, :, :, ~lit], -torch.ones(()), atol=1e-3)
+
+
 def test_mismatch_shows_d_real_clips_with_another_clips_caption_as_fake():
     """mismatch > 0: the matching-aware discriminator (Reed et al. 2016) also sees the real clips with the batch's
     captions rolled by one, and learns to read them as fake."""

@@ -235,7 +235,8 @@ class SpriteVideoGenerator(nn.Module):
     map that is one point by construction, and kept where the whole canvas is inside the frame (a shape half out of
     the frame is what G drew to escape the object discriminator, docs/video.md). `sprite_where = "argmax"` keeps
     the 3D-conv where-maps and draws each frame's sprite at its map's expected position (the spatial soft-argmax of
-    Finn et al. 2016, "Deep spatial autoencoders"), a point again, made by 3D convolutions. `sprite_where =
+    Finn et al. 2016, "Deep spatial autoencoders"), scaled to where the whole canvas is in the frame: a point
+    again, made by 3D convolutions. `sprite_where =
     "line"` makes a start and a velocity per clip from the content code: the point moves in a straight line at
     constant speed, as the moving-shapes do. `point` and `line` fold their points into the frame by reflection
     (`reflect`: a point that runs past an edge comes back, as the data's shapes bounce)."""
@@ -280,10 +281,10 @@ class SpriteVideoGenerator(nn.Module):
         else:
             logits = self.where(z, y)[:, 0] * self.SHARPNESS                 # (B, T, H, W)
             maps = logits.flatten(2).softmax(-1).view(b, t, h, w)
-            if self.cfg.sprite_where == "argmax":                          # the maps' mean (x, y), drawn as a point
-                at = lambda n: torch.arange(n, dtype=maps.dtype, device=maps.device)     # noqa: E731
+            if self.cfg.sprite_where == "argmax":     # the maps' mean (x, y), scaled to where the canvas is inside
+                at = lambda n: torch.linspace(0, 1, n, dtype=maps.dtype, device=maps.device)   # noqa: E731
                 xy = torch.stack([(maps.sum(2) * at(w)).sum(-1), (maps.sum(3) * at(h)).sum(-1)], -1)
-                maps = splat(xy, h, w)
+                maps = splat(xy * z.new_tensor([w - self.px, h - self.px]) + sprite_anchor(self.px), h, w)
         return place(maps, self.sprite(zc)) * 2 - 1
 
 
