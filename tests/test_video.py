@@ -418,8 +418,7 @@ def test_point_sprite_stays_inside_the_frame():
 
 
 def test_reflect_folds_a_line_into_the_frame_as_a_bounce():
-    from aigc.data.video import bounce
-    from aigc.models.video import reflect
+    from aigc.data.video import bounce, reflect
 
     u = torch.linspace(-30, 60, 181, requires_grad=True)
     out = reflect(u, torch.tensor(24.0))

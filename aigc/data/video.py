@@ -164,9 +164,15 @@ class VideoBatcher:
 
 def bounce(p0: torch.Tensor, v: torch.Tensor, t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     """Positions after t steps from p0 at velocity v, reflected at lo and hi: p0, v (N,), t (T,) -> (N, T)."""
-    span = hi - lo
-    q = torch.remainder(p0[:, None] - lo + v[:, None] * t[None, :], 2 * span)
-    return lo + torch.where(q <= span, q, 2 * span - q)
+    return lo + reflect(p0[:, None] - lo + v[:, None] * t[None, :], hi - lo)
+
+
+def reflect(u: torch.Tensor, span: torch.Tensor | float) -> torch.Tensor:
+    """u folded into [0, span] by reflection at both ends (a triangle wave of slope +-1): a point that runs past
+    an edge comes back as a bouncing ball does, and its gradient never vanishes as a sigmoid's does at the edges.
+    The clips' shapes bounce by it, and the video GAN's sprite generator folds its points by it."""
+    q = torch.remainder(u, 2 * span)
+    return torch.where(q <= span, q, 2 * span - q)
 
 
 # ---------------------------------------------------------------- moving-shapes

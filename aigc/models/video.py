@@ -70,6 +70,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+from aigc.data.video import reflect
 from aigc.models.gan import Discriminator, GANConfig, SumPool, word_classes
 from aigc.models.text_encoder import caption_encoder
 
@@ -286,13 +287,6 @@ class SpriteVideoGenerator(nn.Module):
                 xy = torch.stack([(maps.sum(2) * at(w)).sum(-1), (maps.sum(3) * at(h)).sum(-1)], -1)
                 maps = splat(xy * z.new_tensor([w - self.px, h - self.px]) + sprite_anchor(self.px), h, w)
         return place(maps, self.sprite(zc)) * 2 - 1
-
-
-def reflect(u: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
-    """u folded into [0, span] by reflection at both ends (a triangle wave of slope +-1): a point that runs past
-    an edge comes back as a bouncing ball does, and its gradient never vanishes as a sigmoid's does at the edges."""
-    q = torch.remainder(u, 2 * span)
-    return torch.where(q <= span, q, 2 * span - q)
 
 
 def splat(xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
