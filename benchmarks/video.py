@@ -5,20 +5,21 @@
 
 `speed`: the GAN's sampling time beside video diffusion's, measured in one process (speed_row).
 
-Rows: `real` (the evaluation clips through the same detector: the ceiling), `gan-v3-seed0/1/2` (the video-gan preset
-of issue 37 from three seeds), `gan-sprite-seed0/1/2` (the preset with the line sprite generator, an object
-discriminator, sub-pixel shifts and the matching-aware discriminator of screen r6, SPRITE), `gan-v2-seed0/1/2` (the
-preset with mode seeking 1.0, as it was before 0.3) and its frame-difference ablation at the same budget, seed 0
-(`gan-v2-nodiff`: no such term, `gan-v2-diffd`: the material's reading, a discriminator on frame differences, where
-the preset reads it as G matching the size of real frame differences), `diffusion-preset-quiet-seed0/1/2` (the
-video-diffusion preset from three seeds). All without progress evaluations within the budget; the material's recipe
-as it was (TGAN generator, clip and frame-difference discriminators) keeps its 2026-11-23 rows `gan`, `gan-nodiff`,
-`gan-diff0.3` (retired rows). Collapse: 16 clips for one prompt, the spread of where the shape starts
-(`aigc.metrics.video.start_spread`) beside 16 real clips of that caption. Metrics: frame accuracy (shape and color
-right in a frame), direction accuracy, temporal consistency, prompt accuracy, motion smoothness, read off the pixels
-by `aigc.data.video.detect_shape_clips` (docs/evaluation.md). Results go to benchmarks/results/video.json, where
-rows retired from this script keep their figures, command and commit; runs go to bench_runs/ (not in git). What was
-tried and measured: docs/video.md."""
+Rows: `real` (the evaluation clips through the same detector: the ceiling), `gan-sprite-seed0/1/2` (the video-gan
+preset of issue 37 from three seeds: the line sprite generator, an object discriminator, sub-pixel shifts and the
+matching-aware discriminator of screen r6) and its frame-difference ablation at the same budget, seed 0
+(`gan-sprite-nodiff`: no such term, `gan-sprite-diffd`: the material's reading, a discriminator on frame
+differences, where the preset reads it as G matching the size of real frame differences), `gan-v3-seed0/1/2` (the
+preset before the sprite generator, V3: MoCoGAN-style motion codes, mode seeking 0.3), `gan-v2-seed0/1/2` (V3 with
+mode seeking 1.0) and its frame-difference ablation (`gan-v2-nodiff`, `gan-v2-diffd`),
+`diffusion-preset-quiet-seed0/1/2` (the video-diffusion preset from three seeds). All without progress evaluations
+within the budget; the material's recipe as it was (TGAN generator, clip and frame-difference discriminators) keeps
+its 2026-11-23 rows `gan`, `gan-nodiff`, `gan-diff0.3` (retired rows). Collapse: 16 clips for one prompt, the spread
+of where the shape starts (`aigc.metrics.video.start_spread`) beside 16 real clips of that caption. Metrics: frame
+accuracy (shape and color right in a frame), direction accuracy, temporal consistency, prompt accuracy, motion
+smoothness, read off the pixels by `aigc.data.video.detect_shape_clips` (docs/evaluation.md). Results go to
+benchmarks/results/video.json, where rows retired from this script keep their figures, command and commit; runs go
+to bench_runs/ (not in git). What was tried and measured: docs/video.md."""
 
 from __future__ import annotations
 
@@ -40,15 +41,20 @@ def sets(*values: str) -> list[str]:
     return [a for v in values for a in ("--set", v)]
 
 
-V2 = sets("model.mode_seeking=1.0")      # the video-gan preset before it took mode_seeking 0.3 (2026-12-04)
-SPRITE = sets('model.g_arch="sprite"', 'model.sprite_where="line"', "model.sprite_px=8", "model.image_d_width=32",
-              "model.image_d_convs=1", "model.image_words=20", "model.crop_d=1.0", "model.crop_words=20",
-              "model.d_subpixel=true", "model.mismatch=1.0",
-              "model.aux_words=20")     # the line sprite generator and its discriminators of screen r6 (2026-12-04)
+V3 = sets('model.g_arch="motion"', "model.g_coords=true", "model.g_cbn=true", 'model.sprite_where="map"',
+          "model.sprite_px=16", "model.image_d_width=0", "model.image_d_convs=0", "model.image_words=0",
+          "model.crop_d=0", "model.crop_words=0", "model.d_subpixel=false", "model.mismatch=0",
+          "model.aux_words=1.0")   # the video-gan preset from mode seeking 0.3 to the sprite generator (2026-12-04)
+V2 = [*V3, *sets("model.mode_seeking=1.0")]     # the video-gan preset before it took mode seeking 0.3
 TRAIN = {  # row -> (run folder, family, settings on top of the family's preset)
-    **{f"gan-sprite-seed{s}": (f"video-gan-sprite-seed{s}-20min", "video-gan", [*QUIET, *SPRITE, "--seed", str(s)])
+    **{f"gan-sprite-seed{s}": (f"video-gan-sprite-seed{s}-20min", "video-gan", [*QUIET, "--seed", str(s)])
        for s in (0, 1, 2)},
-    **{f"gan-v3-seed{s}": (f"video-gan-v3-seed{s}-20min", "video-gan", [*QUIET, "--seed", str(s)]) for s in (0, 1, 2)},
+    "gan-sprite-nodiff": ("video-gan-sprite-nodiff-20min", "video-gan",
+                          [*QUIET, *sets("model.frame_diff=0"), "--seed", "0"]),
+    "gan-sprite-diffd": ("video-gan-sprite-diffd-20min", "video-gan",
+                         [*QUIET, *sets("model.frame_diff_mode=d"), "--seed", "0"]),
+    **{f"gan-v3-seed{s}": (f"video-gan-v3-seed{s}-20min", "video-gan", [*QUIET, *V3, "--seed", str(s)])
+       for s in (0, 1, 2)},
     **{f"gan-v2-seed{s}": (f"video-gan-v2-seed{s}-20min", "video-gan", [*QUIET, *V2, "--seed", str(s)])
        for s in (0, 1, 2)},
     "gan-v2-nodiff": ("video-gan-v2-nodiff-20min", "video-gan", [*QUIET, *V2, *sets("model.frame_diff=0")]),
@@ -57,14 +63,18 @@ TRAIN = {  # row -> (run folder, family, settings on top of the family's preset)
                                            [*QUIET, "--seed", str(s)]) for s in (0, 1, 2)},
 }
 NAMES = {"real": "real clips (detector ceiling)",
-         **{f"gan-v3-seed{s}": f"video GAN preset (issue 37, mode seeking 0.3), seed {s}" for s in (0, 1, 2)},
-         **{f"gan-sprite-seed{s}": f"video GAN, line sprite generator, object D, sub-pixel shifts, "
-                                   f"matching-aware D, seed {s}" for s in (0, 1, 2)},
-         **{f"gan-v2-seed{s}": f"video GAN with mode seeking 1.0 (the preset before 0.3), seed {s}"
+         **{f"gan-v3-seed{s}": f"video GAN, motion generator (the preset before the sprite one), seed {s}"
             for s in (0, 1, 2)},
-         "gan-v2-nodiff": "video GAN with mode seeking 1.0, without the frame-difference term",
-         "gan-v2-diffd": "video GAN with mode seeking 1.0, frame-difference term read as a discriminator on frame "
-                         "differences",
+         **{f"gan-sprite-seed{s}": f"video GAN preset: line sprite generator, object D, sub-pixel "
+                                   f"shifts, matching-aware D, seed {s}" for s in (0, 1, 2)},
+         "gan-sprite-nodiff": "video GAN preset (as gan-sprite-seed0) without the frame-difference term",
+         "gan-sprite-diffd": "video GAN preset (as gan-sprite-seed0), frame-difference term read as a "
+                             "discriminator on frame differences",
+         **{f"gan-v2-seed{s}": f"video GAN, motion generator with mode seeking 1.0, seed {s}"
+            for s in (0, 1, 2)},
+         "gan-v2-nodiff": "video GAN, motion generator with mode seeking 1.0, without the frame-difference term",
+         "gan-v2-diffd": "video GAN, motion generator with mode seeking 1.0, frame-difference term read as a "
+                         "discriminator on frame differences",
          "speed": "sampling time of the GAN and of video diffusion, one process",
          **{f"diffusion-preset-quiet-seed{s}": f"video diffusion preset, seed {s}" for s in (0, 1, 2)}}
 KEYS = ("frame_accuracy", "shape_frame_accuracy", "color_frame_accuracy", "direction_accuracy",
@@ -154,14 +164,14 @@ def real_row(args) -> dict:
 
 def speed_row(args) -> dict:
     """Sampling speed of the video GAN beside video diffusion's, in one process: 16 clips of SPREAD_PROMPT from
-    the gan-v2-seed0 run and from the video-diffusion preset trained 10 steps (sampling costs the same whatever
+    the gan-sprite-seed0 run and from the video-diffusion preset trained 10 steps (sampling costs the same whatever
     the weights: the preset's sampler, steps and guidance), each timed 3 times, the fastest kept."""
     from aigc.generation import Request, generate
     from aigc.recipes import open_run
 
-    gan_dir, diff_dir = RUNS / TRAIN["gan-v2-seed0"][0], RUNS / "video-diffusion-preset-10steps"
+    gan_dir, diff_dir = RUNS / TRAIN["gan-sprite-seed0"][0], RUNS / "video-diffusion-preset-10steps"
     if not (gan_dir / "checkpoint").is_dir():
-        raise SystemExit("the speed row times the gan-v2-seed0 run: run that row first")
+        raise SystemExit("the speed row times the gan-sprite-seed0 run: run that row first")
     if not (diff_dir / "checkpoint").is_dir():
         proc, _, _ = run([sys.executable, "-m", "aigc", "train", "video-diffusion", "--data", "moving-shapes",
                           "--steps", "10", *QUIET, "--out", str(diff_dir), "--quiet", "--overwrite"])
