@@ -463,7 +463,7 @@ def test_subpixel_shift_moves_each_clip_under_a_pixel_in_training_only():
     assert torch.equal(d(x)["clip"], d(x)["clip"])
 
 
-@pytest.mark.parametrize("where", ["map", "point", "line", "argmax"])
+@pytest.mark.parametrize("where", ["map", "point", "line", "argmax", "argmax_line"])
 def test_sprite_generator_trains_in_the_recipe(where):
     from aigc.errors import AigcError
     from aigc.train.trainer import Optimizers
@@ -504,6 +504,35 @@ def test_argmax_draws_the_sprite_where_its_whole_canvas_is_in_the_frame():
         lit[min(row, h - 8):min(row, h - 8) + 8, min(col, w - 8):min(col, w - 8) + 8] = True
         assert torch.allclose(clip[0, :, :, lit], torch.ones(()), atol=1e-3)
         assert torch.allclose(clip[0, :, :, ~lit], -torch.ones(()), atol=1e-3)
+
+
+def test_argmax_line_draws_the_sprite_on_the_best_line_through_the_maps_points():
+    """sprite_where = "argmax_line": where-maps peaked on a line with one frame off it -> a sprite that moves by the
+    same step every frame (the least-squares line), where "argmax" follows the outlier."""
+    from torch import nn
+
+    class Const(nn.Module):
+        def __init__(self, v):
+            super().__init__()
+            self.v = v
+
+        def forward(self, *args):
+            return self.v
+
+    xs = {}
+    for where in ("argmax", "argmax_line"):
+        recipe, _ = _tiny_video_gan("g_arch=sprite", "sprite_px=8", f"sprite_where={where}")
+        G, (t, h, w) = recipe.G.eval(), recipe.G.shape[1:]
+        G.sprite = Const(torch.ones(1, 3, 8, 8))
+        logits = torch.full((1, 1, t, h, w), -1.0)
+        for f in range(t):
+            logits[0, 0, f, 12, 4 + 2 * f + (8 if f == 1 else 0)] = 1.0
+        G.where = Const(logits)
+        clip = (G(torch.zeros(1, recipe.cfg.model.z_dim), recipe._y(["a red circle moving up"]))[0, 0] + 1) / 2
+        xs[where] = (clip.sum(1) * torch.arange(w)).sum(-1) / clip.sum((1, 2))      # the sprite's centre per frame
+    steps = xs["argmax_line"].diff()
+    assert torch.allclose(steps, steps[0], atol=1e-3) and steps[0] > 0
+    assert not torch.allclose(xs["argmax"].diff(), xs["argmax"].diff()[0], atol=0.5)
 
 
 def test_mismatch_shows_d_real_clips_with_another_clips_caption_as_fake():

@@ -95,6 +95,7 @@ class VideoGANConfig:
     g_frame_kernel: int = 3      # motion: frames each upsampling layer mixes (odd; 1 = a 2D image generator per frame)
     sprite_px: int = 16          # sprite: side of the sprite's canvas (8, 16, 32 ...)
     sprite_where: str = "map"    # sprite: map (3D-conv where-maps, a softmax per frame) | point (an (x, y) per frame)
+    #                              | line (a start and a velocity) | argmax, argmax_line (where-maps read as points)
     #                              | line (a start and a velocity per clip) | argmax (the where-maps' mean (x, y))
     g_coords: bool = False       # coordinate channels at G's upsampling layers
     g_cbn: bool = False          # G's BatchNorm gains and biases made from z and the caption (conditional BN)
@@ -237,7 +238,8 @@ class SpriteVideoGenerator(nn.Module):
     the frame is what G drew to escape the object discriminator, docs/video.md). `sprite_where = "argmax"` keeps
     the 3D-conv where-maps and draws each frame's sprite at its map's expected position (the spatial soft-argmax of
     Finn et al. 2016, "Deep spatial autoencoders"), scaled to where the whole canvas is in the frame: a point
-    again, made by 3D convolutions. `sprite_where =
+    again, made by 3D convolutions; `"argmax_line"` draws the sprite on the least-squares line through those
+    points (constant velocity, as `line`, with the trajectory read off 3D-conv where-maps). `sprite_where =
     "line"` makes a start and a velocity per clip from the content code: the point moves in a straight line at
     constant speed, as the moving-shapes do. `point` and `line` fold their points into the frame by reflection
     (`reflect`: a point that runs past an edge comes back, as the data's shapes bounce)."""
@@ -282,10 +284,14 @@ class SpriteVideoGenerator(nn.Module):
         else:
             logits = self.where(z, y)[:, 0] * self.SHARPNESS                 # (B, T, H, W)
             maps = logits.flatten(2).softmax(-1).view(b, t, h, w)
-            if self.cfg.sprite_where == "argmax":     # the maps' mean (x, y), scaled to where the canvas is inside
+            if self.cfg.sprite_where.startswith("argmax"):  # the maps' mean (x, y), scaled to the canvas's span
                 at = lambda n: torch.linspace(0, 1, n, dtype=maps.dtype, device=maps.device)   # noqa: E731
-                xy = torch.stack([(maps.sum(2) * at(w)).sum(-1), (maps.sum(3) * at(h)).sum(-1)], -1)
-                maps = splat(xy * z.new_tensor([w - self.px, h - self.px]) + sprite_anchor(self.px), h, w)
+                xy = torch.stack([(maps.sum(2) * at(w)).sum(-1), (maps.sum(3) * at(h)).sum(-1)], -1)   # (B, T, 2)
+                if self.cfg.sprite_where == "argmax_line":                 # the least-squares line through them
+                    s = (torch.arange(t, dtype=xy.dtype, device=xy.device) - (t - 1) / 2)[None, :, None]
+                    xy = xy.mean(1, keepdim=True) + s * (s * xy).sum(1, keepdim=True) / (s * s).sum()
+                span = z.new_tensor([w - self.px, h - self.px])
+                maps = splat(reflect(xy * span, span) + sprite_anchor(self.px), h, w)
         return place(maps, self.sprite(zc)) * 2 - 1
 
 

@@ -87,7 +87,7 @@ class VideoGANRecipe(Adversarial, VideoRecipe):
         m = cfg.model
         check_choice("model.loss", m.loss, LOSSES)
         check_choice("model.g_arch", m.g_arch, ("tgan", "motion", "sprite"))
-        check_choice("model.sprite_where", m.sprite_where, ("map", "point", "line", "argmax"))
+        check_choice("model.sprite_where", m.sprite_where, ("map", "point", "line", "argmax", "argmax_line"))
         check_choice("model.frame_diff_mode", m.frame_diff_mode, ("d", "moments"))
         _check_cond(m.cond)
         if min(m.z_dim, m.g_width, m.d_width, m.cond_dim, m.r1_every, m.d_steps, m.motion_dim, m.image_frames,
