@@ -479,19 +479,20 @@ def test_sprite_generator_trains_in_the_recipe(where):
         _tiny_video_gan("crop_d=1.0", "crop_px=8")
 
 
+class Const(torch.nn.Module):
+    """A module that returns v whatever it is given: stands in for a generator's part in a test."""
+
+    def __init__(self, v):
+        super().__init__()
+        self.v = v
+
+    def forward(self, *args):
+        return self.v
+
+
 def test_argmax_draws_the_sprite_where_its_whole_canvas_is_in_the_frame():
     """sprite_where = "argmax": a where-map peaked at a corner pixel puts the sprite's canvas flush in that corner,
     never half outside the frame (the expected position is scaled to the canvas's span, as point and line do)."""
-    from torch import nn
-
-    class Const(nn.Module):
-        def __init__(self, v):
-            super().__init__()
-            self.v = v
-
-        def forward(self, *args):
-            return self.v
-
     recipe, _ = _tiny_video_gan("g_arch=sprite", "sprite_px=8", "sprite_where=argmax")
     G, (t, h, w) = recipe.G.eval(), recipe.G.shape[1:]
     G.sprite = Const(torch.ones(1, 3, 8, 8))
@@ -509,16 +510,6 @@ def test_argmax_draws_the_sprite_where_its_whole_canvas_is_in_the_frame():
 def test_argmax_line_draws_the_sprite_on_the_best_line_through_the_maps_points():
     """sprite_where = "argmax_line": where-maps peaked on a line with one frame off it -> a sprite that moves by the
     same step every frame (the least-squares line), where "argmax" follows the outlier."""
-    from torch import nn
-
-    class Const(nn.Module):
-        def __init__(self, v):
-            super().__init__()
-            self.v = v
-
-        def forward(self, *args):
-            return self.v
-
     xs = {}
     for where in ("argmax", "argmax_line"):
         recipe, _ = _tiny_video_gan("g_arch=sprite", "sprite_px=8", f"sprite_where={where}")
