@@ -95,8 +95,7 @@ class VideoGANConfig:
     g_frame_kernel: int = 3      # motion: frames each upsampling layer mixes (odd; 1 = a 2D image generator per frame)
     sprite_px: int = 16          # sprite: side of the sprite's canvas (8, 16, 32 ...)
     sprite_where: str = "map"    # sprite: map (3D-conv where-maps, a softmax per frame) | point (an (x, y) per frame)
-    #                              | line (a start and a velocity) | argmax, argmax_line (where-maps read as points)
-    #                              | line (a start and a velocity per clip) | argmax (the where-maps' mean (x, y))
+    #                              | line (a start and a velocity per clip) | argmax, argmax_line (maps read as points)
     g_coords: bool = False       # coordinate channels at G's upsampling layers
     g_cbn: bool = False          # G's BatchNorm gains and biases made from z and the caption (conditional BN)
     image_d: float = 0.0         # weight of the per-frame image discriminator (0 = no such network)
@@ -273,25 +272,24 @@ class SpriteVideoGenerator(nn.Module):
         """z (B, z_dim), y word ids (B, L) -> clips (B, C, T, H, W) in [-1, 1]."""
         b, (_, t, h, w) = len(z), self.shape
         zc = torch.cat([z, self.text(y)], 1) if self.text is not None else z
-        if self.cfg.sprite_where in ("point", "line"):   # (x, y) per frame, folded where the canvas is in the frame
-            span = z.new_tensor([w - self.px, h - self.px])
-            if self.cfg.sprite_where == "point":
-                u = span * (0.5 + self.point(motion_codes(self.h0, self.gru, zc, t)))
-            else:                                           # a start and a velocity per clip
-                p0, v = self.line(zc).view(b, 1, 2, 2).unbind(2)
-                u = span * (0.5 + p0) + v * torch.arange(t, dtype=z.dtype, device=z.device)[None, :, None]
-            maps = splat(reflect(u, span) + sprite_anchor(self.px), h, w)
+        span = z.new_tensor([w - self.px, h - self.px])     # where a point keeps the whole canvas in the frame
+        if self.cfg.sprite_where == "point":
+            u = span * (0.5 + self.point(motion_codes(self.h0, self.gru, zc, t)))
+        elif self.cfg.sprite_where == "line":               # a start and a velocity per clip
+            p0, v = self.line(zc).view(b, 1, 2, 2).unbind(2)
+            u = span * (0.5 + p0) + v * torch.arange(t, dtype=z.dtype, device=z.device)[None, :, None]
         else:
             logits = self.where(z, y)[:, 0] * self.SHARPNESS                 # (B, T, H, W)
             maps = logits.flatten(2).softmax(-1).view(b, t, h, w)
-            if self.cfg.sprite_where.startswith("argmax"):  # the maps' mean (x, y), scaled to the canvas's span
-                at = lambda n: torch.linspace(0, 1, n, dtype=maps.dtype, device=maps.device)   # noqa: E731
-                xy = torch.stack([(maps.sum(2) * at(w)).sum(-1), (maps.sum(3) * at(h)).sum(-1)], -1)   # (B, T, 2)
-                if self.cfg.sprite_where == "argmax_line":                 # the least-squares line through them
-                    s = (torch.arange(t, dtype=xy.dtype, device=xy.device) - (t - 1) / 2)[None, :, None]
-                    xy = xy.mean(1, keepdim=True) + s * (s * xy).sum(1, keepdim=True) / (s * s).sum()
-                span = z.new_tensor([w - self.px, h - self.px])
-                maps = splat(reflect(xy * span, span) + sprite_anchor(self.px), h, w)
+            if self.cfg.sprite_where == "map":
+                return place(maps, self.sprite(zc)) * 2 - 1
+            at = lambda n: torch.linspace(0, 1, n, dtype=maps.dtype, device=maps.device)   # noqa: E731
+            xy = torch.stack([(maps.sum(2) * at(w)).sum(-1), (maps.sum(3) * at(h)).sum(-1)], -1)   # the maps' mean
+            if self.cfg.sprite_where == "argmax_line":                     # the least-squares line through them
+                s = (torch.arange(t, dtype=xy.dtype, device=xy.device) - (t - 1) / 2)[None, :, None]
+                xy = xy.mean(1, keepdim=True) + s * (s * xy).sum(1, keepdim=True) / (s * s).sum()
+            u = xy * span
+        maps = splat(reflect(u, span) + sprite_anchor(self.px), h, w)       # (x, y) per frame, folded into the frame
         return place(maps, self.sprite(zc)) * 2 - 1
 
 
