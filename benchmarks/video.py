@@ -46,9 +46,12 @@ V3 = sets('model.g_arch="motion"', "model.g_coords=true", "model.g_cbn=true", 'm
           "model.crop_d=0", "model.crop_words=0", "model.d_subpixel=false", "model.mismatch=0",
           "model.aux_words=1.0")   # the video-gan preset from mode seeking 0.3 to the sprite generator (2026-12-04)
 V2 = [*V3, *sets("model.mode_seeking=1.0")]     # the video-gan preset before it took mode seeking 0.3
+ARGLINE = sets('model.sprite_where="argmax_line"', "model.g_coords=true", "model.g_cbn=true")  # 3D-conv trajectory
 TRAIN = {  # row -> (run folder, family, settings on top of the family's preset)
     **{f"gan-sprite-seed{s}": (f"video-gan-sprite-seed{s}-20min", "video-gan", [*QUIET, "--seed", str(s)])
        for s in (0, 1, 2)},
+    **{f"gan-argline-seed{s}": (f"video-gan-argline-seed{s}-20min", "video-gan",
+                                [*QUIET, *ARGLINE, "--seed", str(s)]) for s in (0, 1, 2)},
     "gan-sprite-nodiff": ("video-gan-sprite-nodiff-20min", "video-gan",
                           [*QUIET, *sets("model.frame_diff=0"), "--seed", "0"]),
     "gan-sprite-diffd": ("video-gan-sprite-diffd-20min", "video-gan",
@@ -67,6 +70,8 @@ NAMES = {"real": "real clips (detector ceiling)",
             for s in (0, 1, 2)},
          **{f"gan-sprite-seed{s}": f"video GAN preset: line sprite generator, object D, sub-pixel "
                                    f"shifts, matching-aware D, seed {s}" for s in (0, 1, 2)},
+         **{f"gan-argline-seed{s}": f"video GAN, sprite drawn on the least-squares line through 3D-conv "
+                                    f"where-maps (argmax_line), seed {s}" for s in (0, 1, 2)},
          "gan-sprite-nodiff": "video GAN preset (as gan-sprite-seed0) without the frame-difference term",
          "gan-sprite-diffd": "video GAN preset (as gan-sprite-seed0), frame-difference term read as a "
                              "discriminator on frame differences",
