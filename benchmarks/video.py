@@ -5,13 +5,14 @@
 
 `speed`: the GAN's sampling time beside video diffusion's, measured in one process (speed_row).
 
-Rows: `real` (the evaluation clips through the same detector: the ceiling), `gan-sprite-seed0/1/2` (the video-gan
-preset of issue 37 from three seeds: the line sprite generator, an object discriminator, sub-pixel shifts and the
-matching-aware discriminator of screen r6) and its frame-difference ablation at the same budget, seed 0
-(`gan-sprite-nodiff`: no such term, `gan-sprite-diffd`: the material's reading, a discriminator on frame
-differences, where the preset reads it as G matching the size of real frame differences), `gan-v3-seed0/1/2` (the
-preset before the sprite generator, V3: MoCoGAN-style motion codes, mode seeking 0.3), `gan-v2-seed0/1/2` (V3 with
-mode seeking 1.0) and its frame-difference ablation (`gan-v2-nodiff`, `gan-v2-diffd`),
+Rows: `real` (the evaluation clips through the same detector: the ceiling), `gan-argline-seed0/1/2` (the video-gan
+preset of issue 37 from three seeds: a sprite drawn on the least-squares line through 3D-conv where-maps, an object
+discriminator, sub-pixel shifts and the matching-aware discriminator) and its frame-difference ablation at the same
+budget, seed 0 (`gan-argline-nodiff`: no such term, `gan-argline-diffd`: the material's reading, a discriminator on
+frame differences, where the preset reads it as G matching the size of real frame differences), `gan-sprite-*` (the
+same with the line made by a linear layer, no 3D convolution in G: the preset before, LINE, with its ablation),
+`gan-v3-seed0/1/2` (the preset before the sprite generator, V3: MoCoGAN-style motion codes, mode seeking 0.3),
+`gan-v2-seed0/1/2` (V3 with mode seeking 1.0) and its frame-difference ablation (`gan-v2-nodiff`, `gan-v2-diffd`),
 `diffusion-preset-quiet-seed0/1/2` (the video-diffusion preset from three seeds). All without progress evaluations
 within the budget; the material's recipe as it was (TGAN generator, clip and frame-difference discriminators) keeps
 its 2026-11-23 rows `gan`, `gan-nodiff`, `gan-diff0.3` (retired rows). Collapse: 16 clips for one prompt, the spread
@@ -46,16 +47,21 @@ V3 = sets('model.g_arch="motion"', "model.g_coords=true", "model.g_cbn=true", 'm
           "model.crop_d=0", "model.crop_words=0", "model.d_subpixel=false", "model.mismatch=0",
           "model.aux_words=1.0")   # the video-gan preset from mode seeking 0.3 to the sprite generator (2026-12-04)
 V2 = [*V3, *sets("model.mode_seeking=1.0")]     # the video-gan preset before it took mode seeking 0.3
-ARGLINE = sets('model.sprite_where="argmax_line"', "model.g_coords=true", "model.g_cbn=true")  # 3D-conv trajectory
+ARGLINE = sets('model.sprite_where="argmax_line"', "model.g_coords=true", "model.g_cbn=true")  # = the preset
+LINE = sets('model.sprite_where="line"', "model.g_coords=false", "model.g_cbn=false")  # the preset until argmax_line
 TRAIN = {  # row -> (run folder, family, settings on top of the family's preset)
-    **{f"gan-sprite-seed{s}": (f"video-gan-sprite-seed{s}-20min", "video-gan", [*QUIET, "--seed", str(s)])
-       for s in (0, 1, 2)},
     **{f"gan-argline-seed{s}": (f"video-gan-argline-seed{s}-20min", "video-gan",
                                 [*QUIET, *ARGLINE, "--seed", str(s)]) for s in (0, 1, 2)},
+    "gan-argline-nodiff": ("video-gan-argline-nodiff-20min", "video-gan",
+                           [*QUIET, *ARGLINE, *sets("model.frame_diff=0"), "--seed", "0"]),
+    "gan-argline-diffd": ("video-gan-argline-diffd-20min", "video-gan",
+                          [*QUIET, *ARGLINE, *sets("model.frame_diff_mode=d"), "--seed", "0"]),
+    **{f"gan-sprite-seed{s}": (f"video-gan-sprite-seed{s}-20min", "video-gan", [*QUIET, *LINE, "--seed", str(s)])
+       for s in (0, 1, 2)},
     "gan-sprite-nodiff": ("video-gan-sprite-nodiff-20min", "video-gan",
-                          [*QUIET, *sets("model.frame_diff=0"), "--seed", "0"]),
+                          [*QUIET, *LINE, *sets("model.frame_diff=0"), "--seed", "0"]),
     "gan-sprite-diffd": ("video-gan-sprite-diffd-20min", "video-gan",
-                         [*QUIET, *sets("model.frame_diff_mode=d"), "--seed", "0"]),
+                         [*QUIET, *LINE, *sets("model.frame_diff_mode=d"), "--seed", "0"]),
     **{f"gan-v3-seed{s}": (f"video-gan-v3-seed{s}-20min", "video-gan", [*QUIET, *V3, "--seed", str(s)])
        for s in (0, 1, 2)},
     **{f"gan-v2-seed{s}": (f"video-gan-v2-seed{s}-20min", "video-gan", [*QUIET, *V2, "--seed", str(s)])
@@ -68,13 +74,17 @@ TRAIN = {  # row -> (run folder, family, settings on top of the family's preset)
 NAMES = {"real": "real clips (detector ceiling)",
          **{f"gan-v3-seed{s}": f"video GAN, motion generator (the preset before the sprite one), seed {s}"
             for s in (0, 1, 2)},
-         **{f"gan-sprite-seed{s}": f"video GAN preset: line sprite generator, object D, sub-pixel "
-                                   f"shifts, matching-aware D, seed {s}" for s in (0, 1, 2)},
-         **{f"gan-argline-seed{s}": f"video GAN, sprite drawn on the least-squares line through 3D-conv "
+         **{f"gan-sprite-seed{s}": f"video GAN, line sprite generator (the preset before argmax_line), object D, "
+                                   f"sub-pixel shifts, matching-aware D, seed {s}" for s in (0, 1, 2)},
+         **{f"gan-argline-seed{s}": f"video GAN preset: sprite drawn on the least-squares line through 3D-conv "
                                     f"where-maps (argmax_line), seed {s}" for s in (0, 1, 2)},
-         "gan-sprite-nodiff": "video GAN preset (as gan-sprite-seed0) without the frame-difference term",
-         "gan-sprite-diffd": "video GAN preset (as gan-sprite-seed0), frame-difference term read as a "
-                             "discriminator on frame differences",
+         "gan-argline-nodiff": "video GAN preset (as gan-argline-seed0) without the frame-difference term",
+         "gan-argline-diffd": "video GAN preset (as gan-argline-seed0), frame-difference term read as a "
+                              "discriminator on frame differences",
+         "gan-sprite-nodiff": "video GAN, line sprite generator (as gan-sprite-seed0) without the frame-difference "
+                              "term",
+         "gan-sprite-diffd": "video GAN, line sprite generator (as gan-sprite-seed0), frame-difference term read as "
+                             "a discriminator on frame differences",
          **{f"gan-v2-seed{s}": f"video GAN, motion generator with mode seeking 1.0, seed {s}"
             for s in (0, 1, 2)},
          "gan-v2-nodiff": "video GAN, motion generator with mode seeking 1.0, without the frame-difference term",
@@ -169,14 +179,14 @@ def real_row(args) -> dict:
 
 def speed_row(args) -> dict:
     """Sampling speed of the video GAN beside video diffusion's, in one process: 16 clips of SPREAD_PROMPT from
-    the gan-sprite-seed0 run and from the video-diffusion preset trained 10 steps (sampling costs the same whatever
-    the weights: the preset's sampler, steps and guidance), each timed 3 times, the fastest kept."""
+    the gan-argline-seed0 run (the preset) and from the video-diffusion preset trained 10 steps (sampling costs the
+    same whatever the weights: the preset's sampler, steps and guidance), each timed 3 times, the fastest kept."""
     from aigc.generation import Request, generate
     from aigc.recipes import open_run
 
-    gan_dir, diff_dir = RUNS / TRAIN["gan-sprite-seed0"][0], RUNS / "video-diffusion-preset-10steps"
+    gan_dir, diff_dir = RUNS / TRAIN["gan-argline-seed0"][0], RUNS / "video-diffusion-preset-10steps"
     if not (gan_dir / "checkpoint").is_dir():
-        raise SystemExit("the speed row times the gan-sprite-seed0 run: run that row first")
+        raise SystemExit("the speed row times the gan-argline-seed0 run: run that row first")
     if not (diff_dir / "checkpoint").is_dir():
         proc, _, _ = run([sys.executable, "-m", "aigc", "train", "video-diffusion", "--data", "moving-shapes",
                           "--steps", "10", *QUIET, "--out", str(diff_dir), "--quiet", "--overwrite"])

@@ -240,7 +240,7 @@ class SpriteVideoGenerator(nn.Module):
     again, made by 3D convolutions; `"argmax_line"` draws the sprite on the least-squares line through those
     points (constant velocity, as `line`, with the trajectory read off 3D-conv where-maps). `sprite_where =
     "line"` makes a start and a velocity per clip from the content code: the point moves in a straight line at
-    constant speed, as the moving-shapes do. `point` and `line` fold their points into the frame by reflection
+    constant speed, as the moving-shapes do. All but `map` fold their points into the frame by reflection
     (`reflect`: a point that runs past an edge comes back, as the data's shapes bounce)."""
 
     SHARPNESS = 12.0          # the where-logits are SHARPNESS * tanh(.): a peak up to e^24 over any other pixel
