@@ -6,7 +6,8 @@ model     the 4-layer 128-wide char GPT with a 64-token context, trained 30 step
           depend on the weights)
 decode    in this process, one stream of 500 new tokens: aigc's engine (KV cache) against a nanoGPT-style loop that
           re-runs the cropped context every token, on the same weights; then 16 streams decoded together by the
-          engine, as aggregate tokens/s (goals: single >= 1600 tokens/s, 16 streams >= 8x single)
+          engine, as aggregate tokens/s (goals: single >= 1600 tokens/s, 16 streams >= 8x single); then the time of
+          the steps that only decode (1 and 16 streams) apart from those that re-encode a full context
 load      `aigc serve` in a subprocess on a free 127.0.0.1 port; 1, 4 and 16 concurrent clients (httpx, asyncio,
           in this process) share --requests streamed completions of --tokens tokens, each client waiting a seeded
           exponential think time (mean 50 ms) before each request. Per level: time to first token (TTFT) and
@@ -76,9 +77,28 @@ def decode_speed(run: Path, new_tokens: int = 500) -> dict:
         nanogpt_style_generate(model, torch.tensor([prompt]), new_tokens, generator=torch.Generator().manual_seed(rep))
         nano = max(nano, new_tokens / (time.perf_counter() - t))
     batch16 = max(engine_run(16) for _ in range(2))
+
+    def step_split(n: int) -> tuple[float, float]:
+        """Mean ms of a step that only decodes, and the run's share spent in the steps that re-encode a full
+        context's last half (learned absolute positions: a stream that fills block_size starts over at 0)."""
+        streams = [TextStream(list(prompt), new_tokens, 1.0, seed=row_seed(0, i)) for i in range(n)]
+        engine = TextEngine(model, tok, slots=n)
+        engine.add(*streams)
+        plain, reencode = [], []
+        while engine.active:
+            full = bool((engine.cache.pos[:len(engine.active)] >= engine.block).any())
+            t = time.perf_counter()
+            engine.step()
+            (reencode if full else plain).append(time.perf_counter() - t)
+        return 1000 * sum(plain) / len(plain), sum(reencode) / (sum(plain) + sum(reencode))
+
+    (step1, share1), (step16, share16) = step_split(1), step_split(16)
     return {"single_tokens_per_s": round(single), "nanogpt_style_tokens_per_s": round(nano),
             "speedup_vs_nanogpt": round(single / nano, 2), "streams16_tokens_per_s": round(batch16),
             "streams16_over_single": round(batch16 / single, 2), "new_tokens": new_tokens,
+            "decode_step_ms_1": round(step1, 3), "decode_step_ms_16": round(step16, 3),
+            "decode_steps_16_over_1": round(16 * step1 / step16, 2),
+            "reencode_share_1": round(share1, 3), "reencode_share_16": round(share16, 3),
             "threads": torch.get_num_threads(),
             "goals": "single >= 1600 tokens/s; 16 streams >= 8x single",
             "goal_met": single >= 1600 and batch16 >= 8 * single}
@@ -169,13 +189,22 @@ def load(run: Path, requests: int, tokens: int) -> dict:
     return {"levels": levels, "server_peak_rss_mb": rss}
 
 
+def split(d: dict) -> str:
+    if "decode_step_ms_16" not in d:
+        return ""
+    return (f" Steps that only decode: {d['decode_step_ms_1']} ms for one stream, {d['decode_step_ms_16']} ms for 16 "
+            f"({d['decode_steps_16_over_1']}x); the steps that re-encode a full context's last half take "
+            f"{100 * d['reencode_share_1']:.0f}% of one stream's run and {100 * d['reencode_share_16']:.0f}% of "
+            f"16 streams'.")
+
+
 def markdown(res: dict) -> str:
     d = res["decode"]
     lines = [f"Decode path (in-process, one stream of {d['new_tokens']} tokens, 4x128 char GPT, context 64): "
              f"**{d['single_tokens_per_s']} tokens/s** against {d['nanogpt_style_tokens_per_s']} for a nanoGPT-style "
              f"loop on the same weights ({d['speedup_vs_nanogpt']}x); 16 streams decoded together: "
              f"{d['streams16_tokens_per_s']} tokens/s = **{d['streams16_over_single']}x** a single stream. "
-             f"Goals ({d['goals']}): {'met' if d['goal_met'] else '**not met**'}.", "",
+             f"Goals ({d['goals']}): {'met' if d['goal_met'] else '**not met**'}." + split(d), "",
              "| clients | requests | TTFT p50 / p99 ms | ITL p50 / p99 ms | tokens/s | requests/s | errors |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for lv in res["load"]["levels"]:
