@@ -63,8 +63,11 @@ def decode_speed(run: Path, new_tokens: int = 500) -> dict:
     model, tok = recipe.model.eval(), recipe.tokenizer
     prompt = recipe.encode_prompt("ROMEO:")
 
+    def streams_of(n: int) -> list[TextStream]:
+        return [TextStream(list(prompt), new_tokens, 1.0, seed=row_seed(0, i)) for i in range(n)]
+
     def engine_run(n: int) -> float:
-        streams = [TextStream(list(prompt), new_tokens, 1.0, seed=row_seed(0, i)) for i in range(n)]
+        streams = streams_of(n)
         t = time.perf_counter()
         TextEngine(model, tok, slots=n).run(streams)
         return sum(len(s.tokens) for s in streams) / (time.perf_counter() - t)
@@ -81,9 +84,8 @@ def decode_speed(run: Path, new_tokens: int = 500) -> dict:
     def step_split(n: int) -> tuple[float, float]:
         """Mean ms of a step that only decodes, and the run's share spent in the steps that re-encode a full
         context's last half (learned absolute positions: a stream that fills block_size starts over at 0)."""
-        streams = [TextStream(list(prompt), new_tokens, 1.0, seed=row_seed(0, i)) for i in range(n)]
         engine = TextEngine(model, tok, slots=n)
-        engine.add(*streams)
+        engine.add(*streams_of(n))
         plain, reencode = [], []
         while engine.active:
             full = bool((engine.cache.pos[:len(engine.active)] >= engine.block).any())
